@@ -1,0 +1,269 @@
+#pragma once
+// The checkpoint container: one file holding every component's state as a section.
+//
+//   header   32 bytes   "KEELCKPT", container version, header size, keel version, format id
+//   sections            each component's state, back to back, as written by cereal
+//   manifest            name, type, version, offset, size and XXH3 checksum of each section,
+//                       the configuration fingerprint and a few facts for people (step, epoch)
+//   trailer  40 bytes   manifest offset, size and checksum, whole-file checksum, "KEELEND\0"
+//
+// All integers are little-endian. The manifest comes last so that sections stream straight
+// to disk (tensor bytes are never staged in memory); the trailer's fixed size lets a reader
+// find the manifest from the end. Reading checks magic, versions and every checksum before
+// a single section is parsed, and reports every problem it finds.
+
+#include <keel/checkpoint/file_io.hpp>
+#include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
+#include <keel/hash.hpp>
+#include <keel/version.hpp>
+
+#include <cereal/archives/portable_binary.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/vector.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace keel::ckpt {
+
+inline constexpr char file_magic[8] = {'K', 'E', 'E', 'L', 'C', 'K', 'P', 'T'};
+inline constexpr char end_magic[8] = {'K', 'E', 'E', 'L', 'E', 'N', 'D', '\0'};
+/// Version of this container layout; a reader refuses newer ones with a message to upgrade.
+inline constexpr std::uint32_t container_version = 1;
+inline constexpr std::size_t header_size = 32;
+inline constexpr std::size_t trailer_size = 40;
+
+struct SectionInfo {
+  std::string name;
+  std::string type;
+  std::uint32_t version = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t size = 0;
+  std::uint64_t checksum = 0;
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("name", name), cereal::make_nvp("type", type),
+            cereal::make_nvp("version", version), cereal::make_nvp("offset", offset),
+            cereal::make_nvp("size", size), cereal::make_nvp("checksum", checksum));
+  }
+};
+
+struct Manifest {
+  std::string format;                                      ///< the format policy's name
+  std::vector<SectionInfo> sections;
+  Fingerprint fingerprint;
+  std::vector<std::pair<std::string, std::string>> facts;  ///< global_step, epoch, threads...
+
+  const SectionInfo* find(std::string_view name) const {
+    for (const auto& s : sections)
+      if (s.name == name) return &s;
+    return nullptr;
+  }
+  std::string fact(std::string_view key) const {
+    for (const auto& [k, v] : facts)
+      if (k == key) return v;
+    return {};
+  }
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("format", format), cereal::make_nvp("sections", sections),
+            cereal::make_nvp("fingerprint", fingerprint), cereal::make_nvp("facts", facts));
+  }
+};
+
+namespace detail {
+inline void put_u16(char* out, std::uint16_t v) {
+  for (int i = 0; i < 2; ++i) out[i] = static_cast<char>(v >> (8 * i));
+}
+inline void put_u32(char* out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>(v >> (8 * i));
+}
+inline void put_u64(char* out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
+}
+inline std::uint64_t get_u(const char* in, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= std::uint64_t(static_cast<unsigned char>(in[i])) << (8 * i);
+  return v;
+}
+
+/// An input stream buffer over bytes already in memory (no copy).
+class MemoryBuffer : public std::streambuf {
+ public:
+  MemoryBuffer(const char* data, std::size_t size) {
+    char* begin = const_cast<char*>(data);
+    setg(begin, begin, begin + size);
+  }
+};
+}  // namespace detail
+
+/// Writes a container into a HashingFileSink, section by section.
+class ContainerWriter {
+ public:
+  ContainerWriter(HashingFileSink& sink, std::string format_name, std::uint32_t format_id)
+      : sink_(sink), stream_(&sink) {
+    manifest_.format = std::move(format_name);
+    char header[header_size] = {};
+    std::memcpy(header, file_magic, 8);
+    detail::put_u32(header + 8, container_version);
+    detail::put_u32(header + 12, header_size);
+    detail::put_u16(header + 16, KEEL_VERSION_MAJOR);
+    detail::put_u16(header + 18, KEEL_VERSION_MINOR);
+    detail::put_u16(header + 20, KEEL_VERSION_PATCH);
+    detail::put_u32(header + 24, format_id);
+    sink_.write(header, sizeof header);
+  }
+
+  /// Appends one section; `write(std::ostream&)` produces its bytes.
+  template <class Write>
+  void section(std::string name, std::string type, std::uint32_t version, Write&& write) {
+    SectionInfo info{std::move(name), std::move(type), version, sink_.offset(), 0, 0};
+    sink_.begin_section();
+    write(stream_);
+    stream_.flush();
+    if (!stream_ || sink_.error()) throw IoError("write", sink_.path(), sink_.error() ? sink_.error() : EIO);
+    info.size = sink_.offset() - info.offset;
+    info.checksum = sink_.section_hash();
+    manifest_.sections.push_back(std::move(info));
+  }
+
+  /// Writes the manifest and trailer. The file is complete only after this returns.
+  void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
+    manifest_.fingerprint = std::move(fingerprint);
+    manifest_.facts = std::move(facts);
+    const std::uint64_t manifest_offset = sink_.offset();
+    sink_.begin_section();
+    {
+      cereal::PortableBinaryOutputArchive archive(stream_);
+      archive(manifest_);
+    }
+    stream_.flush();
+    const std::uint64_t manifest_size = sink_.offset() - manifest_offset;
+    const std::uint64_t manifest_hash = sink_.section_hash();
+    char trailer[trailer_size] = {};
+    detail::put_u64(trailer, manifest_offset);
+    detail::put_u64(trailer + 8, manifest_size);
+    detail::put_u64(trailer + 16, manifest_hash);
+    sink_.write(trailer, 24);
+    detail::put_u64(trailer + 24, sink_.file_hash());  // covers every byte before it
+    std::memcpy(trailer + 32, end_magic, 8);
+    sink_.write(trailer + 24, 16);
+  }
+
+  const Manifest& manifest() const noexcept { return manifest_; }
+
+ private:
+  HashingFileSink& sink_;
+  std::ostream stream_;
+  Manifest manifest_;
+};
+
+/// A container read into memory and verified: every checksum matched and every section lies
+/// inside the file. Sections are parsed later, by the components.
+struct Container {
+  std::vector<char> bytes;
+  std::uint32_t version = 0;
+  std::string library_version;
+  std::uint32_t format_id = 0;
+  Manifest manifest;
+
+  std::string_view section(const SectionInfo& info) const {
+    return {bytes.data() + info.offset, static_cast<std::size_t>(info.size)};
+  }
+};
+
+/// Reads and verifies a container. Throws CheckpointError listing every problem found.
+inline Container read_container(const fs::path& path) {
+  Container c;
+  const std::string where = path.string();
+  try {
+    c.bytes = read_file(path);
+  } catch (const IoError& e) {
+    if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
+    throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
+  }
+  const auto& b = c.bytes;
+  if (b.empty()) throw CheckpointError(where, {"is empty (0 bytes): the write that made it never completed"});
+  if (b.size() < 8 || std::memcmp(b.data(), file_magic, 8) != 0)
+    throw CheckpointError(where, {"is not a keel checkpoint (the first bytes are not \"KEELCKPT\")"});
+  if (b.size() < header_size + trailer_size)
+    throw CheckpointError(where, {"is truncated: " + std::to_string(b.size()) +
+                                  " bytes is shorter than any complete checkpoint"});
+  c.version = static_cast<std::uint32_t>(detail::get_u(b.data() + 8, 4));
+  if (c.version > container_version)
+    throw CheckpointError(where, {"was written by a newer keel (container version " +
+                                  std::to_string(c.version) + "; this keel " + KEEL_VERSION_STRING +
+                                  " reads up to version " + std::to_string(container_version) +
+                                  "): upgrade keel to read it"});
+  if (c.version == 0 || detail::get_u(b.data() + 12, 4) != header_size)
+    throw CheckpointError(where, {"has a damaged header (container version " +
+                                  std::to_string(c.version) + ", header size " +
+                                  std::to_string(detail::get_u(b.data() + 12, 4)) + ")"});
+  c.library_version = std::to_string(detail::get_u(b.data() + 16, 2)) + "." +
+                      std::to_string(detail::get_u(b.data() + 18, 2)) + "." +
+                      std::to_string(detail::get_u(b.data() + 20, 2));
+  c.format_id = static_cast<std::uint32_t>(detail::get_u(b.data() + 24, 4));
+
+  const char* trailer = b.data() + b.size() - trailer_size;
+  if (std::memcmp(trailer + 32, end_magic, 8) != 0)
+    throw CheckpointError(where, {"is truncated or was not completely written (no end marker "
+                                  "\"KEELEND\" in its last bytes)"});
+  const std::uint64_t stored_file_hash = detail::get_u(trailer + 24, 8);
+  const std::uint64_t actual_file_hash = hash64(b.data(), b.size() - 16);
+  std::vector<std::string> problems;
+  if (stored_file_hash != actual_file_hash)
+    problems.push_back("is damaged: the whole-file checksum does not match (stored " +
+                       hex64(stored_file_hash) + ", computed " + hex64(actual_file_hash) + ")");
+
+  const std::uint64_t body_end = b.size() - trailer_size;
+  const std::uint64_t manifest_offset = detail::get_u(trailer, 8);
+  const std::uint64_t manifest_size = detail::get_u(trailer + 8, 8);
+  if (manifest_offset < header_size || manifest_offset > body_end ||
+      manifest_size > body_end - manifest_offset) {
+    problems.push_back("has a manifest position outside the file (offset " +
+                       std::to_string(manifest_offset) + ", size " + std::to_string(manifest_size) +
+                       ", file body ends at " + std::to_string(body_end) + ")");
+    throw CheckpointError(where, problems);
+  }
+  const char* manifest_bytes = b.data() + manifest_offset;
+  if (hash64(manifest_bytes, manifest_size) != detail::get_u(trailer + 16, 8)) {
+    problems.push_back("has a damaged manifest (checksum mismatch)");
+    throw CheckpointError(where, problems);
+  }
+  try {
+    detail::MemoryBuffer buffer(manifest_bytes, manifest_size);
+    std::istream stream(&buffer);
+    cereal::PortableBinaryInputArchive archive(stream);
+    archive(c.manifest);
+  } catch (const std::exception& e) {
+    problems.push_back(std::string("has a manifest that cannot be parsed: ") + e.what());
+    throw CheckpointError(where, problems);
+  }
+  std::uint64_t previous_end = header_size;
+  for (const auto& s : c.manifest.sections) {
+    if (s.offset < previous_end || s.offset > manifest_offset || s.size > manifest_offset - s.offset) {
+      problems.push_back("section '" + s.name + "' lies outside the file's section area (offset " +
+                         std::to_string(s.offset) + ", size " + std::to_string(s.size) + ")");
+      continue;
+    }
+    previous_end = s.offset + s.size;
+    const std::uint64_t actual = hash64(b.data() + s.offset, s.size);
+    if (actual != s.checksum)
+      problems.push_back("section '" + s.name + "' is damaged (checksum " + hex64(actual) +
+                         ", manifest says " + hex64(s.checksum) + ")");
+  }
+  if (!problems.empty()) throw CheckpointError(where, problems);
+  return c;
+}
+
+}  // namespace keel::ckpt

@@ -1,0 +1,97 @@
+#pragma once
+// A directory of checkpoints: file names, the `last.ckpt` link, rotation, and the choice of
+// the checkpoint to resume from.
+//
+// Files are named `step-<global step, 9 digits>.ckpt`, so the newest sorts last. `last.ckpt` is
+// a symbolic link moved atomically after each new checkpoint is complete, so opening it always
+// opens a complete checkpoint. Rotation runs only after the new checkpoint is committed and
+// never deletes the newest one.
+
+#include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/file_io.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace keel::ckpt {
+
+inline constexpr const char* last_link_name = "last.ckpt";
+
+inline std::string step_file_name(std::int64_t global_step, const char* extension = ".ckpt") {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "step-%09lld%s", static_cast<long long>(global_step), extension);
+  return buffer;
+}
+
+/// The global step in a checkpoint file name, or nullopt if the name is not one of keel's.
+inline std::optional<std::int64_t> step_of_file_name(const std::string& name,
+                                                     const std::string& extension = ".ckpt") {
+  const std::string prefix = "step-";
+  if (name.size() <= prefix.size() + extension.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+      name.compare(name.size() - extension.size(), extension.size(), extension) != 0)
+    return std::nullopt;
+  const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - extension.size());
+  if (digits.empty() || digits.size() > 18 ||
+      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  return std::stoll(digits);
+}
+
+struct CheckpointFile {
+  fs::path path;
+  std::int64_t global_step;
+};
+
+/// keel's checkpoint files in `directory`, newest (highest step) first.
+inline std::vector<CheckpointFile> list_checkpoints(const fs::path& directory,
+                                                    const std::string& extension = ".ckpt") {
+  std::vector<CheckpointFile> out;
+  std::error_code error;
+  if (!fs::is_directory(directory, error)) return out;
+  for (const auto& entry : fs::directory_iterator(directory, error)) {
+    if (!entry.is_regular_file(error) || entry.is_symlink(error)) continue;
+    if (auto step = step_of_file_name(entry.path().filename().string(), extension))
+      out.push_back({entry.path(), *step});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const CheckpointFile& a, const CheckpointFile& b) { return a.global_step > b.global_step; });
+  return out;
+}
+
+/// Deletes all but the newest `keep_last` checkpoints (0 keeps everything). The file named
+/// `newest` is never deleted, whatever its step.
+inline void rotate(const fs::path& directory, std::int64_t keep_last, const std::string& newest,
+                   const std::string& extension = ".ckpt") {
+  if (keep_last <= 0) return;
+  const auto files = list_checkpoints(directory, extension);
+  std::int64_t kept = 0;
+  for (const auto& file : files) {
+    if (file.path.filename() == newest || kept < keep_last) {
+      ++kept;
+      continue;
+    }
+    std::error_code ignored;  // a file that vanished or cannot be removed is not worth a failure
+    fs::remove(file.path, ignored);
+  }
+}
+
+/// The newest checkpoint in `directory` that verifies, with a warning on stderr for each newer
+/// one skipped (corrupt or incomplete), or nullopt if there is none.
+inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
+    const fs::path& directory, const std::string& extension = ".ckpt") {
+  for (const auto& file : list_checkpoints(directory, extension)) {
+    try {
+      return std::make_pair(file.path, read_container(file.path));
+    } catch (const CheckpointError& e) {
+      std::cerr << "keel: warning: skipping " << e.what() << "\n";
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace keel::ckpt

@@ -1,0 +1,75 @@
+#pragma once
+// The configuration fingerprint: everything about a run that must be equal for a resume to
+// continue the same training (component types and versions, hyper-parameters, data order
+// settings). Kept as readable key/value pairs so a refused resume says exactly what differs.
+
+#include <cereal/cereal.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/vector.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace keel {
+
+class Fingerprint {
+ public:
+  using Entry = std::pair<std::string, std::string>;
+
+  void add(std::string key, std::string value) {
+    entries_.emplace_back(std::move(key), std::move(value));
+  }
+  void add(std::string key, const char* value) { add(std::move(key), std::string(value)); }
+  void add(std::string key, bool value) { add(std::move(key), std::string(value ? "true" : "false")); }
+  void add(std::string key, double value) {
+    char buffer[40];
+    std::snprintf(buffer, sizeof buffer, "%.17g", value);  // round-trips exactly
+    add(std::move(key), std::string(buffer));
+  }
+  template <class Int, std::enable_if_t<std::is_integral_v<Int> && !std::is_same_v<Int, bool>, int> = 0>
+  void add(std::string key, Int value) {
+    add(std::move(key), std::to_string(value));
+  }
+
+  const std::vector<Entry>& entries() const noexcept { return entries_; }
+
+  /// One line per difference between `saved` (from a checkpoint) and this run.
+  std::vector<std::string> differences_from(const Fingerprint& saved) const {
+    std::vector<std::string> out;
+    for (const auto& [key, value] : saved.entries_) {
+      const Entry* mine = find(key);
+      if (!mine)
+        out.push_back("configuration '" + key + "' is '" + value +
+                      "' in the checkpoint but absent in this run");
+      else if (mine->second != value)
+        out.push_back("configuration '" + key + "' is '" + value + "' in the checkpoint but '" +
+                      mine->second + "' in this run");
+    }
+    for (const auto& [key, value] : entries_)
+      if (!saved.find(key))
+        out.push_back("configuration '" + key + "' is '" + value +
+                      "' in this run but absent in the checkpoint");
+    return out;
+  }
+
+  const Entry* find(const std::string& key) const {
+    for (const auto& entry : entries_)
+      if (entry.first == key) return &entry;
+    return nullptr;
+  }
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("entries", entries_));
+  }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+}  // namespace keel

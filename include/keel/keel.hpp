@@ -1,0 +1,30 @@
+#pragma once
+// keel: a header-only C++17 training framework on LibTorch. Include this one header.
+
+#include <keel/version.hpp>
+#include <keel/error.hpp>
+#include <keel/reflect.hpp>
+#include <keel/state_check.hpp>
+#include <keel/serialize_tensor.hpp>
+#include <keel/serialize_random.hpp>
+#include <keel/hash.hpp>
+#include <keel/fingerprint.hpp>
+#include <keel/context.hpp>
+#include <keel/hooks.hpp>
+#include <keel/policies.hpp>
+#include <keel/model_state.hpp>
+#include <keel/rng.hpp>
+#include <keel/optim/sgd.hpp>
+#include <keel/optim/adam.hpp>
+#include <keel/sched/constant.hpp>
+#include <keel/sched/step_decay.hpp>
+#include <keel/sched/cosine_warmup.hpp>
+#include <keel/data/sampler.hpp>
+#include <keel/data/dataset.hpp>
+#include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/binary_format.hpp>
+#include <keel/checkpoint/directory.hpp>
+#include <keel/callbacks/early_stopping.hpp>
+#include <keel/trainer_options.hpp>
+#include <keel/trainer.hpp>

@@ -1,0 +1,48 @@
+#pragma once
+// keel::sched::StepDecay: multiplies the learning rate by `gamma` every `step_size` optimizer
+// steps (LibTorch's StepLR, counted in optimizer steps, with its state saved).
+
+#include <keel/error.hpp>
+#include <keel/sched/scheduler_base.hpp>
+
+#include <cmath>
+
+namespace keel::sched {
+
+struct StepDecayOptions {
+  StepDecayOptions(std::int64_t step_size, double gamma = 0.1) : step_size_(step_size), gamma_(gamma) {}
+  TORCH_ARG(std::int64_t, step_size);
+  TORCH_ARG(double, gamma);
+};
+
+class StepDecay : public SchedulerBase<StepDecay> {
+ public:
+  static constexpr const char* keel_name = "keel::sched::StepDecay";
+  using Options = StepDecayOptions;
+
+  StepDecay(torch::optim::Optimizer& optimizer, Options options)
+      : SchedulerBase(optimizer), options_(options) {
+    if (options_.step_size() <= 0)
+      throw ConfigError("keel::sched::StepDecay: step_size must be positive, got " +
+                        std::to_string(options_.step_size()));
+    if (!(options_.gamma() > 0.0))
+      throw ConfigError("keel::sched::StepDecay: gamma must be positive, got " +
+                        std::to_string(options_.gamma()));
+    apply();
+  }
+
+  double factor(std::int64_t step) const {
+    return std::pow(options_.gamma(), static_cast<double>(step / options_.step_size()));
+  }
+
+  void describe(Fingerprint& fingerprint, const std::string& prefix) const {
+    fingerprint.add(prefix + "type", keel_name);
+    fingerprint.add(prefix + "step_size", options_.step_size());
+    fingerprint.add(prefix + "gamma", options_.gamma());
+  }
+
+ private:
+  Options options_;
+};
+
+}  // namespace keel::sched

@@ -1,0 +1,854 @@
+#pragma once
+// keel::Trainer: the training loop, composed at compile time from policies.
+//
+//   using MyTrainer = keel::Trainer<keel::model<Net>, keel::optimizer<keel::optim::AdamW>,
+//                                   keel::scheduler<keel::sched::CosineWarmup>,
+//                                   keel::callbacks<keel::EarlyStopping>>;
+//   MyTrainer trainer(std::make_shared<NetImpl>(), keel::TrainerOptions().max_epochs(3),
+//                     torch::optim::AdamWOptions(1e-3), keel::sched::CosineWarmupOptions(100, 3000));
+//   trainer.fit(train_set, validation_set);
+//
+// The Trainer owns every component. Its checkpoints hold everything that influences a later
+// step (DESIGN.md section 3), so a run resumed from one continues bitwise identically.
+
+#include <keel/checkpoint/binary_format.hpp>
+#include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/directory.hpp>
+#include <keel/checkpoint/file_io.hpp>
+#include <keel/context.hpp>
+#include <keel/data/dataset.hpp>
+#include <keel/data/sampler.hpp>
+#include <keel/detail/type_name.hpp>
+#include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
+#include <keel/hash.hpp>
+#include <keel/hooks.hpp>
+#include <keel/model_state.hpp>
+#include <keel/optim/adam.hpp>
+#include <keel/policies.hpp>
+#include <keel/rng.hpp>
+#include <keel/sched/constant.hpp>
+#include <keel/state_check.hpp>
+#include <keel/trainer_options.hpp>
+
+#include <ATen/Parallel.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+#include <torch/version.h>
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <iostream>
+#include <istream>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace keel {
+
+namespace detail {
+template <class>
+inline constexpr bool always_false = false;
+
+/// A component that adds its configuration to the fingerprint.
+template <class T, class = void>
+struct has_describe : std::false_type {};
+template <class T>
+struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(
+                           std::declval<Fingerprint&>(), std::declval<const std::string&>()))>>
+    : std::true_type {};
+
+/// The validation set of a fit() without one.
+struct NoValidation {};
+
+template <class T, class Tuple>
+struct index_in_tuple;
+template <class T, class... Ts>
+struct index_in_tuple<T, std::tuple<Ts...>> {
+  static constexpr std::size_t count = (std::size_t{0} + ... + (std::is_same_v<T, Ts> ? 1 : 0));
+  static constexpr std::size_t value = [] {
+    std::size_t i = 0;
+    ((std::is_same_v<T, Ts> ? false : (++i, true)) && ...);
+    return i;
+  }();
+};
+
+template <class Model, class Batch, class = void>
+struct has_training_step : std::false_type {};
+template <class Model, class Batch>
+struct has_training_step<Model, Batch,
+                         std::void_t<decltype(std::declval<Model&>().training_step(std::declval<const Batch&>()))>>
+    : std::is_convertible<decltype(std::declval<Model&>().training_step(std::declval<const Batch&>())),
+                          torch::Tensor> {};
+
+template <class Model, class Batch, class = void>
+struct has_validation_step : std::false_type {};
+template <class Model, class Batch>
+struct has_validation_step<
+    Model, Batch, std::void_t<decltype(std::declval<Model&>().validation_step(std::declval<const Batch&>()))>>
+    : std::is_convertible<decltype(std::declval<Model&>().validation_step(std::declval<const Batch&>())),
+                          Metrics> {};
+
+/// Hashes what a checkpoint would hold, section by section, without writing anything.
+class DigestWriter {
+ public:
+  template <class Write>
+  void section(const std::string& name, const std::string& type, std::uint32_t version, Write&& write) {
+    SectionHasher buffer;
+    std::ostream stream(&buffer);
+    write(stream);
+    stream.flush();
+    hasher_.update_string(name);
+    hasher_.update_string(type);
+    hasher_.update_u64(version);
+    hasher_.update_u64(buffer.size);
+    hasher_.update_u64(buffer.hash.digest());
+  }
+  std::string hex() const { return hasher_.hex(); }
+
+ private:
+  struct SectionHasher : std::streambuf {
+    Hasher64 hash;
+    std::uint64_t size = 0;
+    std::streamsize xsputn(const char* data, std::streamsize n) override {
+      hash.update(data, static_cast<std::size_t>(n));
+      size += static_cast<std::uint64_t>(n);
+      return n;
+    }
+    int_type overflow(int_type ch) override {
+      if (!traits_type::eq_int_type(ch, traits_type::eof())) {
+        const char c = traits_type::to_char_type(ch);
+        xsputn(&c, 1);
+      }
+      return traits_type::not_eof(ch);
+    }
+  };
+  Hasher128 hasher_;
+};
+}  // namespace detail
+
+/// The state digest of a checkpoint file: the same hex as Trainer::state_digest() printed for
+/// the state the file holds. Verifies the file first (throws CheckpointError).
+inline std::string checkpoint_digest(const ckpt::Container& container) {
+  Hasher128 hasher;
+  for (const auto& s : container.manifest.sections) {
+    hasher.update_string(s.name);
+    hasher.update_string(s.type);
+    hasher.update_u64(s.version);
+    hasher.update_u64(s.size);
+    hasher.update_u64(s.checksum);
+  }
+  return hasher.hex();
+}
+
+template <class... Policies>
+class Trainer {
+  static_assert((detail::is_policy<Policies>::value && ...),
+                "keel::Trainer takes policies only: keel::model<M>, keel::optimizer<O>, "
+                "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>.");
+
+  using ModelArgument = typename detail::find_policy<detail::model_role, detail::no_policy, Policies...>::type;
+  static_assert(!std::is_same_v<ModelArgument, detail::no_policy>,
+                "keel::Trainer needs a model: add keel::model<YourModule> to its policies.");
+
+ public:
+  using Module = module_impl_t<ModelArgument>;
+  using Optimizer = typename detail::find_policy<detail::optimizer_role, optim::AdamW, Policies...>::type;
+  using Scheduler = typename detail::find_policy<detail::scheduler_role, sched::Constant, Policies...>::type;
+  using Callbacks = typename detail::find_policy<detail::callbacks_role, std::tuple<>, Policies...>::type;
+  using Format = typename detail::find_policy<detail::checkpoint_role, format::Binary, Policies...>::type;
+  using OptimizerOptions = typename Optimizer::Options;
+  using SchedulerOptions = typename Scheduler::Options;
+
+ private:
+  template <class... C>
+  static constexpr bool check_callbacks(std::tuple<C...>*) {
+    return ((hooks::check_hooks<C>() && check_component_state<C, Format>()) && ... && true);
+  }
+  static_assert(check_model<Module>());
+  static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
+  static_assert(check_component_state<Scheduler, Format>());
+
+  // Constructor arguments, gathered by type so that they may come in any order.
+  template <class Tuple>
+  struct OptionalTuple;
+  template <class... C>
+  struct OptionalTuple<std::tuple<C...>> {
+    using type = std::tuple<std::optional<C>...>;
+  };
+  struct Setup {
+    TrainerOptions options;
+    std::shared_ptr<Module> model;
+    std::optional<OptimizerOptions> optimizer_options;
+    std::optional<SchedulerOptions> scheduler_options;
+    typename OptionalTuple<Callbacks>::type callbacks;
+  };
+
+  template <class Arg>
+  static void take(Setup& setup, Arg&& arg) {
+    using A = std::decay_t<Arg>;
+    if constexpr (std::is_same_v<A, TrainerOptions>) {
+      setup.options = std::forward<Arg>(arg);
+    } else if constexpr (std::is_convertible_v<A, std::shared_ptr<Module>>) {
+      setup.model = std::forward<Arg>(arg);
+    } else if constexpr (std::is_base_of_v<torch::nn::ModuleHolder<Module>, A>) {
+      setup.model = arg.ptr();
+    } else if constexpr (std::is_same_v<A, OptimizerOptions>) {
+      setup.optimizer_options = std::forward<Arg>(arg);
+    } else if constexpr (std::is_same_v<A, SchedulerOptions>) {
+      setup.scheduler_options = std::forward<Arg>(arg);
+    } else if constexpr (detail::index_in_tuple<A, Callbacks>::count == 1) {
+      std::get<detail::index_in_tuple<A, Callbacks>::value>(setup.callbacks) = std::forward<Arg>(arg);
+    } else {
+      static_assert(detail::always_false<A>,
+                    "keel::Trainer: a constructor argument matches no component. Pass any of: "
+                    "keel::TrainerOptions, the model (std::shared_ptr<Impl> or its holder), the "
+                    "optimizer's options, the scheduler's options, a callback of the Trainer.");
+    }
+  }
+
+  template <class... Args>
+  static Setup collect(Args&&... args) {
+    Setup setup;
+    (take(setup, std::forward<Args>(args)), ...);
+    return setup;
+  }
+
+ public:
+  /// Takes, in any order: TrainerOptions, the model, the optimizer's and the scheduler's
+  /// options, and callback objects. Anything left out is default-constructed.
+  template <class... Args>
+  explicit Trainer(Args&&... args) : Trainer(collect(std::forward<Args>(args)...), 0) {}
+
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // ---- training ------------------------------------------------------------------------------
+
+  /// Trains on `train` until max_epochs or max_steps (or a callback's stop request).
+  template <class TrainSet>
+  void fit(TrainSet& train) {
+    fit_impl<TrainSet, detail::NoValidation>(train, nullptr);
+  }
+  /// Trains on `train`, validating on `validation` at the end of each epoch.
+  template <class TrainSet, class ValidationSet>
+  void fit(TrainSet& train, ValidationSet& validation) {
+    fit_impl(train, &validation);
+  }
+
+  /// Runs the model's validation_step over `dataset` (in order, no hooks) and returns the
+  /// sample-weighted means of its metrics. Draws no random numbers.
+  template <class Dataset>
+  Metrics evaluate(Dataset& dataset) {
+    return run_validation(dataset, /*with_hooks=*/false);
+  }
+
+  // ---- checkpoints ---------------------------------------------------------------------------
+
+  /// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename).
+  void save_checkpoint(const ckpt::fs::path& path) {
+    ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
+      ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
+      write_sections(writer);
+      writer.finish(fingerprint(), facts());
+    });
+  }
+
+  /// Restores the whole training state from `path`, or nothing: on any problem, throws one
+  /// CheckpointError listing every problem, and the trainer is unchanged.
+  void load_checkpoint(const ckpt::fs::path& path) {
+    apply_checkpoint(ckpt::read_container(path), path.string());
+  }
+
+  /// Restores the newest valid checkpoint of `directory` (skipping, with a warning, newer ones
+  /// that fail verification). Returns its path, or nullopt when there is none.
+  std::optional<ckpt::fs::path> resume_latest(const ckpt::fs::path& directory) {
+    auto found = ckpt::newest_valid_checkpoint(directory, Format::extension);
+    if (!found) return std::nullopt;
+    apply_checkpoint(found->second, found->first.string());
+    return found->first;
+  }
+
+  /// A hex digest of the whole training state: every byte a checkpoint would hold (weights,
+  /// buffers, optimizer, scheduler, loop and data position, random streams, callbacks). Two
+  /// runs print the same digest exactly when their checkpoints would be identical.
+  std::string state_digest() {
+    detail::DigestWriter writer;
+    write_sections(writer);
+    return writer.hex();
+  }
+
+  /// The configuration that must match for a resume.
+  Fingerprint fingerprint() const {
+    Fingerprint f;
+    f.add("format", Format::keel_name);
+    f.add("model.type", detail::type_name<Module>());
+    optimizer_.describe(f, "optimizer.");
+    scheduler_.describe(f, "scheduler.");
+    std::string names;
+    std::apply([&](const auto&... callback) {
+      ((names += (names.empty() ? "" : ", ") + detail::component_name<std::decay_t<decltype(callback)>>()), ...);
+    }, callbacks_);
+    f.add("callbacks", names);
+    describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
+    f.add("data.batch_size", options_.batch_size());
+    f.add("data.accumulate", options_.accumulate());
+    f.add("data.shuffle", options_.shuffle());
+    f.add("data.drop_last", options_.drop_last());
+    f.add("data.seed", options_.seed());
+    return f;
+  }
+
+ private:
+  template <std::size_t... I>
+  void describe_callbacks(Fingerprint& f, std::index_sequence<I...>) const {
+    auto one = [&](auto index) {
+      const auto& callback = std::get<decltype(index)::value>(callbacks_);
+      if constexpr (detail::has_describe<std::decay_t<decltype(callback)>>::value)
+        callback.describe(f, "callback." + std::to_string(decltype(index)::value) + ".");
+    };
+    (one(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+ public:
+  // ---- access --------------------------------------------------------------------------------
+
+  std::shared_ptr<Module> model() const noexcept { return model_; }
+  Optimizer& optimizer() noexcept { return optimizer_; }
+  Scheduler& scheduler() noexcept { return scheduler_; }
+  Callbacks& callbacks() noexcept { return callbacks_; }
+  template <class C>
+  C& callback() noexcept {
+    return std::get<C>(callbacks_);
+  }
+  const LoopState& loop() const noexcept { return loop_; }
+  const TrainerOptions& options() const noexcept { return options_; }
+  /// Metrics of the latest validation run.
+  const Metrics& metrics() const noexcept { return ctx_.metrics_; }
+
+ private:
+  Trainer(Setup setup, int)
+      : options_(checked(std::move(setup.options))),
+        model_(make_model(setup)),
+        optimizer_(model_->named_parameters(true), take_optimizer_options(setup)),
+        scheduler_(optimizer_.torch_optimizer(), take_scheduler_options(setup)),
+        callbacks_(make_callbacks(setup, std::make_index_sequence<std::tuple_size_v<Callbacks>>{})),
+        ctx_(loop_, *model_) {
+    loop_.data_seed = options_.seed();
+    ctx_.max_steps_ = options_.max_steps();
+    ctx_.max_epochs_ = options_.max_epochs();
+    ctx_.lr_ = optimizer_.lr(0);
+  }
+
+  static TrainerOptions checked(TrainerOptions options) {
+    auto positive = [](const char* name, std::int64_t value) {
+      if (value <= 0)
+        throw ConfigError(std::string("keel::TrainerOptions: ") + name + " must be positive, got " +
+                          std::to_string(value));
+    };
+    auto non_negative = [](const char* name, std::int64_t value) {
+      if (value < 0)
+        throw ConfigError(std::string("keel::TrainerOptions: ") + name + " must be >= 0, got " +
+                          std::to_string(value));
+    };
+    positive("batch_size", options.batch_size());
+    positive("accumulate", options.accumulate());
+    non_negative("max_epochs", options.max_epochs());
+    non_negative("max_steps", options.max_steps());
+    non_negative("save_every_steps", options.save_every_steps());
+    non_negative("keep_last", options.keep_last());
+    non_negative("validation_batch_size", options.validation_batch_size());
+    non_negative("threads", options.threads());
+    if (options.max_epochs() == 0 && options.max_steps() == 0)
+      throw ConfigError("keel::TrainerOptions: set max_epochs or max_steps (both are 0, so training "
+                        "would never end)");
+    const auto& resume = options.resume();
+    if (resume.empty())
+      throw ConfigError("keel::TrainerOptions: resume is empty; use \"never\", \"auto\" or a checkpoint path");
+    if (resume == "auto" && options.checkpoint_dir().empty())
+      throw ConfigError("keel::TrainerOptions: resume \"auto\" needs a checkpoint_dir to look in");
+    if (options.threads() > 0) at::set_num_threads(options.threads());
+    if (options.device().is_cuda()) {
+      // Bitwise reproducibility on CUDA needs deterministic cuDNN algorithms.
+      at::globalContext().setDeterministicCuDNN(true);
+      at::globalContext().setBenchmarkCuDNN(false);
+    }
+    return options;
+  }
+
+  std::shared_ptr<Module> make_model(Setup& setup) {
+    std::shared_ptr<Module> model = std::move(setup.model);
+    if (!model) {
+      if constexpr (std::is_default_constructible_v<Module>) {
+        model = std::make_shared<Module>();
+      } else {
+        throw ConfigError("keel::Trainer: pass the model (std::shared_ptr<" + detail::type_name<Module>() +
+                          ">) to the constructor; it has no default constructor");
+      }
+    }
+    model->to(options_.device());
+    return model;
+  }
+
+  static OptimizerOptions take_optimizer_options(Setup& setup) {
+    if (setup.optimizer_options) return std::move(*setup.optimizer_options);
+    if constexpr (std::is_default_constructible_v<OptimizerOptions>) {
+      return OptimizerOptions{};
+    } else {
+      throw ConfigError("keel::Trainer: " + detail::component_name<Optimizer>() +
+                        " has no default options; pass its options (e.g. torch::optim::SGDOptions(lr))"
+                        " to the Trainer's constructor");
+    }
+  }
+
+  static SchedulerOptions take_scheduler_options(Setup& setup) {
+    if (setup.scheduler_options) return std::move(*setup.scheduler_options);
+    if constexpr (std::is_default_constructible_v<SchedulerOptions>) {
+      return SchedulerOptions{};
+    } else {
+      throw ConfigError("keel::Trainer: " + detail::component_name<Scheduler>() +
+                        " has no default options; pass its Options to the Trainer's constructor");
+    }
+  }
+
+  template <std::size_t I>
+  static auto take_callback(Setup& setup) {
+    using C = std::tuple_element_t<I, Callbacks>;
+    auto& given = std::get<I>(setup.callbacks);
+    if (given) return C(std::move(*given));
+    if constexpr (std::is_default_constructible_v<C>) {
+      return C{};
+    } else {
+      throw ConfigError("keel::Trainer: callback " + detail::type_name<C>() +
+                        " has no default constructor; pass an instance to the Trainer's constructor");
+      return C(std::move(*given));  // unreachable; gives the lambda its return type
+    }
+  }
+  template <std::size_t... I>
+  static Callbacks make_callbacks(Setup& setup, std::index_sequence<I...>) {
+    return Callbacks(take_callback<I>(setup)...);
+  }
+
+  template <class Event>
+  void dispatch(Event e) {
+    hooks::dispatch(e, callbacks_, ctx_);
+  }
+
+  // ---- the loop ------------------------------------------------------------------------------
+
+  template <class TrainSet, class ValidationSet>
+  void fit_impl(TrainSet& train, ValidationSet* validation) {
+    static_assert(data::check_dataset<TrainSet>());
+    using Batch = decltype(data::fetch_batch(train, std::declval<const std::vector<std::int64_t>&>()));
+    static_assert(detail::has_training_step<Module, Batch>::value,
+                  "keel: the model needs `torch::Tensor training_step(const Batch& batch)` "
+                  "returning the scalar loss of one batch (Batch is what the dataset's get_batch "
+                  "returns, torch::data::Example<> by default).");
+
+    data::SamplerOptions sampler_options;
+    sampler_options.batch_size = options_.batch_size();
+    sampler_options.shuffle = options_.shuffle();
+    sampler_options.drop_last = options_.drop_last();
+    const data::EpochSampler sampler(data::dataset_size(train), sampler_options, loop_.data_seed);
+    train_size_ = sampler.dataset_size();
+    ctx_.batches_per_epoch_ = sampler.batches_per_epoch();
+
+    resume_as_configured();
+    if (loaded_train_size_ && *loaded_train_size_ != train_size_)
+      throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
+                        " samples but this training set has " + std::to_string(train_size_) +
+                        "; resume with the same dataset");
+    if constexpr (!std::is_same_v<ValidationSet, detail::NoValidation>) {
+      using ValidationBatch =
+          decltype(data::fetch_batch(*validation, std::declval<const std::vector<std::int64_t>&>()));
+      static_assert(detail::has_validation_step<Module, ValidationBatch>::value,
+                    "keel: fit() with a validation set needs the model's "
+                    "`keel::Metrics validation_step(const Batch& batch)`.");
+    }
+
+    try {
+      dispatch(event::on_fit_start{});
+      while (!finished()) run_epoch(train, validation, sampler);
+      if (dirty_ && !options_.checkpoint_dir().empty()) save_to_directory();
+      dispatch(event::on_fit_end{});
+    } catch (...) {
+      ctx_.exception_ = std::current_exception();
+      try {
+        dispatch(event::on_exception{});
+      } catch (...) {
+        // the original exception is the one worth reporting
+      }
+      ctx_.exception_ = nullptr;
+      throw;
+    }
+  }
+
+  bool finished() const {
+    return loop_.stop_requested ||
+           (options_.max_steps() > 0 && loop_.global_step >= options_.max_steps()) ||
+           (options_.max_epochs() > 0 && loop_.epoch >= options_.max_epochs());
+  }
+
+  template <class TrainSet, class ValidationSet>
+  void run_epoch(TrainSet& train, ValidationSet* validation, const data::EpochSampler& sampler) {
+    const std::int64_t batches = sampler.batches_per_epoch();
+    if (loop_.batch_in_epoch > batches)
+      throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(loop_.batch_in_epoch) +
+                        ") lies past the end of an epoch of " + std::to_string(batches) + " batches");
+    const std::vector<std::int64_t> order = sampler.epoch_order(loop_.epoch);
+    if (loop_.batch_in_epoch == 0) dispatch(event::on_train_epoch_start{});
+    model_->train();
+    const std::int64_t accumulate = options_.accumulate();
+    while (loop_.batch_in_epoch < batches && !finished()) {
+      // Windows start at multiples of `accumulate`; the epoch's last one may be shorter.
+      const std::int64_t window_start = loop_.batch_in_epoch - loop_.micro_batch;
+      const std::int64_t window = std::min(accumulate, batches - window_start);
+
+      dispatch(event::on_train_batch_start{});
+      auto batch = data::to_device(data::fetch_batch(train, sampler.batch(order, loop_.batch_in_epoch)),
+                                   options_.device());
+      torch::Tensor loss = model_->training_step(batch);
+      if (!loss.defined() || loss.numel() != 1)
+        throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
+                          (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
+      (window == 1 ? loss : loss / static_cast<double>(window)).backward();
+      ctx_.loss_ = loss.detach();
+      window_loss_ = loop_.micro_batch == 0 ? ctx_.loss_.clone() : window_loss_ + ctx_.loss_;
+      ++loop_.batch_in_epoch;
+      ++loop_.micro_batch;
+      dispatch(event::on_train_batch_end{});
+
+      if (loop_.micro_batch == window) optimizer_step(window, batches);
+    }
+    if (loop_.batch_in_epoch == batches) end_epoch(validation);
+  }
+
+  void optimizer_step(std::int64_t window, std::int64_t batches) {
+    dispatch(event::on_optimizer_step_start{});
+    optimizer_.step();
+    optimizer_.zero_grad();
+    scheduler_.step();
+    ++loop_.global_step;
+    loop_.micro_batch = 0;
+    dirty_ = true;
+    ctx_.loss_ = window == 1 ? window_loss_ : window_loss_ / static_cast<double>(window);
+    ctx_.lr_ = optimizer_.lr(0);
+    dispatch(event::on_optimizer_step_end{});
+    if (ctx_.stop_request_) loop_.stop_requested = true;
+
+    const bool epoch_save_follows = loop_.batch_in_epoch == batches && options_.save_on_epoch_end();
+    if (options_.save_every_steps() > 0 && loop_.global_step % options_.save_every_steps() == 0 &&
+        !epoch_save_follows && !options_.checkpoint_dir().empty())
+      save_to_directory();
+  }
+
+  template <class ValidationSet>
+  void end_epoch(ValidationSet* validation) {
+    if constexpr (!std::is_same_v<ValidationSet, detail::NoValidation>) {
+      if (validation) ctx_.metrics_ = run_validation(*validation, /*with_hooks=*/true);
+    }
+    dispatch(event::on_train_epoch_end{});
+    if (ctx_.stop_request_) loop_.stop_requested = true;
+    ++loop_.epoch;
+    loop_.batch_in_epoch = 0;
+    dirty_ = true;
+    if (options_.save_on_epoch_end() && !options_.checkpoint_dir().empty()) save_to_directory();
+  }
+
+  template <class Dataset>
+  Metrics run_validation(Dataset& dataset, bool with_hooks) {
+    static_assert(data::check_dataset<Dataset>());
+    using Batch = decltype(data::fetch_batch(dataset, std::declval<const std::vector<std::int64_t>&>()));
+    static_assert(detail::has_validation_step<Module, Batch>::value,
+                  "keel: validation needs the model's `keel::Metrics validation_step(const Batch& batch)`, "
+                  "returning per-batch mean metrics.");
+    const std::int64_t size = data::dataset_size(dataset);
+    const std::int64_t batch_size =
+        options_.validation_batch_size() > 0 ? options_.validation_batch_size() : options_.batch_size();
+    if (with_hooks) dispatch(event::on_validation_start{});
+    model_->eval();
+    std::map<std::string, double> sums;
+    std::int64_t seen = 0;
+    {
+      torch::NoGradGuard no_grad;
+      std::vector<std::int64_t> indices;
+      for (std::int64_t begin = 0; begin < size; begin += batch_size) {
+        indices.clear();
+        for (std::int64_t i = begin; i < std::min(size, begin + batch_size); ++i) indices.push_back(i);
+        if (with_hooks) dispatch(event::on_validation_batch_start{});
+        auto batch = data::to_device(data::fetch_batch(dataset, indices), options_.device());
+        Metrics batch_metrics = model_->validation_step(batch);
+        const auto n = static_cast<std::int64_t>(indices.size());
+        for (const auto& [name, value] : batch_metrics) sums[name] += value * static_cast<double>(n);
+        seen += n;
+        if (with_hooks) {
+          ctx_.batch_metrics_ = std::move(batch_metrics);
+          dispatch(event::on_validation_batch_end{});
+        }
+      }
+    }
+    model_->train();
+    Metrics means;
+    for (const auto& [name, sum] : sums) means[name] = seen ? sum / static_cast<double>(seen) : 0.0;
+    if (with_hooks) {
+      ctx_.metrics_ = means;
+      dispatch(event::on_validation_end{});
+    }
+    return means;
+  }
+
+  // ---- saving --------------------------------------------------------------------------------
+
+  void save_to_directory() {
+    const ckpt::fs::path directory = options_.checkpoint_dir();
+    std::error_code error;
+    ckpt::fs::create_directories(directory, error);
+    if (error)
+      throw ckpt::IoError("create checkpoint directory", directory, error.value());
+    const std::string name = ckpt::step_file_name(loop_.global_step, Format::extension);
+    const ckpt::fs::path path = directory / name;
+    ctx_.checkpoint_path_ = path.string();
+    dispatch(event::on_save_checkpoint_start{});
+    save_checkpoint(path);
+    ckpt::point_link_atomically(directory / ckpt::last_link_name, name);
+    ckpt::rotate(directory, options_.keep_last(), name, Format::extension);
+    dirty_ = false;
+    dispatch(event::on_save_checkpoint_end{});
+  }
+
+  std::vector<std::pair<std::string, std::string>> facts() const {
+    return {{"global_step", std::to_string(loop_.global_step)},
+            {"epoch", std::to_string(loop_.epoch)},
+            {"batch_in_epoch", std::to_string(loop_.batch_in_epoch)},
+            {"train_size", std::to_string(train_size_)},
+            {"threads", std::to_string(at::get_num_threads())},
+            {"keel_version", KEEL_VERSION_STRING},
+            {"torch_version", TORCH_VERSION}};
+  }
+
+  /// Each section: its name, the type it holds, that type's layout version, and its bytes.
+  /// The same list feeds checkpoint files and the state digest.
+  template <class Writer>
+  void write_sections(Writer& writer) {
+    using Out = typename Format::output_archive;
+    auto section = [&](const std::string& name, const std::string& type, std::uint32_t version,
+                       const auto& value) {
+      writer.section(name, type, version, [&](std::ostream& stream) {
+        Out archive(stream);
+        archive(cereal::make_nvp(name, value));
+      });
+    };
+    section("loop", "keel::LoopState", 1, loop_);
+    section("model", detail::type_name<Module>(), 1, ModelState::capture(*model_));
+    section("optimizer", detail::component_name<Optimizer>(), 1, optimizer_.state());
+    section("scheduler", detail::component_name<Scheduler>(), 1, scheduler_);
+    for_each_stateful_callback([&](std::size_t index, auto& callback) {
+      using C = std::decay_t<decltype(callback)>;
+      section(callback_section_name(index), detail::component_name<C>(), component_version<C>(), callback);
+    });
+    // Captured last, as it is restored last.
+    section("rng", "keel::RngState", 1, RngState::capture());
+  }
+
+  /// The CEREAL_CLASS_VERSION of C (0 when it declares none).
+  template <class C>
+  static std::uint32_t component_version() {
+    return cereal::detail::Version<C>::version;
+  }
+
+  static std::string callback_section_name(std::size_t index) {
+    return "callback." + std::to_string(index);
+  }
+
+  template <class F>
+  void for_each_stateful_callback(F&& f) {
+    for_each_stateful_callback(std::forward<F>(f), std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
+  }
+  template <class F, std::size_t... I>
+  void for_each_stateful_callback(F&& f, std::index_sequence<I...>) {
+    auto visit = [&](auto index) {
+      auto& callback = std::get<decltype(index)::value>(callbacks_);
+      if constexpr (!std::is_empty_v<std::decay_t<decltype(callback)>>) f(decltype(index)::value, callback);
+    };
+    (visit(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+  // ---- loading -------------------------------------------------------------------------------
+
+  void resume_as_configured() {
+    if (resume_handled_) return;
+    resume_handled_ = true;
+    const std::string& resume = options_.resume();
+    if (resume == "never") return;
+    if (resume == "auto") {
+      if (auto path = resume_latest(options_.checkpoint_dir()))
+        std::cerr << "keel: resumed from " << path->string() << " (epoch " << loop_.epoch << ", step "
+                  << loop_.global_step << ")\n";
+      return;
+    }
+    load_checkpoint(resume);
+    std::cerr << "keel: resumed from " << resume << " (epoch " << loop_.epoch << ", step "
+              << loop_.global_step << ")\n";
+  }
+
+  /// Parses one section into `value`; a failure becomes a problem line.
+  template <class T>
+  bool read_section(const ckpt::Container& container, const std::string& name,
+                    const std::string& expected_type, T& value, std::vector<std::string>& problems) {
+    const ckpt::SectionInfo* info = container.manifest.find(name);
+    if (!info) {
+      problems.push_back("section '" + name + "' (" + expected_type + ") is missing");
+      return false;
+    }
+    if (info->type != expected_type) {
+      problems.push_back("section '" + name + "' holds " + info->type + " but this run uses " + expected_type);
+      return false;
+    }
+    const std::string_view bytes = container.section(*info);
+    try {
+      ckpt::detail::MemoryBuffer buffer(bytes.data(), bytes.size());
+      std::istream stream(&buffer);
+      {
+        typename Format::input_archive archive(stream);
+        archive(cereal::make_nvp(name, value));
+      }
+      if (buffer.in_avail() != 0) {
+        problems.push_back("section '" + name + "' has " + std::to_string(buffer.in_avail()) +
+                           " bytes after its end (written by another version of " + expected_type + "?)");
+        return false;
+      }
+    } catch (const std::exception& e) {
+      problems.push_back("section '" + name + "' (" + expected_type + ") cannot be read: " + e.what());
+      return false;
+    }
+    return true;
+  }
+
+  void apply_checkpoint(const ckpt::Container& container, const std::string& path) {
+    std::vector<std::string> problems;
+    std::vector<std::string> warnings;
+    std::vector<std::function<void()>> commits;
+
+    if (container.manifest.format != Format::keel_name)
+      problems.push_back(std::string("was written in format ") + container.manifest.format +
+                         " but this Trainer uses " + Format::keel_name);
+    for (auto& line : fingerprint().differences_from(container.manifest.fingerprint))
+      problems.push_back(std::move(line));
+
+    auto loop = std::make_shared<LoopState>();
+    if (read_section(container, "loop", "keel::LoopState", *loop, problems)) {
+      if (loop->micro_batch != 0)
+        problems.push_back("section 'loop' is inside a gradient-accumulation window (micro-batch " +
+                           std::to_string(loop->micro_batch) + "); keel writes checkpoints only at "
+                           "optimizer-step boundaries");
+      if (loop->epoch < 0 || loop->global_step < 0 || loop->batch_in_epoch < 0)
+        problems.push_back("section 'loop' holds a negative position");
+      commits.push_back([this, loop] { loop_ = *loop; });
+    }
+
+    auto model_state = std::make_shared<ModelState>();
+    if (read_section(container, "model", detail::type_name<Module>(), *model_state, problems)) {
+      for (auto& line : model_state->check(*model_)) problems.push_back(std::move(line));
+      commits.push_back([this, model_state] { model_state->apply(*model_); });
+    }
+
+    auto optimizer_state = std::make_shared<optim::OptimizerState>();
+    if (read_section(container, "optimizer", detail::component_name<Optimizer>(), *optimizer_state, problems)) {
+      for (auto& line : optimizer_.check(*optimizer_state)) problems.push_back(std::move(line));
+      commits.push_back([this, optimizer_state] { optimizer_.apply(*optimizer_state); });
+    }
+
+    auto scheduler = std::make_shared<Scheduler>(scheduler_);
+    if (read_section(container, "scheduler", detail::component_name<Scheduler>(), *scheduler, problems)) {
+      if (scheduler->base_lrs().size() != optimizer_.group_count())
+        problems.push_back("section 'scheduler' holds " + std::to_string(scheduler->base_lrs().size()) +
+                           " base learning rates for " + std::to_string(optimizer_.group_count()) +
+                           " param groups");
+      commits.push_back([this, scheduler] { scheduler_ = *scheduler; });
+    }
+
+    std::size_t expected_sections = 5;
+    for_each_stateful_callback([&](std::size_t index, auto& callback) {
+      using C = std::decay_t<decltype(callback)>;
+      ++expected_sections;
+      std::shared_ptr<C> staged;
+      if constexpr (std::is_copy_constructible_v<C>) {
+        staged = std::make_shared<C>(callback);
+      } else {
+        staged = std::make_shared<C>();
+      }
+      if (read_section(container, callback_section_name(index), detail::component_name<C>(), *staged, problems)) {
+        if constexpr (std::is_copy_constructible_v<C> && std::is_move_assignable_v<C>) {
+          commits.push_back([&callback, staged] { callback = std::move(*staged); });
+        } else {
+          // Not assignable: parse again into the live object (the bytes parsed once already).
+          const std::string name = callback_section_name(index);
+          commits.push_back([this, &container, &callback, name] {
+            std::vector<std::string> ignored;
+            read_section(container, name, detail::component_name<C>(), callback, ignored);
+          });
+        }
+      }
+    });
+
+    auto rng = std::make_shared<RngState>();
+    if (read_section(container, "rng", "keel::RngState", *rng, problems))
+      for (auto& line : rng->check(warnings)) problems.push_back(std::move(line));
+
+    if (container.manifest.sections.size() != expected_sections)
+      for (const auto& s : container.manifest.sections)
+        if (!is_expected_section(s.name))
+          problems.push_back("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
+
+    if (!problems.empty()) throw CheckpointError(path, problems);
+
+    const std::string saved_threads = container.manifest.fact("threads");
+    if (!saved_threads.empty() && saved_threads != std::to_string(at::get_num_threads()))
+      warnings.push_back("the checkpoint was written with " + saved_threads + " intra-op threads and this run "
+                         "uses " + std::to_string(at::get_num_threads()) + ": the continuation is faithful "
+                         "but not bitwise identical to an uninterrupted run (set the same thread count)");
+    for (const auto& line : warnings) std::cerr << "keel: warning: " << path << ": " << line << "\n";
+
+    for (auto& commit : commits) commit();
+    rng->apply();  // last: nothing after this draws from the restored streams
+    const std::string train_size = container.manifest.fact("train_size");
+    loaded_train_size_ = train_size.empty() || train_size == "0" ? std::nullopt
+                                                                  : std::optional<std::int64_t>(std::stoll(train_size));
+    ctx_.lr_ = optimizer_.lr(0);
+    dirty_ = false;
+    resume_handled_ = true;
+    ctx_.checkpoint_path_ = path;
+    dispatch(event::on_load_checkpoint{});
+  }
+
+  bool is_expected_section(const std::string& name) {
+    if (name == "loop" || name == "model" || name == "optimizer" || name == "scheduler" || name == "rng")
+      return true;
+    bool found = false;
+    for_each_stateful_callback([&](std::size_t index, auto&) { found = found || name == callback_section_name(index); });
+    return found;
+  }
+
+  // Declaration order is construction order: the optimizer needs the model, the scheduler the
+  // optimizer, and the context the loop state and the model.
+  TrainerOptions options_;
+  std::shared_ptr<Module> model_;
+  Optimizer optimizer_;
+  Scheduler scheduler_;
+  Callbacks callbacks_;
+  LoopState loop_;
+  Context ctx_;
+  torch::Tensor window_loss_;
+  std::int64_t train_size_ = 0;
+  std::optional<std::int64_t> loaded_train_size_;
+  bool dirty_ = false;  // state changed since the last checkpoint
+  bool resume_handled_ = false;
+};
+
+}  // namespace keel
