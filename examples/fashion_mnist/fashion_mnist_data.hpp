@@ -1,0 +1,109 @@
+#pragma once
+// Fashion-MNIST from the IDX files of the dataset-fashion-mnist package (gzip-compressed),
+// held in memory as normalized float images and int64 labels.
+
+#include <keel/data/dataset.hpp>
+
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fashion_mnist {
+
+/// Reads a whole gzip file (or a plain file: zlib reads those transparently).
+inline std::vector<unsigned char> read_gzip(const std::string& path) {
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (!file)
+    throw std::runtime_error("cannot open '" + path + "' (install dataset-fashion-mnist or pass --data DIR)");
+  std::vector<unsigned char> bytes;
+  unsigned char buffer[1 << 16];
+  int n = 0;
+  while ((n = gzread(file, buffer, sizeof buffer)) > 0) bytes.insert(bytes.end(), buffer, buffer + n);
+  int error = Z_OK;
+  const char* message = gzerror(file, &error);
+  gzclose(file);
+  if (n < 0 || (error != Z_OK && error != Z_STREAM_END))
+    throw std::runtime_error("cannot decompress '" + path + "': " + message);
+  return bytes;
+}
+
+inline std::uint32_t big_endian_u32(const std::vector<unsigned char>& b, std::size_t at) {
+  return (std::uint32_t(b[at]) << 24) | (std::uint32_t(b[at + 1]) << 16) | (std::uint32_t(b[at + 2]) << 8) |
+         std::uint32_t(b[at + 3]);
+}
+
+/// An IDX file's dimensions and the offset of its data, after checking the magic number.
+inline std::vector<std::int64_t> idx_dims(const std::vector<unsigned char>& bytes, std::uint32_t expected_magic,
+                                          const std::string& path) {
+  if (bytes.size() < 4 || big_endian_u32(bytes, 0) != expected_magic)
+    throw std::runtime_error("'" + path + "' is not an IDX file of the expected kind");
+  const std::size_t rank = expected_magic & 0xff;
+  if (bytes.size() < 4 + 4 * rank) throw std::runtime_error("'" + path + "' is truncated");
+  std::vector<std::int64_t> dims;
+  std::uint64_t count = 1;
+  for (std::size_t i = 0; i < rank; ++i) {
+    dims.push_back(big_endian_u32(bytes, 4 + 4 * i));
+    count *= static_cast<std::uint64_t>(dims.back());
+  }
+  if (bytes.size() != 4 + 4 * rank + count)
+    throw std::runtime_error("'" + path + "' has " + std::to_string(bytes.size()) + " bytes, expected " +
+                             std::to_string(4 + 4 * rank + count));
+  return dims;
+}
+
+/// One split ("train" or "t10k") of Fashion-MNIST, optionally a contiguous range of it.
+class Dataset {
+ public:
+  Dataset(const std::string& directory, const std::string& split) {
+    const std::string image_path = directory + "/" + split + "-images-idx3-ubyte.gz";
+    const std::string label_path = directory + "/" + split + "-labels-idx1-ubyte.gz";
+    const auto image_bytes = read_gzip(image_path);
+    const auto label_bytes = read_gzip(label_path);
+    const auto image_dims = idx_dims(image_bytes, 0x00000803, image_path);
+    const auto label_dims = idx_dims(label_bytes, 0x00000801, label_path);
+    if (image_dims[0] != label_dims[0])
+      throw std::runtime_error("'" + image_path + "' and '" + label_path + "' hold different sample counts");
+    images_ = torch::from_blob(const_cast<unsigned char*>(image_bytes.data()) + 16,
+                               {image_dims[0], 1, image_dims[1], image_dims[2]}, torch::kUInt8)
+                  .to(torch::kFloat32)
+                  .div_(255.0)
+                  .sub_(kMean)
+                  .div_(kStd);
+    labels_ = torch::from_blob(const_cast<unsigned char*>(label_bytes.data()) + 8, {label_dims[0]}, torch::kUInt8)
+                  .to(torch::kInt64);
+  }
+
+  /// Samples [begin, end) of this dataset, sharing memory.
+  Dataset slice(std::int64_t begin, std::int64_t end) const {
+    Dataset out(*this);
+    out.images_ = images_.slice(0, begin, end);
+    out.labels_ = labels_.slice(0, begin, end);
+    return out;
+  }
+
+  std::size_t size() const { return static_cast<std::size_t>(labels_.size(0)); }
+  keel::data::Example get(std::size_t index) const {
+    return {images_[static_cast<std::int64_t>(index)], labels_[static_cast<std::int64_t>(index)]};
+  }
+  keel::data::Example get_batch(const std::vector<std::int64_t>& indices) const {
+    const auto index = torch::from_blob(const_cast<std::int64_t*>(indices.data()),
+                                        {static_cast<std::int64_t>(indices.size())}, torch::kInt64);
+    return {images_.index_select(0, index), labels_.index_select(0, index)};
+  }
+
+  const torch::Tensor& images() const { return images_; }
+  const torch::Tensor& labels() const { return labels_; }
+
+ private:
+  Dataset() = default;
+  static constexpr double kMean = 0.2860;  // of the training images
+  static constexpr double kStd = 0.3530;
+  torch::Tensor images_;
+  torch::Tensor labels_;
+};
+
+}  // namespace fashion_mnist

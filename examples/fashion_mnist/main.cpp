@@ -1,0 +1,156 @@
+// Trains a classifier on Fashion-MNIST with keel, writing checkpoints as it goes. Run it again
+// with the same flags and it resumes from the newest valid checkpoint; interrupted or not, the
+// final `state_digest` is the same.
+//
+//   fashion_mnist --model cnn --epochs 2 --ckpt-dir runs/fashion-mnist
+
+#include "fashion_mnist_data.hpp"
+#include "models.hpp"
+
+#include <keel/keel.hpp>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+namespace {
+
+struct Flags {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::string ckpt_dir = "runs/fashion-mnist/checkpoints";
+  std::int64_t epochs = 2;
+  std::int64_t max_steps = 0;
+  std::int64_t batch_size = 64;
+  double lr = 1e-3;
+  std::uint64_t seed = 42;
+  int threads = 0;
+  std::string model = "cnn";
+  std::int64_t accumulate = 1;
+  std::int64_t save_every_steps = 200;
+  std::string resume = "auto";
+  std::int64_t validation_size = 5000;
+  std::int64_t log_every = 100;
+};
+
+/// Prints one plain line every `every` optimizer steps. Its only member is configuration, so
+/// its serialization saves nothing, said explicitly (keel refuses a callback with unsaved data).
+struct PrintProgress {
+  std::int64_t every = 100;
+
+  template <class Archive>
+  void serialize(Archive&) {}
+
+  void on_optimizer_step_end(keel::Context& ctx) {
+    if (every > 0 && ctx.global_step() % every == 0)
+      std::printf("epoch %lld step %lld loss %.4f lr %.3g\n", static_cast<long long>(ctx.epoch()),
+                  static_cast<long long>(ctx.global_step()), ctx.loss().item<double>(), ctx.lr());
+  }
+  void on_validation_end(keel::Context& ctx) {
+    std::printf("epoch %lld validation loss %.4f accuracy %.4f\n", static_cast<long long>(ctx.epoch()),
+                ctx.metrics().at("val_loss"), ctx.metrics().at("val_accuracy"));
+  }
+};
+
+template <class Module>
+int train(const Flags& flags) {
+  using Trainer = keel::Trainer<keel::model<Module>, keel::optimizer<keel::optim::AdamW>,
+                                keel::scheduler<keel::sched::CosineWarmup>,
+                                keel::callbacks<PrintProgress, keel::EarlyStopping>,
+                                keel::checkpoint<keel::format::Binary>>;
+
+  fashion_mnist::Dataset all_train(flags.data, "train");
+  fashion_mnist::Dataset test(flags.data, "t10k");
+  const auto train_size = static_cast<std::int64_t>(all_train.size()) - flags.validation_size;
+  if (train_size <= 0 || flags.validation_size < 0)
+    throw keel::ConfigError("--validation-size must be in [0, " + std::to_string(all_train.size()) + ")");
+  auto train_set = all_train.slice(0, train_size);
+  auto validation_set = all_train.slice(train_size, static_cast<std::int64_t>(all_train.size()));
+
+  // The schedule spans the whole run: every epoch, or --max-steps if that ends it sooner.
+  const std::int64_t batches = (train_size + flags.batch_size - 1) / flags.batch_size;
+  const std::int64_t steps_per_epoch = (batches + flags.accumulate - 1) / flags.accumulate;
+  std::int64_t total_steps = flags.epochs * steps_per_epoch;
+  if (flags.max_steps > 0) total_steps = std::min(total_steps, flags.max_steps);
+  const std::int64_t warmup = std::max<std::int64_t>(1, std::min<std::int64_t>(200, total_steps / 10));
+
+  keel::seed_everything(flags.seed);  // before the model is built: its initialization draws numbers
+  Trainer trainer(std::make_shared<Module>(),
+                  keel::TrainerOptions()
+                      .max_epochs(flags.epochs)
+                      .max_steps(flags.max_steps)
+                      .batch_size(flags.batch_size)
+                      .accumulate(flags.accumulate)
+                      .seed(flags.seed)
+                      .threads(flags.threads)
+                      .checkpoint_dir(flags.ckpt_dir)
+                      .save_every_steps(flags.save_every_steps)
+                      .resume(flags.resume)
+                      .validation_batch_size(1000),
+                  torch::optim::AdamWOptions(flags.lr).weight_decay(1e-4),
+                  keel::sched::CosineWarmupOptions(warmup, total_steps + 1),
+                  PrintProgress{flags.log_every}, keel::EarlyStopping("val_loss", 5));
+
+  const auto start = std::chrono::steady_clock::now();
+  if (flags.validation_size > 0) {
+    trainer.fit(train_set, validation_set);
+  } else {
+    trainer.fit(train_set);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  const keel::Metrics test_metrics = trainer.evaluate(test);
+  std::printf("trained to epoch %lld, step %lld in %.1f s (this process)\n",
+              static_cast<long long>(trainer.loop().epoch), static_cast<long long>(trainer.loop().global_step),
+              seconds);
+  std::printf("test_accuracy=%.4f\n", test_metrics.at("val_accuracy"));
+  std::printf("state_digest=%s\n", trainer.state_digest().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  CLI::App app{"Train a Fashion-MNIST classifier with keel; rerun to resume."};
+  app.add_option("--data", flags.data, "directory with the gzip IDX files")->capture_default_str();
+  app.add_option("--ckpt-dir", flags.ckpt_dir, "checkpoint directory")->capture_default_str();
+  app.add_option("--epochs", flags.epochs, "epochs to train")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--max-steps", flags.max_steps, "stop after this many optimizer steps in total (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size", flags.batch_size, "samples per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--lr", flags.lr, "peak learning rate of AdamW")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seed", flags.seed, "seed of initialization, data order and dropout")->capture_default_str();
+  app.add_option("--threads", flags.threads, "LibTorch intra-op threads (0: LibTorch's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--model", flags.model, "mlp or cnn")->capture_default_str()->check(CLI::IsMember({"mlp", "cnn"}));
+  app.add_option("--accumulate", flags.accumulate, "micro-batches per optimizer step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--save-every-steps", flags.save_every_steps,
+                 "checkpoint every N optimizer steps (also at each epoch end and at the end)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--resume", flags.resume, "auto, never, or a checkpoint file")->capture_default_str();
+  app.add_option("--validation-size", flags.validation_size, "training samples held out for validation")
+      ->capture_default_str();
+  app.add_option("--log-every", flags.log_every, "print a line every N optimizer steps (0: never)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    return flags.model == "mlp" ? train<fashion_mnist::MlpImpl>(flags) : train<fashion_mnist::CnnImpl>(flags);
+  } catch (const keel::CheckpointError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+}
