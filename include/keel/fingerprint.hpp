@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -26,9 +27,13 @@ class Fingerprint {
   }
   void add(std::string key, const char* value) { add(std::move(key), std::string(value)); }
   void add(std::string key, bool value) { add(std::move(key), std::string(value ? "true" : "false")); }
+  /// The shortest decimal form that reads back as exactly `value` (0.005, not 0.0050000000000000001).
   void add(std::string key, double value) {
     char buffer[40];
-    std::snprintf(buffer, sizeof buffer, "%.17g", value);  // round-trips exactly
+    for (int precision = 15; precision <= 17; ++precision) {
+      std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+      if (std::strtod(buffer, nullptr) == value) break;
+    }
     add(std::move(key), std::string(buffer));
   }
   template <class Int, std::enable_if_t<std::is_integral_v<Int> && !std::is_same_v<Int, bool>, int> = 0>

@@ -1,0 +1,253 @@
+// The checkpoint container and write protocol: verification, all-or-nothing loading with every
+// problem listed, the last.ckpt link, rotation, and auto-resume past corrupt files.
+#include "support/compare.hpp"
+#include "support/synthetic.hpp"
+
+#include <keel/keel.hpp>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+
+namespace checkpoint_test {
+
+using keel_test::SmallNetImpl;
+using keel_test::SyntheticImages;
+
+/// Same structure as SmallNet but a wider head: a different model for mismatch tests.
+struct OtherNetImpl : torch::nn::Module {
+  OtherNetImpl()
+      : conv(register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 6, 3).padding(1)))),
+        fc(register_module("fc", torch::nn::Linear(6 * 4 * 4, 5))),
+        extra(register_module("extra", torch::nn::Linear(5, 5))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return extra(fc(torch::max_pool2d(conv(b.data), 2).flatten(1))).sum();
+  }
+  torch::nn::Conv2d conv;
+  torch::nn::Linear fc;
+  torch::nn::Linear extra;
+};
+
+/// A fresh, empty directory under the system temp directory.
+fs::path fresh_directory(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("keel-test-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+using AdamWTrainer = keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::AdamW>,
+                                   keel::callbacks<keel::EarlyStopping>>;
+
+AdamWTrainer make_trainer(const fs::path& dir, double lr = 1e-3, std::int64_t save_every = 0) {
+  keel::seed_everything(1);
+  return AdamWTrainer(std::make_shared<SmallNetImpl>(),
+                      keel::TrainerOptions().max_steps(6).batch_size(8).checkpoint_dir(dir.string()).save_every_steps(save_every),
+                      torch::optim::AdamWOptions(lr));
+}
+
+std::vector<char> read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+void write_bytes(const fs::path& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+TEST_CASE("a checkpoint holds every section, verifies, and digests like the trainer") {
+  const auto dir = fresh_directory("container");
+  auto trainer = make_trainer(dir);
+  SyntheticImages data(64, 3);
+  trainer.fit(data);
+  const auto file = dir / keel::ckpt::step_file_name(6);
+  REQUIRE(fs::exists(file));
+  const auto container = keel::ckpt::read_container(file);
+  std::vector<std::string> names;
+  for (const auto& s : container.manifest.sections) names.push_back(s.name);
+  CHECK(names == std::vector<std::string>{"loop", "model", "optimizer", "scheduler", "callback.0", "rng"});
+  CHECK(container.manifest.find("optimizer")->type == "keel::optim::AdamW");
+  CHECK(container.manifest.find("callback.0")->type == "keel::EarlyStopping");
+  CHECK(container.manifest.find("callback.0")->version == 1);
+  CHECK(container.manifest.fact("global_step") == "6");
+  CHECK(container.library_version == KEEL_VERSION_STRING);
+  CHECK(keel::checkpoint_digest(container) == trainer.state_digest());
+  CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(6));
+}
+
+TEST_CASE("damaged files are refused with a reason") {
+  const auto dir = fresh_directory("damage");
+  auto trainer = make_trainer(dir);
+  SyntheticImages data(64, 3);
+  trainer.fit(data);
+  const auto good = dir / keel::ckpt::step_file_name(6);
+  const auto bytes = read_bytes(good);
+  const auto bad = dir / "bad.ckpt";
+  auto error_of = [&](const std::vector<char>& content) {
+    write_bytes(bad, content);
+    try {
+      keel::ckpt::read_container(bad);
+    } catch (const keel::CheckpointError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+
+  CHECK(error_of({}).find("is empty") != std::string::npos);
+  CHECK(error_of({'n', 'o', 'p', 'e', 0, 0, 0, 0, 0}).find("is not a keel checkpoint") != std::string::npos);
+  auto future = bytes;
+  future[8] = 9;
+  CHECK(error_of(future).find("newer keel (container version 9") != std::string::npos);
+  auto truncated = bytes;
+  truncated.resize(bytes.size() / 2);
+  CHECK(error_of(truncated).find("truncated") != std::string::npos);
+  auto flipped = bytes;
+  flipped[bytes.size() / 2] ^= 0x10;
+  const auto flip_error = error_of(flipped);
+  CHECK(flip_error.find("whole-file checksum") != std::string::npos);
+  CHECK(flip_error.find("is damaged (checksum") != std::string::npos);  // and the section it hit
+  CHECK(error_of(bytes) == "no error");
+
+  try {
+    keel::ckpt::read_container(dir);
+    FAIL("a directory was accepted");
+  } catch (const keel::CheckpointError& e) {
+    CHECK(std::string(e.what()).find("is a directory") != std::string::npos);
+  }
+}
+
+TEST_CASE("a checkpoint of another model is refused with every problem, and nothing is applied") {
+  const auto dir = fresh_directory("mismatch");
+  auto trainer = make_trainer(dir);
+  SyntheticImages data(64, 3);
+  trainer.fit(data);
+
+  keel::Trainer<keel::model<OtherNetImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<keel::EarlyStopping>>
+      other(std::make_shared<OtherNetImpl>(), keel::TrainerOptions().max_steps(6).batch_size(8),
+            torch::optim::AdamWOptions(1e-3));
+  const std::string before = other.state_digest();
+  try {
+    other.load_checkpoint(dir / keel::ckpt::step_file_name(6));
+    FAIL("the checkpoint was accepted");
+  } catch (const keel::CheckpointError& e) {
+    const std::string what = e.what();
+    CHECK(e.problems().size() >= 5);
+    CHECK(what.find("configuration 'model.type'") != std::string::npos);
+    CHECK(what.find("holds keel_test::SmallNetImpl but this run uses checkpoint_test::OtherNetImpl") != std::string::npos);
+  }
+  CHECK(other.state_digest() == before);
+}
+
+TEST_CASE("shape, dtype, missing and unexpected tensors are each named") {
+  auto model = std::make_shared<OtherNetImpl>();
+  keel::ModelState state = keel::ModelState::capture(SmallNetImpl());
+  const auto problems = state.check(*model);
+  auto has = [&](const std::string& text) {
+    for (const auto& p : problems)
+      if (p.find(text) != std::string::npos) return true;
+    return false;
+  };
+  CHECK(has("model parameter 'fc.weight' has shape [4, 96] in the checkpoint but [5, 96] in the model"));
+  CHECK(has("unexpected model parameter 'bn.weight'"));
+  CHECK(has("model parameter 'extra.weight' is missing from the checkpoint"));
+  CHECK(has("unexpected model buffer 'bn.running_mean'"));
+
+  SmallNetImpl doubled;
+  doubled.to(torch::kFloat64);
+  const auto dtype_problems = keel::ModelState::capture(SmallNetImpl()).check(doubled);
+  REQUIRE(!dtype_problems.empty());
+  CHECK(dtype_problems.front().find("has dtype float32 in the checkpoint but float64 in the model") != std::string::npos);
+}
+
+TEST_CASE("another optimizer type or a changed configuration is refused, naming the difference") {
+  const auto dir = fresh_directory("config");
+  auto trainer = make_trainer(dir);
+  SyntheticImages data(64, 3);
+  trainer.fit(data);
+  const auto file = dir / keel::ckpt::step_file_name(6);
+
+  keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::Adam>, keel::callbacks<keel::EarlyStopping>>
+      adam(std::make_shared<SmallNetImpl>(), keel::TrainerOptions().max_steps(6).batch_size(8));
+  const std::string adam_before = adam.state_digest();
+  CHECK_THROWS_WITH_AS(adam.load_checkpoint(file),
+                       doctest::Contains("section 'optimizer' holds keel::optim::AdamW but this run uses keel::optim::Adam"),
+                       keel::CheckpointError);
+  CHECK(adam.state_digest() == adam_before);
+
+  auto other_lr = make_trainer(fresh_directory("config2"), 5e-3);
+  CHECK_THROWS_WITH_AS(other_lr.load_checkpoint(file),
+                       doctest::Contains("configuration 'optimizer.lr' is '0.001' in the checkpoint but '0.005' in this run"),
+                       keel::CheckpointError);
+}
+
+TEST_CASE("resuming in process continues exactly") {
+  SyntheticImages data(64, 3);
+  const auto dir_a = fresh_directory("inproc-a");
+  auto uninterrupted = make_trainer(dir_a);
+  uninterrupted.fit(data);
+
+  const auto dir_b = fresh_directory("inproc-b");
+  {
+    keel::seed_everything(1);
+    AdamWTrainer first(std::make_shared<SmallNetImpl>(),
+                       keel::TrainerOptions().max_steps(4).batch_size(8).checkpoint_dir(dir_b.string()),
+                       torch::optim::AdamWOptions(1e-3));
+    first.fit(data);
+  }
+  (void)torch::rand(100);  // disturb the global stream: the resume must restore it
+  keel::seed_everything(999);
+  AdamWTrainer second(std::make_shared<SmallNetImpl>(),
+                      keel::TrainerOptions().max_steps(6).batch_size(8).checkpoint_dir(dir_b.string()).resume("auto"),
+                      torch::optim::AdamWOptions(1e-3));
+  second.fit(data);
+  CHECK(second.loop().global_step == 6);
+  CHECK(second.state_digest() == uninterrupted.state_digest());
+  CHECK(read_bytes(dir_b / keel::ckpt::step_file_name(6)) == read_bytes(dir_a / keel::ckpt::step_file_name(6)));
+}
+
+TEST_CASE("rotation keeps the newest checkpoints and auto-resume falls back past a corrupt one") {
+  const auto dir = fresh_directory("rotate");
+  SyntheticImages data(64, 3);
+  {
+    keel::seed_everything(1);
+    AdamWTrainer trainer(std::make_shared<SmallNetImpl>(),
+                         keel::TrainerOptions().max_steps(6).batch_size(8).checkpoint_dir(dir.string())
+                             .save_every_steps(1).keep_last(2),
+                         torch::optim::AdamWOptions(1e-3));
+    trainer.fit(data);
+  }
+  const auto files = keel::ckpt::list_checkpoints(dir);
+  REQUIRE(files.size() == 2);
+  CHECK(files[0].global_step == 6);
+  CHECK(files[1].global_step == 5);
+
+  auto bytes = read_bytes(files[0].path);
+  bytes[bytes.size() / 3] ^= 0x01;
+  write_bytes(files[0].path, bytes);
+  auto trainer = make_trainer(dir);
+  const auto resumed = trainer.resume_latest(dir);
+  REQUIRE(resumed);
+  CHECK(*resumed == files[1].path);
+  CHECK(trainer.loop().global_step == 5);
+}
+
+TEST_CASE("a failed write names the path and the reason, and leaves nothing behind") {
+  const auto dir = fresh_directory("write-fail");
+  const auto not_a_directory = dir / "file";
+  write_bytes(not_a_directory, {'x'});
+  auto trainer = make_trainer(dir);
+  try {
+    trainer.save_checkpoint(not_a_directory / "step.ckpt");
+    FAIL("the write succeeded");
+  } catch (const keel::ckpt::IoError& e) {
+    const std::string what = e.what();
+    CHECK(what.find((not_a_directory / ".step.ckpt.tmp.").string()) != std::string::npos);
+    CHECK(what.find("Not a directory") != std::string::npos);
+  }
+  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 1);
+}
+
+}  // namespace checkpoint_test

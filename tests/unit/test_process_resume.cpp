@@ -1,0 +1,184 @@
+// Exactness across a process boundary, the strongest test of the resume promise: N steps in one
+// process against K steps, process exit (or SIGKILL), a fresh process that resumes, N-K more
+// steps. The final states must match byte for byte: same digest, identical final checkpoint.
+#include "support/process.hpp"
+
+#include <keel/keel.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace process_test {
+
+using keel_test::run;
+using keel_test::value_of;
+
+fs::path fresh_directory(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("keel-proc-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+std::vector<std::string> driver(const std::string& variant, const fs::path& dir, std::int64_t max_steps,
+                                std::vector<std::string> extra = {}) {
+  std::vector<std::string> argv = {KEEL_RESUME_DRIVER, "--variant",   variant,
+                                   "--ckpt-dir",       dir.string(), "--max-steps",
+                                   std::to_string(max_steps),       "--epochs", "10"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+/// Runs the driver to completion and returns its digest; the run must succeed.
+std::string digest_of(const std::vector<std::string>& argv) {
+  const auto result = run(argv);
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  const auto digest = value_of(result.output, "state_digest");
+  REQUIRE(digest);
+  return *digest;
+}
+
+/// Uninterrupted N steps against K steps + exit + resume, for one variant and one K.
+void check_split(const std::string& variant, std::int64_t n, std::int64_t k, std::vector<std::string> extra = {}) {
+  CAPTURE(variant);
+  CAPTURE(k);
+  const auto whole_dir = fresh_directory(variant + "-whole-" + std::to_string(k));
+  const auto split_dir = fresh_directory(variant + "-split-" + std::to_string(k));
+  const std::string whole = digest_of(driver(variant, whole_dir, n, extra));
+  const std::string first = digest_of(driver(variant, split_dir, k, extra));
+  CHECK(first != whole);
+  auto resume_args = extra;
+  resume_args.insert(resume_args.end(), {"--resume", "auto"});
+  const auto resumed = run(driver(variant, split_dir, n, resume_args));
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(resumed.output.find("keel: resumed from") != std::string::npos);
+  CHECK(value_of(resumed.output, "state_digest") == whole);
+  CHECK(file_bytes(split_dir / keel::ckpt::step_file_name(n)) == file_bytes(whole_dir / keel::ckpt::step_file_name(n)));
+}
+
+// 200 samples in batches of 16: 13 batches, so 13 optimizer steps per epoch.
+TEST_CASE("exact resume across processes: SGD with momentum and StepDecay") {
+  check_split("sgd_step", 30, 17);  // mid-epoch
+  check_split("sgd_step", 30, 13);  // at the epoch boundary
+}
+
+TEST_CASE("exact resume across processes: Adam (AMSGrad), CosineWarmup, epoch metric accumulator") {
+  check_split("adam_cosine", 30, 17);
+  check_split("adam_cosine", 30, 13);
+}
+
+TEST_CASE("exact resume across processes: AdamW, CosineWarmup, early stopping, a callback's own engine") {
+  check_split("adamw_cosine", 30, 17);
+  check_split("adamw_cosine", 30, 13);
+  check_split("adamw_cosine", 30, 9, {"--drop-last", "--batch-size", "24"});
+}
+
+TEST_CASE("a kill inside a gradient-accumulation window replays from the last optimizer step") {
+  // accumulate 3 over 13 batches: windows of 3, 3, 3, 3, 1 micro-batches, 5 steps per epoch.
+  const std::vector<std::string> accumulate = {"--accumulate", "3", "--save-every-steps", "2"};
+  const auto whole_dir = fresh_directory("accum-whole");
+  const auto kill_dir = fresh_directory("accum-kill");
+  const std::string whole = digest_of(driver("adamw_cosine", whole_dir, 12, accumulate));
+
+  auto killed_args = accumulate;
+  killed_args.insert(killed_args.end(), {"--kill-at-batch", "8"});  // 2 steps done, 2 of 3 micro-batches in
+  const auto killed = run(driver("adamw_cosine", kill_dir, 12, killed_args));
+  INFO(killed.output);
+  REQUIRE(killed.signal == SIGKILL);
+  const auto at_kill = keel::ckpt::list_checkpoints(kill_dir);
+  REQUIRE(!at_kill.empty());
+  CHECK(at_kill.front().global_step == 2);
+
+  auto resume_args = accumulate;
+  resume_args.insert(resume_args.end(), {"--resume", "auto"});
+  const auto resumed = run(driver("adamw_cosine", kill_dir, 12, resume_args));
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(value_of(resumed.output, "state_digest") == whole);
+}
+
+TEST_CASE("a resume with another configuration is refused and names the difference") {
+  const auto dir = fresh_directory("refuse");
+  digest_of(driver("adamw_cosine", dir, 5));
+  const auto refused = run(driver("adamw_cosine", dir, 10, {"--resume", "auto", "--seed", "8"}));
+  CHECK(refused.exit_code == 3);
+  CHECK(refused.output.find("configuration 'data.seed' is '7' in the checkpoint but '8' in this run") != std::string::npos);
+  CHECK(keel::ckpt::list_checkpoints(dir).front().global_step == 5);  // nothing was overwritten
+}
+
+TEST_CASE("a resume with another thread count warns that it is no longer bitwise") {
+  const auto dir = fresh_directory("threads");
+  digest_of(driver("sgd_step", dir, 5, {"--threads", "1"}));
+  const auto resumed = run(driver("sgd_step", dir, 8, {"--threads", "2", "--resume", "auto"}));
+  CHECK(resumed.exit_code == 0);
+  CHECK(resumed.output.find("written with 1 intra-op threads and this run uses 2") != std::string::npos);
+}
+
+TEST_CASE("the Fashion-MNIST example killed with SIGKILL at random moments resumes to the same digest") {
+  const std::string example = KEEL_FASHION_MNIST_EXAMPLE;
+  REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
+  REQUIRE_MESSAGE(fs::exists(fs::path(KEEL_FASHION_MNIST_DATA) / "train-images-idx3-ubyte.gz"),
+                  "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist");
+  auto args = [&](const fs::path& dir) {
+    return std::vector<std::string>{example,          "--model",  "mlp",          "--max-steps", "300",
+                                    "--save-every-steps", "20", "--threads", "2",           "--ckpt-dir",
+                                    dir.string(),     "--log-every", "0",         "--resume",    "auto"};
+  };
+  const auto reference_dir = fresh_directory("fmnist-reference");
+  const auto started = std::chrono::steady_clock::now();
+  const auto reference = run(args(reference_dir));
+  const auto duration = std::chrono::steady_clock::now() - started;
+  INFO(reference.output);
+  REQUIRE(reference.exit_code == 0);
+  const auto expected = value_of(reference.output, "state_digest");
+  REQUIRE(expected);
+
+  const auto dir = fresh_directory("fmnist-killed");
+  const unsigned seed = std::random_device{}();
+  CAPTURE(seed);  // reproduces the kill moments
+  std::mt19937 rng(seed);
+  const auto longest = std::chrono::duration_cast<std::chrono::milliseconds>(duration);
+  // Up to a third of a whole run: five kills rarely let a run finish, and each lands anywhere,
+  // in start-up, in a training step or inside a checkpoint write.
+  std::uniform_int_distribution<long> delay_ms(100, std::max<long>(200, longest.count() / 3));
+  int kills = 0;
+  for (int attempt = 0; kills < 5 && attempt < 50; ++attempt) {
+    keel_test::Process process(args(dir));
+    const auto delay = std::chrono::milliseconds(delay_ms(rng));
+    if (process.pump(delay)) {  // it finished before the kill: start the chain over
+      process.wait();
+      fs::remove_all(dir);
+      fs::create_directories(dir);
+      kills = 0;
+      continue;
+    }
+    process.kill(SIGKILL);
+    const auto result = process.wait();
+    REQUIRE(result.signal == SIGKILL);
+    ++kills;
+    MESSAGE("kill " << kills << " after " << delay.count() << " ms");
+    if (fs::exists(dir / "last.ckpt")) CHECK_NOTHROW(keel::ckpt::read_container(dir / "last.ckpt"));
+  }
+  REQUIRE(kills == 5);
+  const auto final_run = run(args(dir));
+  INFO(final_run.output);
+  REQUIRE(final_run.exit_code == 0);
+  CHECK(value_of(final_run.output, "state_digest") == expected);
+  CHECK(value_of(final_run.output, "test_accuracy") == value_of(reference.output, "test_accuracy"));
+}
+
+}  // namespace process_test
