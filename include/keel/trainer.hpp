@@ -74,7 +74,7 @@ struct index_in_tuple<T, std::tuple<Ts...>> {
   static constexpr std::size_t count = (std::size_t{0} + ... + (std::is_same_v<T, Ts> ? 1 : 0));
   static constexpr std::size_t value = [] {
     std::size_t i = 0;
-    ((std::is_same_v<T, Ts> ? false : (++i, true)) && ...);
+    static_cast<void>(((std::is_same_v<T, Ts> ? false : (++i, true)) && ...));
     return i;
   }();
 };
@@ -472,6 +472,7 @@ class Trainer {
                     "`keel::Metrics validation_step(const Batch& batch)`.");
     }
 
+    optimizer_.zero_grad();  // every window, the first included, accumulates into zeros
     try {
       dispatch(event::on_fit_start{});
       while (!finished()) run_epoch(train, validation, sampler);
@@ -519,7 +520,7 @@ class Trainer {
                           (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
       (window == 1 ? loss : loss / static_cast<double>(window)).backward();
       ctx_.loss_ = loss.detach();
-      window_loss_ = loop_.micro_batch == 0 ? ctx_.loss_.clone() : window_loss_ + ctx_.loss_;
+      window_loss_ = loop_.micro_batch == 0 ? ctx_.loss_ : window_loss_ + ctx_.loss_;
       ++loop_.batch_in_epoch;
       ++loop_.micro_batch;
       dispatch(event::on_train_batch_end{});

@@ -1,6 +1,7 @@
 // A hook that returns a value (as if returning true would stop training) is a near miss too:
 // keel's hooks return void and stop through Context::request_stop().
 #include <keel/keel.hpp>
+#include <torch/torch.h>
 
 struct Net : torch::nn::Module {
   Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}

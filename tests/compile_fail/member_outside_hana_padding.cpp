@@ -2,6 +2,7 @@
 // or without it (double + int pads to 16 bytes either way), so only the count of fields that
 // brace initialization accepts exposes it. The Trainer must refuse to compile.
 #include <keel/keel.hpp>
+#include <torch/torch.h>
 
 struct Net : torch::nn::Module {
   Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}

@@ -1,6 +1,7 @@
 // A reflected callback with a member declared outside BOOST_HANA_DEFINE_STRUCT: the reflected
 // members no longer account for sizeof, and the Trainer must refuse to compile.
 #include <keel/keel.hpp>
+#include <torch/torch.h>
 
 struct Net : torch::nn::Module {
   Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}

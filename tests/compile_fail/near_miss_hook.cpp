@@ -1,5 +1,6 @@
 // A hook with a near-miss signature (no Context parameter) must not be silently ignored.
 #include <keel/keel.hpp>
+#include <torch/torch.h>
 
 struct Net : torch::nn::Module {
   Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}

@@ -86,10 +86,23 @@ class TorchOptimizer {
   /// One optimizer step on the accumulated gradients.
   void step() { optimizer_->step(); }
 
-  /// Drops every gradient (rather than zeroing it), so each accumulation window starts from
-  /// no gradient at all, exactly as in a freshly resumed process.
+  /// Zeroes every gradient in place, allocating zero gradients for parameters that have none
+  /// yet. The Trainer calls it before the first micro-batch of a fit and after every step, so
+  /// backward always accumulates into zeroed tensors: a freshly resumed process (no gradients
+  /// at all) and an uninterrupted one (zeroed gradients) then take the very same path.
   void zero_grad() {
-    for (auto& item : params_) item.value().mutable_grad().reset();
+    torch::NoGradGuard no_grad;
+    for (auto& item : params_) {
+      auto& param = item.value();
+      if (!param.requires_grad()) continue;
+      auto& grad = param.mutable_grad();
+      if (grad.defined()) {
+        grad.detach_();
+        grad.zero_();
+      } else {
+        grad = torch::zeros_like(param);
+      }
+    }
   }
 
   std::size_t group_count() const { return optimizer_->param_groups().size(); }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's first command: installs what is missing, builds the Fashion-MNIST example and
+# trains it with checkpoints under runs/fashion-mnist. Run it again and it resumes from the
+# newest valid checkpoint (also after a crash or kill -9). Extra flags go to the example:
+#   scripts/train-fashion-mnist.sh --epochs 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DKEEL_BUILD_TESTS=OFF -DKEEL_BUILD_EXAMPLES=ON >/dev/null
+cmake --build build/release --target fashion_mnist
+exec build/release/examples/fashion_mnist --ckpt-dir runs/fashion-mnist/checkpoints --resume auto "$@"
