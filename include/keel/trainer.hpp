@@ -612,6 +612,7 @@ class Trainer {
     ckpt::fs::create_directories(directory, error);
     if (error)
       throw ckpt::IoError("create checkpoint directory", directory, error.value());
+    ckpt::remove_stale_temporaries(directory);  // left by a process killed while writing
     const std::string name = ckpt::step_file_name(loop_.global_step, Format::extension);
     const ckpt::fs::path path = directory / name;
     ctx_.checkpoint_path_ = path.string();
@@ -807,6 +808,12 @@ class Trainer {
         if (!is_expected_section(s.name))
           problems.push_back("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
 
+    // The training set size it was written with (checked against the dataset when fit starts).
+    std::int64_t saved_train_size = 0;
+    const std::string train_size = container.manifest.fact("train_size");
+    if (!train_size.empty() && !parse_count(train_size, saved_train_size))
+      problems.push_back("its manifest holds an invalid training set size '" + train_size + "'");
+
     if (!problems.empty()) throw CheckpointError(path, problems);
 
     const std::string saved_threads = container.manifest.fact("threads");
@@ -818,14 +825,19 @@ class Trainer {
 
     for (auto& commit : commits) commit();
     rng->apply();  // last: nothing after this draws from the restored streams
-    const std::string train_size = container.manifest.fact("train_size");
-    loaded_train_size_ = train_size.empty() || train_size == "0" ? std::nullopt
-                                                                  : std::optional<std::int64_t>(std::stoll(train_size));
+    loaded_train_size_ = saved_train_size > 0 ? std::optional<std::int64_t>(saved_train_size) : std::nullopt;
     ctx_.lr_ = optimizer_.lr(0);
+    ctx_.stop_request_ = loop_.stop_requested;
     dirty_ = false;
     resume_handled_ = true;
     ctx_.checkpoint_path_ = path;
     dispatch(event::on_load_checkpoint{});
+  }
+
+  static bool parse_count(const std::string& text, std::int64_t& out) {
+    if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+    out = std::stoll(text);
+    return true;
   }
 
   bool is_expected_section(const std::string& name) {

@@ -234,6 +234,46 @@ TEST_CASE("rotation keeps the newest checkpoints and auto-resume falls back past
   CHECK(trainer.loop().global_step == 5);
 }
 
+TEST_CASE("auto-resume follows last.ckpt, the checkpoint written last, over higher steps of an abandoned run") {
+  const auto dir = fresh_directory("branch");
+  SyntheticImages data(64, 3);
+  {
+    keel::seed_everything(1);
+    AdamWTrainer trainer(std::make_shared<SmallNetImpl>(),
+                         keel::TrainerOptions().max_steps(6).batch_size(8).checkpoint_dir(dir.string())
+                             .save_every_steps(2).keep_last(0),
+                         torch::optim::AdamWOptions(1e-3));
+    trainer.fit(data);
+  }
+  {
+    // Restart from step 2 with a shorter run: it writes step 3 after steps 4 and 6 exist.
+    keel::seed_everything(1);
+    AdamWTrainer trainer(std::make_shared<SmallNetImpl>(),
+                         keel::TrainerOptions().max_steps(3).batch_size(8).checkpoint_dir(dir.string())
+                             .keep_last(0).resume((dir / keel::ckpt::step_file_name(2)).string()),
+                         torch::optim::AdamWOptions(1e-3));
+    trainer.fit(data);
+  }
+  CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(3));
+  auto trainer = make_trainer(dir);
+  const auto resumed = trainer.resume_latest(dir);
+  REQUIRE(resumed);
+  CHECK(resumed->filename() == keel::ckpt::step_file_name(3));
+  CHECK(trainer.loop().global_step == 3);
+}
+
+TEST_CASE("temporary files of a killed writer are removed at the next save") {
+  const auto dir = fresh_directory("stale");
+  const auto stale = dir / ".step-000000004.ckpt.tmp.999999999";  // no such process
+  write_bytes(stale, {'p', 'a', 'r', 't'});
+  auto trainer = make_trainer(dir);
+  SyntheticImages data(64, 3);
+  trainer.fit(data);
+  CHECK_FALSE(fs::exists(stale));
+  for (const auto& entry : fs::directory_iterator(dir))
+    CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
 TEST_CASE("a failed write names the path and the reason, and leaves nothing behind") {
   const auto dir = fresh_directory("write-fail");
   const auto not_a_directory = dir / "file";

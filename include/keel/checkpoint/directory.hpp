@@ -18,6 +18,10 @@
 #include <string>
 #include <vector>
 
+#include <cerrno>
+#include <csignal>
+#include <unistd.h>
+
 namespace keel::ckpt {
 
 inline constexpr const char* last_link_name = "last.ckpt";
@@ -80,18 +84,50 @@ inline void rotate(const fs::path& directory, std::int64_t keep_last, const std:
   }
 }
 
-/// The newest checkpoint in `directory` that verifies, with a warning on stderr for each newer
-/// one skipped (corrupt or incomplete), or nullopt if there is none.
+/// The checkpoint to resume from in `directory`, or nullopt if there is none. The file that
+/// `last.ckpt` names comes first: it is the one written last, even when a run was restarted from
+/// an older checkpoint and files with higher steps remain from the abandoned continuation. If it
+/// is missing or fails verification, the others follow, highest step first. Each file skipped
+/// gets a warning on stderr with the reason.
 inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
     const fs::path& directory, const std::string& extension = ".ckpt") {
-  for (const auto& file : list_checkpoints(directory, extension)) {
+  std::vector<fs::path> candidates;
+  std::error_code error;
+  const fs::path link = directory / last_link_name;
+  if (fs::is_symlink(link, error)) {
+    const fs::path target = fs::read_symlink(link, error);
+    if (!error && !target.has_parent_path() && step_of_file_name(target.string(), extension))
+      candidates.push_back(directory / target);
+  }
+  for (const auto& file : list_checkpoints(directory, extension))
+    if (candidates.empty() || file.path != candidates.front()) candidates.push_back(file.path);
+  for (const auto& path : candidates) {
     try {
-      return std::make_pair(file.path, read_container(file.path));
+      return std::make_pair(path, read_container(path));
     } catch (const CheckpointError& e) {
       std::cerr << "keel: warning: skipping " << e.what() << "\n";
     }
   }
   return std::nullopt;
+}
+
+/// Removes temporary files that a killed writer left in `directory` (`.<name>.tmp.<pid>` whose
+/// process no longer exists). Files of live processes are left alone.
+inline void remove_stale_temporaries(const fs::path& directory) {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(directory, error)) {
+    const std::string name = entry.path().filename().string();
+    const auto at = name.rfind(".tmp.");
+    if (name.empty() || name[0] != '.' || at == std::string::npos) continue;
+    const std::string pid_text = name.substr(at + 5);
+    if (pid_text.empty() || pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid == ::getpid() || (::kill(pid, 0) != 0 && errno == ESRCH)) {
+      std::error_code ignored;
+      fs::remove(entry.path(), ignored);
+    }
+  }
 }
 
 }  // namespace keel::ckpt
