@@ -12,6 +12,7 @@
 #include <keel/context.hpp>
 #include <keel/hooks.hpp>
 #include <keel/policies.hpp>
+#include <keel/component_checks.hpp>
 #include <keel/model_state.hpp>
 #include <keel/rng.hpp>
 #include <keel/optim/sgd.hpp>

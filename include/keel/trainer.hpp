@@ -15,6 +15,7 @@
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/directory.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/component_checks.hpp>
 #include <keel/context.hpp>
 #include <keel/data/dataset.hpp>
 #include <keel/data/sampler.hpp>
@@ -172,6 +173,8 @@ class Trainer {
     return ((hooks::check_hooks<C>() && check_component_state<C, Format>()) && ... && true);
   }
   static_assert(check_model<Module>());
+  static_assert(check_optimizer<Optimizer>());
+  static_assert(check_scheduler<Scheduler>());
   static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
   static_assert(check_component_state<Scheduler, Format>());
 

@@ -161,7 +161,7 @@ TEST_CASE_TEMPLATE("model state (parameters and BatchNorm buffers) round-trips",
   for (const auto& item : model->named_buffers()) CHECK(keel_test::bitwise_equal(fresh->named_buffers()[item.key()], item.value()));
 }
 
-TEST_CASE_TEMPLATE("scheduler state round-trips: StepDecay and CosineWarmup", A, Binary, PortableBinary, Json) {
+TEST_CASE_TEMPLATE("scheduler state round-trips: Constant, StepDecay and CosineWarmup", A, Binary, PortableBinary, Json) {
   auto model = std::make_shared<keel_test::SmallNetImpl>();
   keel::optim::AdamW optimizer(model->named_parameters(), torch::optim::AdamWOptions(1e-2));
   keel::sched::StepDecay step(optimizer.torch_optimizer(), keel::sched::StepDecayOptions(3, 0.5));
@@ -170,6 +170,10 @@ TEST_CASE_TEMPLATE("scheduler state round-trips: StepDecay and CosineWarmup", A,
     step.step();
     cosine.step();
   }
+  keel::sched::Constant constant(optimizer.torch_optimizer()), constant2(optimizer.torch_optimizer());
+  constant.step();
+  round_trip<A>(constant, constant2);
+  CHECK(constant2.steps() == 1);
   keel::sched::StepDecay step2(optimizer.torch_optimizer(), keel::sched::StepDecayOptions(3, 0.5));
   keel::sched::CosineWarmup cosine2(optimizer.torch_optimizer(), keel::sched::CosineWarmupOptions(2, 20));
   round_trip<A>(step, step2);

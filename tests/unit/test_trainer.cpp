@@ -21,6 +21,10 @@ static_assert(std::is_same_v<Reordered::Optimizer, keel::optim::SGD>);
 static_assert(std::is_same_v<Reordered::Scheduler, keel::sched::StepDecay>);
 static_assert(std::is_same_v<Reordered::Callbacks, std::tuple<>>);
 static_assert(std::is_same_v<Reordered::Format, keel::format::Binary>);
+static_assert(keel::check_optimizer<keel::optim::SGD>() && keel::check_optimizer<keel::optim::Adam>() &&
+              keel::check_optimizer<keel::optim::AdamW>());
+static_assert(keel::check_scheduler<keel::sched::Constant>() && keel::check_scheduler<keel::sched::StepDecay>() &&
+              keel::check_scheduler<keel::sched::CosineWarmup>());
 using Defaults = keel::Trainer<keel::model<SmallNetImpl>>;
 static_assert(std::is_same_v<Defaults::Optimizer, keel::optim::AdamW>);
 static_assert(std::is_same_v<Defaults::Scheduler, keel::sched::Constant>);
