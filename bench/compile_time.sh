@@ -14,7 +14,7 @@ median_seconds() {  # compiler file
     start=$(date +%s.%N)
     "$1" "${flags[@]}" "$2"
     end=$(date +%s.%N)
-    times+=("$(echo "$end - $start" | bc)")
+    times+=("$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')")
   done
   printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((repeats + 1) / 2))p"
 }
@@ -24,5 +24,5 @@ echo "|---|---|---|---|"
 for compiler in g++ clang++; do
   base=$(median_seconds "$compiler" bench/compile_time_torch.cpp)
   full=$(median_seconds "$compiler" bench/compile_time_trainer.cpp)
-  printf '| %s | %.1f | %.1f | %.2f |\n' "$compiler" "$base" "$full" "$(echo "$full / $base" | bc -l)"
+  printf '| %s | %.1f | %.1f | %.2f |\n' "$compiler" "$base" "$full" "$(awk -v a="$full" -v b="$base" 'BEGIN { print a / b }')"
 done
