@@ -85,25 +85,53 @@ class Dataset {
     return out;
   }
 
+  /// Turns on augmentation for training batches: each image shifted by up to 2 pixels in each
+  /// direction (zero padding) and flipped left-right with probability 1/2, drawn from the
+  /// sample's own generator, so the augmented batch is the same under any worker count or resume.
+  Dataset& augment(bool on) {
+    augment_ = on;
+    return *this;
+  }
+
   std::size_t size() const { return static_cast<std::size_t>(labels_.size(0)); }
   keel::data::Example get(std::size_t index) const {
     return {images_[static_cast<std::int64_t>(index)], labels_[static_cast<std::int64_t>(index)]};
   }
-  keel::data::Example get_batch(const std::vector<std::int64_t>& indices) const {
+  keel::data::Example get_batch(const std::vector<std::int64_t>& indices, const keel::data::SampleContext& ctx) const {
     const auto index = torch::from_blob(const_cast<std::int64_t*>(indices.data()),
                                         {static_cast<std::int64_t>(indices.size())}, torch::kInt64);
-    return {images_.index_select(0, index), labels_.index_select(0, index)};
+    torch::Tensor images = images_.index_select(0, index);
+    if (augment_ && ctx.training()) images = augmented(images, indices, ctx);
+    return {images, labels_.index_select(0, index)};
   }
 
   const torch::Tensor& images() const { return images_; }
   const torch::Tensor& labels() const { return labels_; }
 
  private:
+  static torch::Tensor augmented(const torch::Tensor& images, const std::vector<std::int64_t>& indices,
+                                 const keel::data::SampleContext& ctx) {
+    constexpr std::int64_t pad = 2;
+    const double background = (0.0 - kMean) / kStd;  // a black pixel after normalization
+    const torch::Tensor padded = torch::constant_pad_nd(images, {pad, pad, pad, pad}, background);
+    torch::Tensor out = torch::empty_like(images);
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      keel::data::SplitMix64 rng(ctx.sample_seed(indices[i]));
+      const auto dy = static_cast<std::int64_t>(rng.below(2 * pad + 1));
+      const auto dx = static_cast<std::int64_t>(rng.below(2 * pad + 1));
+      torch::Tensor crop = padded[static_cast<std::int64_t>(i)].narrow(1, dy, 28).narrow(2, dx, 28);
+      if (rng.below(2) == 1) crop = crop.flip({2});
+      out[static_cast<std::int64_t>(i)].copy_(crop);
+    }
+    return out;
+  }
+
   Dataset() = default;
   static constexpr double kMean = 0.2860;  // of the training images
   static constexpr double kStd = 0.3530;
   torch::Tensor images_;
   torch::Tensor labels_;
+  bool augment_ = false;
 };
 
 }  // namespace fashion_mnist

@@ -35,6 +35,8 @@ struct Flags {
   std::string resume = "auto";
   std::int64_t validation_size = 5000;
   std::int64_t log_every = 100;
+  int workers = 2;
+  bool augment = false;
 };
 
 /// Prints one plain line every `every` optimizer steps. Its only member is configuration, so
@@ -69,6 +71,7 @@ int train(const Flags& flags) {
   if (train_size <= 0 || flags.validation_size < 0)
     throw keel::ConfigError("--validation-size must be in [0, " + std::to_string(all_train.size()) + ")");
   auto train_set = all_train.slice(0, train_size);
+  train_set.augment(flags.augment);
   auto validation_set = all_train.slice(train_size, static_cast<std::int64_t>(all_train.size()));
 
   // The schedule spans the whole run: every epoch, or --max-steps if that ends it sooner.
@@ -90,7 +93,11 @@ int train(const Flags& flags) {
                       .checkpoint_dir(flags.ckpt_dir)
                       .save_every_steps(flags.save_every_steps)
                       .resume(flags.resume)
-                      .validation_batch_size(1000),
+                      .validation_batch_size(1000)
+                      .workers(flags.workers)
+                      .config("model", flags.model)
+                      .config("augment", flags.augment ? "on" : "off")
+                      .config("validation_size", std::to_string(flags.validation_size)),
                   torch::optim::AdamWOptions(flags.lr).weight_decay(1e-4),
                   keel::sched::CosineWarmupOptions(warmup, total_steps + 1),
                   PrintProgress{flags.log_every}, keel::EarlyStopping("val_loss", 5));
@@ -140,6 +147,10 @@ int main(int argc, char** argv) {
   app.add_option("--resume", flags.resume, "auto, never, or a checkpoint file")->capture_default_str();
   app.add_option("--validation-size", flags.validation_size, "training samples held out for validation")
       ->capture_default_str();
+  app.add_option("--workers", flags.workers, "threads loading batches ahead (results do not depend on it)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--augment", flags.augment, "random shifts by up to 2 pixels and left-right flips");
   app.add_option("--log-every", flags.log_every, "print a line every N optimizer steps (0: never)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -18,6 +18,7 @@
 #include <keel/component_checks.hpp>
 #include <keel/context.hpp>
 #include <keel/data/dataset.hpp>
+#include <keel/data/loader.hpp>
 #include <keel/data/sampler.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
@@ -305,6 +306,7 @@ class Trainer {
     f.add("data.shuffle", options_.shuffle());
     f.add("data.drop_last", options_.drop_last());
     f.add("data.seed", options_.seed());
+    for (const auto& [key, value] : options_.config()) f.add("user." + key, value);
     return f;
   }
 
@@ -368,6 +370,8 @@ class Trainer {
     non_negative("keep_last", options.keep_last());
     non_negative("validation_batch_size", options.validation_batch_size());
     non_negative("threads", options.threads());
+    non_negative("workers", options.workers());
+    non_negative("prefetch_batches", options.prefetch_batches());
     if (options.max_epochs() == 0 && options.max_steps() == 0)
       throw ConfigError("keel::TrainerOptions: set max_epochs or max_steps (both are 0, so training "
                         "would never end)");
@@ -448,7 +452,7 @@ class Trainer {
   template <class TrainSet, class ValidationSet>
   void fit_impl(TrainSet& train, ValidationSet* validation) {
     static_assert(data::check_dataset<TrainSet>());
-    using Batch = decltype(data::fetch_batch(train, std::declval<const std::vector<std::int64_t>&>()));
+    using Batch = data::batch_t<TrainSet>;
     static_assert(detail::has_training_step<Module, Batch>::value,
                   "keel: the model needs `torch::Tensor training_step(const Batch& batch)` "
                   "returning the scalar loss of one batch (Batch is what the dataset's get_batch "
@@ -468,8 +472,7 @@ class Trainer {
                         " samples but this training set has " + std::to_string(train_size_) +
                         "; resume with the same dataset");
     if constexpr (!std::is_same_v<ValidationSet, detail::NoValidation>) {
-      using ValidationBatch =
-          decltype(data::fetch_batch(*validation, std::declval<const std::vector<std::int64_t>&>()));
+      using ValidationBatch = data::batch_t<ValidationSet>;
       static_assert(detail::has_validation_step<Module, ValidationBatch>::value,
                     "keel: fit() with a validation set needs the model's "
                     "`keel::Metrics validation_step(const Batch& batch)`.");
@@ -505,7 +508,10 @@ class Trainer {
     if (loop_.batch_in_epoch > batches)
       throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(loop_.batch_in_epoch) +
                         ") lies past the end of an epoch of " + std::to_string(batches) + " batches");
-    const std::vector<std::int64_t> order = sampler.epoch_order(loop_.epoch);
+    // Workers start loading at the resume position; earlier samples are never read.
+    data::BatchLoader<TrainSet> loader(train, sampler, loop_.epoch, loop_.batch_in_epoch,
+                                       data::SampleContext(loop_.data_seed, loop_.epoch, /*training=*/true),
+                                       options_.workers(), options_.prefetch_batches());
     if (loop_.batch_in_epoch == 0) dispatch(event::on_train_epoch_start{});
     model_->train();
     const std::int64_t accumulate = options_.accumulate();
@@ -515,8 +521,7 @@ class Trainer {
       const std::int64_t window = std::min(accumulate, batches - window_start);
 
       dispatch(event::on_train_batch_start{});
-      auto batch = data::to_device(data::fetch_batch(train, sampler.batch(order, loop_.batch_in_epoch)),
-                                   options_.device());
+      auto batch = data::to_device(loader.next(), options_.device());
       torch::Tensor loss = model_->training_step(batch);
       if (!loss.defined() || loss.numel() != 1)
         throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
@@ -568,27 +573,29 @@ class Trainer {
   template <class Dataset>
   Metrics run_validation(Dataset& dataset, bool with_hooks) {
     static_assert(data::check_dataset<Dataset>());
-    using Batch = decltype(data::fetch_batch(dataset, std::declval<const std::vector<std::int64_t>&>()));
+    using Batch = data::batch_t<Dataset>;
     static_assert(detail::has_validation_step<Module, Batch>::value,
                   "keel: validation needs the model's `keel::Metrics validation_step(const Batch& batch)`, "
                   "returning per-batch mean metrics.");
-    const std::int64_t size = data::dataset_size(dataset);
-    const std::int64_t batch_size =
+    data::SamplerOptions in_order;
+    in_order.batch_size =
         options_.validation_batch_size() > 0 ? options_.validation_batch_size() : options_.batch_size();
+    in_order.shuffle = false;
+    const data::EpochSampler sampler(data::dataset_size(dataset), in_order, 0);
     if (with_hooks) dispatch(event::on_validation_start{});
     model_->eval();
     std::map<std::string, double> sums;
     std::int64_t seen = 0;
     {
       torch::NoGradGuard no_grad;
-      std::vector<std::int64_t> indices;
-      for (std::int64_t begin = 0; begin < size; begin += batch_size) {
-        indices.clear();
-        for (std::int64_t i = begin; i < std::min(size, begin + batch_size); ++i) indices.push_back(i);
+      data::BatchLoader<Dataset> loader(dataset, sampler, 0, 0,
+                                        data::SampleContext(loop_.data_seed, loop_.epoch, /*training=*/false),
+                                        options_.workers(), options_.prefetch_batches());
+      for (std::int64_t b = 0; b < sampler.batches_per_epoch(); ++b) {
         if (with_hooks) dispatch(event::on_validation_batch_start{});
-        auto batch = data::to_device(data::fetch_batch(dataset, indices), options_.device());
+        auto batch = data::to_device(loader.next(), options_.device());
         Metrics batch_metrics = model_->validation_step(batch);
-        const auto n = static_cast<std::int64_t>(indices.size());
+        const std::int64_t n = data::batch_size_of(batch);
         for (const auto& [name, value] : batch_metrics) sums[name] += value * static_cast<double>(n);
         seen += n;
         if (with_hooks) {

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace keel {
 
@@ -24,7 +26,12 @@ struct TrainerOptions {
   TORCH_ARG(bool, shuffle) = true;
   /// Drop the last incomplete batch of each epoch.
   TORCH_ARG(bool, drop_last) = false;
-  /// Seed of the data order. Seed LibTorch's generators yourself (keel::seed_everything)
+  /// Threads that load batches ahead of the training step (0: load in the training thread).
+  /// Results do not depend on it: a run may resume with another count and stay bitwise exact.
+  TORCH_ARG(int, workers) = 0;
+  /// Batches loaded ahead at most (0: twice the workers).
+  TORCH_ARG(int, prefetch_batches) = 0;
+  /// Seed of the data order and of per-sample randomness (SampleContext). Seed LibTorch's generators yourself (keel::seed_everything)
   /// before building the model, so its initialization is reproducible too.
   TORCH_ARG(std::uint64_t, seed) = 0;
   /// LibTorch intra-op threads (0: leave LibTorch's setting). Part of exactness: another
@@ -43,6 +50,18 @@ struct TrainerOptions {
   TORCH_ARG(std::string, resume) = "never";
   /// Batch size for validation (0: batch_size).
   TORCH_ARG(std::int64_t, validation_batch_size) = 0;
+
+ public:  // (TORCH_ARG leaves the access private)
+  /// Adds a setting of yours to the configuration fingerprint (as `user.<key>`), so that a
+  /// resume with another value is refused: dataset version, augmentation, model width...
+  TrainerOptions& config(std::string key, std::string value) {
+    config_.emplace_back(std::move(key), std::move(value));
+    return *this;
+  }
+  const std::vector<std::pair<std::string, std::string>>& config() const noexcept { return config_; }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> config_;
 };
 
 }  // namespace keel

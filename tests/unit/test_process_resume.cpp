@@ -181,4 +181,46 @@ TEST_CASE("the Fashion-MNIST example killed with SIGKILL at random moments resum
   CHECK(value_of(final_run.output, "test_accuracy") == value_of(reference.output, "test_accuracy"));
 }
 
+TEST_CASE("the example's digest does not depend on the worker count, also across resumes") {
+  const std::string example = KEEL_FASHION_MNIST_EXAMPLE;
+  REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
+  auto args = [&](const fs::path& dir, int workers, int max_steps) {
+    return std::vector<std::string>{example, "--model", "mlp", "--augment", "--max-steps", std::to_string(max_steps),
+                                    "--epochs", "1", "--save-every-steps", "50", "--threads", "2",
+                                    "--workers", std::to_string(workers), "--ckpt-dir", dir.string(),
+                                    "--log-every", "0", "--resume", "auto"};
+  };
+  std::optional<std::string> reference;
+  for (int workers : {0, 1, 2, 4}) {
+    CAPTURE(workers);
+    const auto result = run(args(fresh_directory("workers-" + std::to_string(workers)), workers, 240));
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    const auto digest = value_of(result.output, "state_digest");
+    REQUIRE(digest);
+    if (!reference) reference = digest;
+    CHECK(*digest == *reference);
+  }
+  // Killed once a checkpoint at step >= 100 exists (4 workers), resumed with none and killed
+  // again past step 150, then finished with 2 workers.
+  const auto dir = fresh_directory("workers-resume");
+  auto kill_past = [&](int workers, std::int64_t step) {
+    keel_test::Process process(args(dir, workers, 240));
+    while (!process.pump(std::chrono::milliseconds(5))) {
+      const auto files = keel::ckpt::list_checkpoints(dir);
+      if (!files.empty() && files.front().global_step >= step) {
+        process.kill(SIGKILL);
+        break;
+      }
+    }
+    return process.wait().signal == SIGKILL;
+  };
+  REQUIRE(kill_past(4, 100));
+  REQUIRE(kill_past(0, 150));
+  const auto last = run(args(dir, 2, 240));
+  INFO(last.output);
+  REQUIRE(last.exit_code == 0);
+  CHECK(value_of(last.output, "state_digest") == reference);
+}
+
 }  // namespace process_test

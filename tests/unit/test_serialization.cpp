@@ -106,7 +106,7 @@ std::pair<std::shared_ptr<keel_test::SmallNetImpl>, std::unique_ptr<Optimizer>> 
   auto model = std::make_shared<keel_test::SmallNetImpl>();
   auto optimizer = std::make_unique<Optimizer>(model->named_parameters(), options);
   keel_test::SyntheticImages data(16, 2);
-  auto batch = keel::data::fetch_batch(data, {0, 1, 2, 3, 4, 5, 6, 7});
+  auto batch = keel::data::fetch_batch(data, {0, 1, 2, 3, 4, 5, 6, 7}, keel::data::SampleContext(0, 0, true));
   for (int i = 0; i < 3; ++i) {
     model->training_step(batch).backward();
     optimizer->step();
