@@ -13,7 +13,8 @@ packages=(
   libopenblas0-pthread
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(doctest-dev clang)
+  # python3-torch: Debian's /usr/bin/python3 with torch, to prove exports load with torch.load
+  packages+=(doctest-dev clang python3-torch)
 fi
 
 missing=()

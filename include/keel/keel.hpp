@@ -26,6 +26,9 @@
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/binary_format.hpp>
 #include <keel/checkpoint/directory.hpp>
+#include <keel/checkpoint/sections.hpp>
+#include <keel/checkpoint/digest.hpp>
+#include <keel/data/loader.hpp>
 #include <keel/callbacks/early_stopping.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/trainer.hpp>

@@ -11,6 +11,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -54,6 +55,17 @@ inline std::string shape_string(torch::IntArrayRef shape) {
     out += std::to_string(shape[i]);
   }
   return out + "]";
+}
+
+/// Same dtype, shape and bytes (unlike torch::equal, -0.0 differs from 0.0 and NaN equals
+/// an identical NaN): the equality that bitwise-exact resume promises.
+inline bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.defined() != b.defined()) return false;
+  if (!a.defined()) return true;
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  const auto ca = a.detach().to(torch::kCPU).contiguous();
+  const auto cb = b.detach().to(torch::kCPU).contiguous();
+  return std::memcmp(ca.data_ptr(), cb.data_ptr(), static_cast<std::size_t>(ca.numel()) * ca.element_size()) == 0;
 }
 
 namespace detail {

@@ -13,8 +13,10 @@
 
 #include <keel/checkpoint/binary_format.hpp>
 #include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/digest.hpp>
 #include <keel/checkpoint/directory.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/sections.hpp>
 #include <keel/component_checks.hpp>
 #include <keel/context.hpp>
 #include <keel/data/dataset.hpp>
@@ -97,57 +99,7 @@ struct has_validation_step<
     : std::is_convertible<decltype(std::declval<Model&>().validation_step(std::declval<const Batch&>())),
                           Metrics> {};
 
-/// Hashes what a checkpoint would hold, section by section, without writing anything.
-class DigestWriter {
- public:
-  template <class Write>
-  void section(const std::string& name, const std::string& type, std::uint32_t version, Write&& write) {
-    SectionHasher buffer;
-    std::ostream stream(&buffer);
-    write(stream);
-    stream.flush();
-    hasher_.update_string(name);
-    hasher_.update_string(type);
-    hasher_.update_u64(version);
-    hasher_.update_u64(buffer.size);
-    hasher_.update_u64(buffer.hash.digest());
-  }
-  std::string hex() const { return hasher_.hex(); }
-
- private:
-  struct SectionHasher : std::streambuf {
-    Hasher64 hash;
-    std::uint64_t size = 0;
-    std::streamsize xsputn(const char* data, std::streamsize n) override {
-      hash.update(data, static_cast<std::size_t>(n));
-      size += static_cast<std::uint64_t>(n);
-      return n;
-    }
-    int_type overflow(int_type ch) override {
-      if (!traits_type::eq_int_type(ch, traits_type::eof())) {
-        const char c = traits_type::to_char_type(ch);
-        xsputn(&c, 1);
-      }
-      return traits_type::not_eof(ch);
-    }
-  };
-  Hasher128 hasher_;
-};
 }  // namespace detail
-
-/// The state digest of a checkpoint file: the same hex as Trainer::state_digest() printed for
-/// the state the file holds. Verifies the file first (throws CheckpointError).
-inline std::string checkpoint_digest(const ckpt::Container& container) {
-  Hasher128 hasher;
-  for (const auto& s : container.manifest.sections) {
-    hasher.update_string(s.name);
-    hasher.update_string(s.type);
-    hasher.update_u64(s.version);
-    hasher.update_u64(s.size);
-    hasher.update_u64(s.checksum);
-  }
-  return hasher.hex();
-}
 
 template <class... Policies>
 class Trainer {
@@ -283,7 +235,7 @@ class Trainer {
   /// buffers, optimizer, scheduler, loop and data position, random streams, callbacks). Two
   /// runs print the same digest exactly when their checkpoints would be identical.
   std::string state_digest() {
-    detail::DigestWriter writer;
+    ckpt::DigestWriter writer;
     write_sections(writer);
     return writer.hex();
   }
@@ -722,21 +674,10 @@ class Trainer {
       problems.push_back("section '" + name + "' holds " + info->type + " but this run uses " + expected_type);
       return false;
     }
-    const std::string_view bytes = container.section(*info);
     try {
-      ckpt::detail::MemoryBuffer buffer(bytes.data(), bytes.size());
-      std::istream stream(&buffer);
-      {
-        typename Format::input_archive archive(stream);
-        archive(cereal::make_nvp(name, value));
-      }
-      if (buffer.in_avail() != 0) {
-        problems.push_back("section '" + name + "' has " + std::to_string(buffer.in_avail()) +
-                           " bytes after its end (written by another version of " + expected_type + "?)");
-        return false;
-      }
+      ckpt::parse_section<Format>(container, *info, value);
     } catch (const std::exception& e) {
-      problems.push_back("section '" + name + "' (" + expected_type + ") cannot be read: " + e.what());
+      problems.push_back(e.what());
       return false;
     }
     return true;

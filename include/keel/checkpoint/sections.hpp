@@ -1,0 +1,35 @@
+#pragma once
+// Reading one section of a verified container into a value, shared by the Trainer (which
+// stages a whole checkpoint before applying it) and keel-ckpt (which inspects files without
+// the program that wrote them).
+
+#include <keel/checkpoint/container.hpp>
+
+#include <cereal/cereal.hpp>
+
+#include <istream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace keel::ckpt {
+
+/// Parses section `info` of `container` into `value` with the input archive of `Format`.
+/// Throws std::runtime_error naming the section if the bytes do not parse or are not all used.
+template <class Format, class T>
+void parse_section(const Container& container, const SectionInfo& info, T& value) {
+  const std::string_view bytes = container.section(info);
+  detail::MemoryBuffer buffer(bytes.data(), bytes.size());
+  std::istream stream(&buffer);
+  try {
+    typename Format::input_archive archive(stream);
+    archive(cereal::make_nvp(info.name, value));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("section '" + info.name + "' (" + info.type + ") cannot be read: " + e.what());
+  }
+  if (buffer.in_avail() != 0)
+    throw std::runtime_error("section '" + info.name + "' has " + std::to_string(buffer.in_avail()) +
+                             " bytes after its end (written by another version of " + info.type + "?)");
+}
+
+}  // namespace keel::ckpt

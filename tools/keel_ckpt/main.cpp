@@ -1,0 +1,316 @@
+// keel-ckpt: inspect, verify, digest, compare and export keel checkpoints without the program
+// that wrote them.
+//
+//   keel-ckpt info FILE [--tensors]   versions, position, sections, fingerprint
+//   keel-ckpt verify FILE             exit 0 if every checksum and structural check passes
+//   keel-ckpt digest FILE             the state digest the trainer printed for this state
+//   keel-ckpt diff A B                which sections and tensors differ (max |a - b| per tensor)
+//   keel-ckpt export FILE OUT.pt      model tensors (a state_dict) for Python's torch.load
+//
+// Exit status: 0 success (diff: identical), 1 the check failed (diff: different), 2 bad input.
+
+#include <keel/keel.hpp>
+
+#include <CLI/CLI.hpp>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+using keel::ckpt::Container;
+using keel::ckpt::SectionInfo;
+using Format = keel::format::Binary;
+
+/// keel's own schedulers save (step, base learning rates).
+struct SchedulerState {
+  std::int64_t step = 0;
+  std::vector<double> base_lrs;
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("step", step), cereal::make_nvp("base_lrs", base_lrs));
+  }
+};
+
+/// The sections keel-ckpt understands, parsed; user callbacks stay opaque (checksums only).
+struct Parsed {
+  std::optional<keel::LoopState> loop;
+  std::optional<keel::ModelState> model;
+  std::optional<keel::optim::OptimizerState> optimizer;
+  std::optional<SchedulerState> scheduler;
+  std::optional<keel::RngState> rng;
+};
+
+Parsed parse(const Container& container, std::vector<std::string>& problems) {
+  Parsed parsed;
+  auto read = [&](const char* name, auto& slot, auto accept_type) {
+    const SectionInfo* info = container.manifest.find(name);
+    if (!info) {
+      problems.push_back(std::string("section '") + name + "' is missing");
+      return;
+    }
+    if (!accept_type(info->type)) return;
+    try {
+      typename std::decay_t<decltype(slot)>::value_type value;
+      keel::ckpt::parse_section<Format>(container, *info, value);
+      slot = std::move(value);
+    } catch (const std::exception& e) {
+      problems.push_back(e.what());
+    }
+  };
+  auto any = [](const std::string&) { return true; };
+  read("loop", parsed.loop, any);
+  read("model", parsed.model, any);
+  read("optimizer", parsed.optimizer, [](const std::string& t) { return t.rfind("keel::optim::", 0) == 0; });
+  read("scheduler", parsed.scheduler, [](const std::string& t) { return t.rfind("keel::sched::", 0) == 0; });
+  read("rng", parsed.rng, any);
+  return parsed;
+}
+
+/// Structural checks across sections, beyond what parsing proves.
+std::vector<std::string> structural_problems(const Container& container, const Parsed& parsed) {
+  std::vector<std::string> problems;
+  if (container.manifest.format != Format::keel_name)
+    problems.push_back("format '" + container.manifest.format + "' is not one this keel-ckpt reads");
+  if (parsed.loop && (parsed.loop->micro_batch != 0 || parsed.loop->global_step < 0 || parsed.loop->epoch < 0))
+    problems.push_back("the loop position is not an optimizer-step boundary");
+  if (parsed.model) {
+    std::map<std::string, const torch::Tensor*> params;
+    std::set<std::string> names;
+    for (const auto& t : parsed.model->parameters) {
+      if (!names.insert(t.name).second) problems.push_back("model tensor '" + t.name + "' appears twice");
+      params[t.name] = &t.tensor;
+    }
+    for (const auto& t : parsed.model->buffers)
+      if (!names.insert(t.name).second) problems.push_back("model tensor '" + t.name + "' appears twice");
+    if (parsed.optimizer) {
+      for (const auto& p : parsed.optimizer->params) {
+        auto found = params.find(p.name);
+        if (found == params.end()) {
+          problems.push_back("optimizer state for '" + p.name + "', which is not a model parameter");
+          continue;
+        }
+        for (const auto& [tensor_name, tensor] : p.tensors)
+          if (tensor.defined() && tensor.sizes() != found->second->sizes())
+            problems.push_back("optimizer state '" + tensor_name + "' of '" + p.name + "' has shape " +
+                               keel::shape_string(tensor.sizes()) + ", the parameter " +
+                               keel::shape_string(found->second->sizes()));
+      }
+    }
+  }
+  return problems;
+}
+
+/// Reads and verifies a file; on failure prints the reason and returns nullopt.
+std::optional<Container> open_checked(const std::string& path) {
+  try {
+    return keel::ckpt::read_container(path);
+  } catch (const keel::CheckpointError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return std::nullopt;
+  }
+}
+
+/// Every tensor of the known sections, by a qualified name: "model/<name>", "optimizer/<param>/<tensor>".
+std::map<std::string, torch::Tensor> tensors_of(const Parsed& parsed) {
+  std::map<std::string, torch::Tensor> out;
+  if (parsed.model) {
+    for (const auto& t : parsed.model->parameters) out["model/" + t.name] = t.tensor;
+    for (const auto& t : parsed.model->buffers) out["model/" + t.name] = t.tensor;
+  }
+  if (parsed.optimizer)
+    for (const auto& p : parsed.optimizer->params)
+      for (const auto& [name, tensor] : p.tensors)
+        if (tensor.defined()) out["optimizer/" + p.name + "/" + name] = tensor;
+  return out;
+}
+
+std::string describe(const torch::Tensor& t) {
+  const char* dtype = keel::dtype_name(t.scalar_type());
+  return std::string(dtype ? dtype : "?") + keel::shape_string(t.sizes());
+}
+
+int info(const std::string& path, bool list_tensors) {
+  auto container = open_checked(path);
+  if (!container) return 1;
+  const auto& m = container->manifest;
+  std::printf("file:              %s\n", path.c_str());
+  std::printf("container version: %u\n", container->version);
+  std::printf("written by:        keel %s, LibTorch %s\n", container->library_version.c_str(),
+              m.fact("torch_version").c_str());
+  std::printf("format:            %s\n", m.format.c_str());
+  std::printf("position:          epoch %s, global step %s, batch %s of the epoch\n", m.fact("epoch").c_str(),
+              m.fact("global_step").c_str(), m.fact("batch_in_epoch").c_str());
+  std::printf("training set:      %s samples; %s intra-op threads\n", m.fact("train_size").c_str(),
+              m.fact("threads").c_str());
+  std::printf("state digest:      %s\n", keel::checkpoint_digest(*container).c_str());
+  std::printf("sections:\n");
+  std::printf("  %-14s %-40s %7s %12s  %s\n", "name", "type", "version", "bytes", "xxh3-64");
+  for (const auto& s : m.sections)
+    std::printf("  %-14s %-40s %7u %12llu  %s\n", s.name.c_str(), s.type.c_str(), s.version,
+                static_cast<unsigned long long>(s.size), keel::hex64(s.checksum).c_str());
+  std::printf("fingerprint:\n");
+  for (const auto& [key, value] : m.fingerprint.entries()) std::printf("  %s = %s\n", key.c_str(), value.c_str());
+  if (list_tensors) {
+    std::vector<std::string> problems;
+    const auto parsed = parse(*container, problems);
+    std::printf("tensors:\n");
+    for (const auto& [name, tensor] : tensors_of(parsed)) std::printf("  %s %s\n", name.c_str(), describe(tensor).c_str());
+    for (const auto& p : problems) std::printf("  (not read: %s)\n", p.c_str());
+  }
+  return 0;
+}
+
+int verify(const std::string& path) {
+  auto container = open_checked(path);
+  if (!container) return 1;
+  std::vector<std::string> problems;
+  const auto parsed = parse(*container, problems);
+  for (auto& p : structural_problems(*container, parsed)) problems.push_back(std::move(p));
+  if (!problems.empty()) {
+    std::fprintf(stderr, "%s", keel::CheckpointError(path, problems).what());
+    std::fprintf(stderr, "\n");
+    return 1;
+  }
+  std::printf("ok: %s (%zu sections, global step %s, digest %s)\n", path.c_str(), container->manifest.sections.size(),
+              container->manifest.fact("global_step").c_str(), keel::checkpoint_digest(*container).c_str());
+  return 0;
+}
+
+int digest(const std::string& path) {
+  auto container = open_checked(path);
+  if (!container) return 1;
+  std::printf("%s\n", keel::checkpoint_digest(*container).c_str());
+  return 0;
+}
+
+int diff(const std::string& a_path, const std::string& b_path) {
+  auto a = open_checked(a_path);
+  auto b = open_checked(b_path);
+  if (!a || !b) return 2;
+  int differences = 0;
+  auto report = [&](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    ++differences;
+  };
+  for (const auto& s : a->manifest.sections) {
+    const SectionInfo* other = b->manifest.find(s.name);
+    if (!other) report("section " + s.name + ": only in " + a_path);
+    else if (other->type != s.type) report("section " + s.name + ": " + s.type + " vs " + other->type);
+    else if (other->checksum != s.checksum || other->size != s.size) report("section " + s.name + ": differs");
+  }
+  for (const auto& s : b->manifest.sections)
+    if (!a->manifest.find(s.name)) report("section " + s.name + ": only in " + b_path);
+  for (const auto& line : b->manifest.fingerprint.differences_from(a->manifest.fingerprint)) report(line);
+
+  std::vector<std::string> ignored;
+  const auto ta = tensors_of(parse(*a, ignored));
+  const auto tb = tensors_of(parse(*b, ignored));
+  for (const auto& [name, x] : ta) {
+    auto found = tb.find(name);
+    if (found == tb.end()) {
+      report("tensor " + name + ": only in " + a_path);
+      continue;
+    }
+    const auto& y = found->second;
+    if (x.sizes() != y.sizes() || x.scalar_type() != y.scalar_type()) {
+      report("tensor " + name + ": " + describe(x) + " vs " + describe(y));
+    } else if (!keel::bitwise_equal(x, y)) {
+      const double max_diff =
+          x.numel() == 0 ? 0.0 : (x.to(torch::kFloat64) - y.to(torch::kFloat64)).abs().max().item<double>();
+      char line[512];
+      std::snprintf(line, sizeof line, "tensor %s: max |a - b| = %.9g", name.c_str(), max_diff);
+      report(line);
+    }
+  }
+  for (const auto& [name, y] : tb)
+    if (!ta.count(name)) report("tensor " + name + ": only in " + b_path);
+  if (differences == 0) std::printf("identical state (digest %s)\n", keel::checkpoint_digest(*a).c_str());
+  return differences == 0 ? 0 : 1;
+}
+
+int export_pt(const std::string& path, const std::string& out, bool with_optimizer) {
+  auto container = open_checked(path);
+  if (!container) return 2;
+  std::vector<std::string> problems;
+  const auto parsed = parse(*container, problems);
+  if (!parsed.model || (with_optimizer && !parsed.optimizer)) {
+    for (const auto& p : problems) std::fprintf(stderr, "keel-ckpt: %s\n", p.c_str());
+    return 2;
+  }
+  c10::Dict<std::string, at::Tensor> model;
+  for (const auto& t : parsed.model->parameters) model.insert(t.name, t.tensor);
+  for (const auto& t : parsed.model->buffers) model.insert(t.name, t.tensor);
+  torch::IValue value(model);
+  if (with_optimizer) {
+    // {"model": state_dict, "optimizer": {"<param>.<tensor>": tensor, "<param>.step": int64 tensor}}
+    c10::Dict<std::string, at::Tensor> optimizer;
+    for (const auto& p : parsed.optimizer->params) {
+      optimizer.insert(p.name + ".step", torch::tensor(p.step, torch::kInt64));
+      for (const auto& [name, tensor] : p.tensors)
+        if (tensor.defined()) optimizer.insert(p.name + "." + name, tensor);
+    }
+    c10::impl::GenericDict both(c10::StringType::get(), c10::AnyType::get());
+    both.insert("model", torch::IValue(model));
+    both.insert("optimizer", torch::IValue(optimizer));
+    value = torch::IValue(both);
+  }
+  const std::vector<char> bytes = torch::pickle_save(value);
+  try {
+    keel::ckpt::write_atomically(out, [&](keel::ckpt::HashingFileSink& sink) { sink.write(bytes.data(), bytes.size()); });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
+  std::printf("wrote %s: %zu model tensors%s\n", out.c_str(), static_cast<std::size_t>(model.size()),
+              with_optimizer ? " and the optimizer state" : "");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-ckpt: inspect, verify, digest, compare and export keel checkpoints"};
+  app.require_subcommand(1);
+  std::string file, other, out;
+  bool list_tensors = false, with_optimizer = false;
+
+  auto* info_cmd = app.add_subcommand("info", "versions, position, sections and fingerprint");
+  info_cmd->add_option("FILE", file, "checkpoint file")->required();
+  info_cmd->add_flag("--tensors", list_tensors, "also list every tensor with dtype and shape");
+  auto* verify_cmd = app.add_subcommand("verify", "exit 0 if every checksum and structural check passes");
+  verify_cmd->add_option("FILE", file, "checkpoint file")->required();
+  auto* digest_cmd = app.add_subcommand("digest", "print the state digest (as the trainer prints it)");
+  digest_cmd->add_option("FILE", file, "checkpoint file")->required();
+  auto* diff_cmd = app.add_subcommand("diff", "which sections and tensors differ");
+  diff_cmd->add_option("A", file, "first checkpoint")->required();
+  diff_cmd->add_option("B", other, "second checkpoint")->required();
+  auto* export_cmd = app.add_subcommand("export", "write the model tensors for Python's torch.load");
+  export_cmd->add_option("FILE", file, "checkpoint file")->required();
+  export_cmd->add_option("OUT", out, "output file, e.g. model.pt")->required();
+  export_cmd->add_flag("--optimizer", with_optimizer, "also export the optimizer state");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    if (*info_cmd) return info(file, list_tensors);
+    if (*verify_cmd) return verify(file);
+    if (*digest_cmd) return digest(file);
+    if (*diff_cmd) return diff(file, other);
+    if (*export_cmd) return export_pt(file, out, with_optimizer);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keel-ckpt: %s\n", e.what());
+    return 2;
+  }
+  return 2;
+}
