@@ -34,35 +34,18 @@ struct Flags {
   std::int64_t save_every_steps = 200;
   std::string resume = "auto";
   std::int64_t validation_size = 5000;
-  std::int64_t log_every = 100;
+  std::int64_t log_every = 50;
+  std::string log_dir = "runs/fashion-mnist/logs";
+  std::string progress = "auto";
   int workers = 2;
   bool augment = false;
-};
-
-/// Prints one plain line every `every` optimizer steps. Its only member is configuration, so
-/// its serialization saves nothing, said explicitly (keel refuses a callback with unsaved data).
-struct PrintProgress {
-  std::int64_t every = 100;
-
-  template <class Archive>
-  void serialize(Archive&) {}
-
-  void on_optimizer_step_end(keel::Context& ctx) {
-    if (every > 0 && ctx.global_step() % every == 0)
-      std::printf("epoch %lld step %lld loss %.4f lr %.3g\n", static_cast<long long>(ctx.epoch()),
-                  static_cast<long long>(ctx.global_step()), ctx.loss().item<double>(), ctx.lr());
-  }
-  void on_validation_end(keel::Context& ctx) {
-    std::printf("epoch %lld validation loss %.4f accuracy %.4f\n", static_cast<long long>(ctx.epoch()),
-                ctx.metrics().at("val_loss"), ctx.metrics().at("val_accuracy"));
-  }
 };
 
 template <class Module>
 int train(const Flags& flags) {
   using Trainer = keel::Trainer<keel::model<Module>, keel::optimizer<keel::optim::AdamW>,
                                 keel::scheduler<keel::sched::CosineWarmup>,
-                                keel::callbacks<PrintProgress, keel::EarlyStopping>,
+                                keel::callbacks<keel::ProgressBar, keel::MetricsLogger, keel::EarlyStopping>,
                                 keel::checkpoint<keel::format::Binary>>;
 
   fashion_mnist::Dataset all_train(flags.data, "train");
@@ -100,7 +83,9 @@ int train(const Flags& flags) {
                       .config("validation_size", std::to_string(flags.validation_size)),
                   torch::optim::AdamWOptions(flags.lr).weight_decay(1e-4),
                   keel::sched::CosineWarmupOptions(warmup, total_steps + 1),
-                  PrintProgress{flags.log_every}, keel::EarlyStopping("val_loss", 5));
+                  keel::ProgressBar(keel::ProgressBar::parse_mode(flags.progress), flags.log_every),
+                  keel::MetricsLogger(flags.log_dir, flags.log_every, {"val_loss", "val_accuracy"}),
+                  keel::EarlyStopping("val_loss", 5));
 
   const auto start = std::chrono::steady_clock::now();
   if (flags.validation_size > 0) {
@@ -151,8 +136,13 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--augment", flags.augment, "random shifts by up to 2 pixels and left-right flips");
-  app.add_option("--log-every", flags.log_every, "print a line every N optimizer steps (0: never)")
-      ->capture_default_str();
+  app.add_option("--log-every", flags.log_every, "log a row (and, off a terminal, print a line) every N steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--log-dir", flags.log_dir, "where metrics.csv and metrics.jsonl go")->capture_default_str();
+  app.add_option("--progress", flags.progress, "auto (a bar on a terminal, plain lines otherwise), bar, plain, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bar", "plain", "off"}));
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -5,6 +5,7 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <map>
@@ -58,9 +59,20 @@ class Context {
   /// Metrics of the validation batch just processed (on_validation_batch_end).
   const Metrics& batch_metrics() const noexcept { return batch_metrics_; }
 
+  /// Samples in the latest training micro-batch.
+  std::int64_t batch_size() const noexcept { return batch_size_; }
+
   std::int64_t max_steps() const noexcept { return max_steps_; }
   std::int64_t max_epochs() const noexcept { return max_epochs_; }
   std::int64_t batches_per_epoch() const noexcept { return batches_per_epoch_; }
+  /// Optimizer steps per epoch (the last accumulation window of an epoch may be short).
+  std::int64_t steps_per_epoch() const noexcept { return steps_per_epoch_; }
+  /// Optimizer steps the whole fit will take, as far as max_steps and max_epochs say.
+  std::int64_t total_steps() const noexcept {
+    const std::int64_t by_epochs = max_epochs_ > 0 ? max_epochs_ * steps_per_epoch_ : 0;
+    if (max_steps_ > 0 && by_epochs > 0) return std::min(max_steps_, by_epochs);
+    return max_steps_ > 0 ? max_steps_ : by_epochs;
+  }
 
   /// File being written (on_save_checkpoint_*) or read (on_load_checkpoint).
   const std::string& checkpoint_path() const noexcept { return checkpoint_path_; }
@@ -85,6 +97,8 @@ class Context {
   std::int64_t max_steps_ = 0;
   std::int64_t max_epochs_ = 0;
   std::int64_t batches_per_epoch_ = 0;
+  std::int64_t steps_per_epoch_ = 0;
+  std::int64_t batch_size_ = 0;
   std::string checkpoint_path_;
   std::exception_ptr exception_;
   bool stop_request_ = false;

@@ -30,5 +30,7 @@
 #include <keel/checkpoint/digest.hpp>
 #include <keel/data/loader.hpp>
 #include <keel/callbacks/early_stopping.hpp>
+#include <keel/callbacks/metrics_logger.hpp>
+#include <keel/callbacks/progress_bar.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/trainer.hpp>

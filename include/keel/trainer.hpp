@@ -417,6 +417,7 @@ class Trainer {
     const data::EpochSampler sampler(data::dataset_size(train), sampler_options, loop_.data_seed);
     train_size_ = sampler.dataset_size();
     ctx_.batches_per_epoch_ = sampler.batches_per_epoch();
+    ctx_.steps_per_epoch_ = (sampler.batches_per_epoch() + options_.accumulate() - 1) / options_.accumulate();
 
     resume_as_configured();
     if (loaded_train_size_ && *loaded_train_size_ != train_size_)
@@ -480,6 +481,7 @@ class Trainer {
                           (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
       (window == 1 ? loss : loss / static_cast<double>(window)).backward();
       ctx_.loss_ = loss.detach();
+      ctx_.batch_size_ = data::batch_size_of(batch);
       window_loss_ = loop_.micro_batch == 0 ? ctx_.loss_ : window_loss_ + ctx_.loss_;
       ++loop_.batch_in_epoch;
       ++loop_.micro_batch;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -136,7 +137,7 @@ TEST_CASE("the Fashion-MNIST example killed with SIGKILL at random moments resum
   auto args = [&](const fs::path& dir) {
     return std::vector<std::string>{example,          "--model",  "mlp",          "--max-steps", "300",
                                     "--save-every-steps", "20", "--threads", "2",           "--ckpt-dir",
-                                    dir.string(),     "--log-every", "0",         "--resume",    "auto"};
+                                    dir.string(),     "--progress", "off", "--log-dir", (dir / "logs").string(), "--resume", "auto"};
   };
   const auto reference_dir = fresh_directory("fmnist-reference");
   const auto started = std::chrono::steady_clock::now();
@@ -188,7 +189,7 @@ TEST_CASE("the example's digest does not depend on the worker count, also across
     return std::vector<std::string>{example, "--model", "mlp", "--augment", "--max-steps", std::to_string(max_steps),
                                     "--epochs", "1", "--save-every-steps", "50", "--threads", "2",
                                     "--workers", std::to_string(workers), "--ckpt-dir", dir.string(),
-                                    "--log-every", "0", "--resume", "auto"};
+                                    "--progress", "off", "--log-dir", (dir / "logs").string(), "--resume", "auto"};
   };
   std::optional<std::string> reference;
   for (int workers : {0, 1, 2, 4}) {
@@ -221,6 +222,65 @@ TEST_CASE("the example's digest does not depend on the worker count, also across
   INFO(last.output);
   REQUIRE(last.exit_code == 0);
   CHECK(value_of(last.output, "state_digest") == reference);
+}
+
+/// The rows of a metrics.csv: the step and loss columns of each line after the header.
+std::vector<std::pair<std::string, std::string>> step_and_loss_rows(const fs::path& csv) {
+  std::ifstream in(csv);
+  std::string line;
+  std::getline(in, line);
+  CHECK(line.rfind("step,epoch,phase,loss,lr,samples_per_sec", 0) == 0);
+  std::vector<std::pair<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    std::vector<std::string> fields;
+    std::stringstream split(line);
+    for (std::string field; std::getline(split, field, ',');) fields.push_back(field);
+    REQUIRE(fields.size() >= 4);
+    rows.emplace_back(fields[0] + "," + fields[2], fields[3]);
+  }
+  return rows;
+}
+
+TEST_CASE("after kills and resumes the metric logs hold every step exactly once, with the uninterrupted losses") {
+  const std::string example = KEEL_FASHION_MNIST_EXAMPLE;
+  REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
+  auto args = [&](const fs::path& dir) {
+    return std::vector<std::string>{example, "--model", "mlp", "--max-steps", "1000", "--epochs", "2",
+                                    "--log-every", "10", "--save-every-steps", "100", "--threads", "2",
+                                    "--ckpt-dir", dir.string(), "--log-dir", (dir / "logs").string(),
+                                    "--progress", "off", "--resume", "auto"};
+  };
+  const auto whole = fresh_directory("logs-whole");
+  REQUIRE(run(args(whole)).exit_code == 0);
+
+  const auto dir = fresh_directory("logs-killed");
+  for (std::int64_t step : {250, 500, 950}) {  // 950: past the epoch end and its validation row
+    keel_test::Process process(args(dir));
+    bool killed = false;
+    while (!process.pump(std::chrono::milliseconds(2))) {
+      const auto files = keel::ckpt::list_checkpoints(dir);
+      if (!files.empty() && files.front().global_step >= step) {
+        process.kill(SIGKILL);
+        killed = true;
+        break;
+      }
+    }
+    process.wait();
+    REQUIRE(killed);
+  }
+  const auto last = run(args(dir));
+  INFO(last.output);
+  REQUIRE(last.exit_code == 0);
+
+  const auto expected = step_and_loss_rows(whole / "logs" / "metrics.csv");
+  const auto got = step_and_loss_rows(dir / "logs" / "metrics.csv");
+  REQUIRE(expected.size() == 101);  // 100 training rows and one validation row
+  CHECK(got == expected);           // the same steps, once each, in order, with the same losses
+
+  std::ifstream jsonl(dir / "logs" / "metrics.jsonl");
+  std::size_t lines = 0;
+  for (std::string line; std::getline(jsonl, line); ++lines) CHECK(line.front() == '{');
+  CHECK(lines == expected.size());
 }
 
 }  // namespace process_test

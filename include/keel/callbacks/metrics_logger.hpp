@@ -1,0 +1,178 @@
+#pragma once
+// keel::MetricsLogger: plottable logs, metrics.csv and metrics.jsonl, one row per logged
+// optimizer step (step, epoch, loss, lr, samples/s) and one per validation (its metrics).
+//
+// After a resume every step appears exactly once. The number of rows written is part of the
+// logger's saved state, and the files are flushed to the kernel before each checkpoint; when a
+// fit starts, rows beyond that count (written after the checkpoint by a run that was then
+// killed, possibly half a line) are cut off before new rows are appended.
+
+#include <keel/context.hpp>
+#include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
+
+#include <cereal/cereal.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <unistd.h>
+
+namespace keel {
+
+class MetricsLogger {
+ public:
+  static constexpr const char* keel_name = "keel::MetricsLogger";
+
+  /// Logs every `every_n_steps` optimizer steps into `directory`. `validation_columns` are the
+  /// validation metrics that get a CSV column (the JSON Lines file holds every metric).
+  explicit MetricsLogger(std::string directory = "logs", std::int64_t every_n_steps = 50,
+                         std::vector<std::string> validation_columns = {})
+      : directory_(std::move(directory)), every_(every_n_steps), columns_(std::move(validation_columns)) {
+    if (every_ <= 0) throw ConfigError("keel::MetricsLogger: every_n_steps must be positive, got " + std::to_string(every_));
+  }
+
+  std::string csv_path() const { return (std::filesystem::path(directory_) / "metrics.csv").string(); }
+  std::string jsonl_path() const { return (std::filesystem::path(directory_) / "metrics.jsonl").string(); }
+  std::int64_t rows() const noexcept { return rows_; }
+
+  /// Configuration: another cadence or other columns would change what the rows mean.
+  void describe(Fingerprint& fingerprint, const std::string& prefix) const {
+    fingerprint.add(prefix + "every_n_steps", every_);
+    std::string columns;
+    for (const auto& c : columns_) columns += (columns.empty() ? "" : ",") + c;
+    fingerprint.add(prefix + "validation_columns", columns);
+  }
+
+  /// State: rows written so far (the same in every file).
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("rows", rows_));
+  }
+
+  void on_fit_start(Context&) {
+    std::error_code error;
+    std::filesystem::create_directories(directory_, error);
+    if (error) throw ConfigError("keel::MetricsLogger: cannot create '" + directory_ + "': " + error.message());
+    csv_ = open_at_row(csv_path(), /*header_lines=*/1);
+    jsonl_ = open_at_row(jsonl_path(), /*header_lines=*/0);
+    std::error_code size_error;
+    if (std::filesystem::file_size(csv_path(), size_error) == 0 && !size_error) {
+      std::string header = "step,epoch,phase,loss,lr,samples_per_sec";
+      for (const auto& c : columns_) header += "," + c;
+      std::fprintf(csv_.get(), "%s\n", header.c_str());
+    }
+    last_ = Clock::now();
+    samples_ = 0;
+  }
+
+  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size(); }
+
+  void on_optimizer_step_end(Context& ctx) {
+    if (ctx.global_step() % every_ != 0 || !csv_) return;
+    const auto now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_).count();
+    const double throughput = seconds > 0 ? static_cast<double>(samples_) / seconds : 0.0;
+    last_ = now;
+    samples_ = 0;
+    const double loss = ctx.loss().defined() ? ctx.loss().item<double>() : NAN;
+    std::string csv = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch()) + ",train," +
+                      number(loss) + "," + number(ctx.lr()) + "," + number(throughput);
+    for (std::size_t i = 0; i < columns_.size(); ++i) csv += ",";
+    write_row(csv, "{\"step\": " + std::to_string(ctx.global_step()) + ", \"epoch\": " + std::to_string(ctx.epoch()) +
+                       ", \"phase\": \"train\", \"loss\": " + json_number(loss) + ", \"lr\": " + json_number(ctx.lr()) +
+                       ", \"samples_per_sec\": " + json_number(throughput) + "}");
+  }
+
+  void on_validation_end(Context& ctx) {
+    if (!csv_) return;
+    std::string csv = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch()) + ",validation,,,";
+    for (const auto& c : columns_) {
+      auto found = ctx.metrics().find(c);
+      csv += "," + (found == ctx.metrics().end() ? std::string() : number(found->second));
+    }
+    std::string json = "{\"step\": " + std::to_string(ctx.global_step()) + ", \"epoch\": " + std::to_string(ctx.epoch()) +
+                       ", \"phase\": \"validation\"";
+    for (const auto& [name, value] : ctx.metrics()) json += ", \"" + name + "\": " + json_number(value);
+    write_row(csv, json + "}");
+  }
+
+  /// The rows counted in the checkpoint must be in the files before it exists.
+  void on_save_checkpoint_start(Context&) { sync(); }
+  void on_fit_end(Context&) { sync(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  using File = std::shared_ptr<std::FILE>;  // shared: a staged copy of the logger must not close it
+
+  static std::string number(double value) {
+    if (std::isnan(value)) return "";
+    char buffer[40];
+    std::snprintf(buffer, sizeof buffer, "%.9g", value);
+    return buffer;
+  }
+  static std::string json_number(double value) {
+    return std::isfinite(value) ? number(value) : std::string("null");
+  }
+
+  void write_row(const std::string& csv, const std::string& json) {
+    std::fprintf(csv_.get(), "%s\n", csv.c_str());
+    std::fprintf(jsonl_.get(), "%s\n", json.c_str());
+    ++rows_;
+  }
+
+  void sync() {
+    for (const auto& file : {csv_, jsonl_}) {
+      if (!file) continue;
+      std::fflush(file.get());
+      ::fsync(::fileno(file.get()));
+    }
+  }
+
+  /// Opens `path` for appending after its header and the first `rows_` rows, cutting off the rest.
+  File open_at_row(const std::string& path, int header_lines) {
+    const std::int64_t keep_lines = rows_ + header_lines;
+    std::int64_t lines = 0;
+    long cut = 0;
+    if (std::FILE* in = std::fopen(path.c_str(), "rb")) {
+      int ch = 0;
+      long offset = 0;
+      while (lines < keep_lines && (ch = std::fgetc(in)) != EOF) {
+        ++offset;
+        if (ch == '\n') {
+          ++lines;
+          cut = offset;
+        }
+      }
+      std::fclose(in);
+    }
+    if (lines < keep_lines && rows_ > 0)
+      std::cerr << "keel: warning: " << path << " holds " << std::max<std::int64_t>(0, lines - header_lines)
+                << " rows but the checkpoint counted " << rows_ << "; earlier rows are missing\n";
+    std::error_code error;
+    if (std::filesystem::exists(path, error)) std::filesystem::resize_file(path, static_cast<std::uintmax_t>(cut), error);
+    if (error) throw ConfigError("keel::MetricsLogger: cannot truncate '" + path + "': " + error.message());
+    std::FILE* out = std::fopen(path.c_str(), "ab");
+    if (!out) throw ConfigError("keel::MetricsLogger: cannot open '" + path + "' for writing");
+    return File(out, [](std::FILE* f) { std::fclose(f); });
+  }
+
+  std::string directory_;
+  std::int64_t every_;
+  std::vector<std::string> columns_;
+  std::int64_t rows_ = 0;
+  File csv_;
+  File jsonl_;
+  Clock::time_point last_{};
+  std::int64_t samples_ = 0;
+};
+
+}  // namespace keel
