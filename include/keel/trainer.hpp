@@ -419,6 +419,8 @@ class Trainer {
     ctx_.batches_per_epoch_ = sampler.batches_per_epoch();
     ctx_.steps_per_epoch_ = (sampler.batches_per_epoch() + options_.accumulate() - 1) / options_.accumulate();
 
+    if (!options_.checkpoint_dir().empty() && !directory_lock_)
+      directory_lock_ = std::make_unique<ckpt::DirectoryLock>(options_.checkpoint_dir());
     resume_as_configured();
     if (loaded_train_size_ && *loaded_train_size_ != train_size_)
       throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
@@ -813,6 +815,7 @@ class Trainer {
   torch::Tensor window_loss_;
   std::int64_t train_size_ = 0;
   std::optional<std::int64_t> loaded_train_size_;
+  std::unique_ptr<ckpt::DirectoryLock> directory_lock_;  // held from the first fit on
   bool dirty_ = false;  // state changed since the last checkpoint
   bool resume_handled_ = false;
 };

@@ -274,6 +274,15 @@ TEST_CASE("temporary files of a killed writer are removed at the next save") {
     CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
 }
 
+TEST_CASE("two trainers cannot use one checkpoint directory at once") {
+  const auto dir = fresh_directory("lock");
+  SyntheticImages data(64, 3);
+  auto first = make_trainer(dir);
+  first.fit(data);  // holds the directory from now on
+  auto second = make_trainer(dir);
+  CHECK_THROWS_WITH_AS(second.fit(data), doctest::Contains("is training with checkpoint directory"), keel::ConfigError);
+}
+
 TEST_CASE("a failed write names the path and the reason, and leaves nothing behind") {
   const auto dir = fresh_directory("write-fail");
   const auto not_a_directory = dir / "file";

@@ -9,6 +9,7 @@
 
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/error.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -20,6 +21,8 @@
 
 #include <cerrno>
 #include <csignal>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 namespace keel::ckpt {
@@ -129,5 +132,42 @@ inline void remove_stale_temporaries(const fs::path& directory) {
     }
   }
 }
+
+/// An exclusive lock on a checkpoint directory for the life of the object, so that two
+/// trainers never write, rotate and resume in one directory at once. The kernel drops the
+/// lock when its process ends, however it ends (kill -9 included), so no stale lock remains.
+class DirectoryLock {
+ public:
+  explicit DirectoryLock(const fs::path& directory) {
+    std::error_code error;
+    fs::create_directories(directory, error);
+    if (error) throw IoError("create checkpoint directory", directory, error.value());
+    const fs::path path = directory / ".keel.lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw IoError("open lock file", path, errno);
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int lock_error = errno;
+      char holder[32] = {};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      if (lock_error == EWOULDBLOCK)
+        throw ConfigError("keel: another process" + (n > 0 ? " (pid " + std::string(holder, static_cast<std::size_t>(n)) + ")" : std::string()) +
+                          " is training with checkpoint directory '" + directory.string() +
+                          "'; use another checkpoint_dir or stop that run first");
+      throw IoError("lock", path, lock_error);
+    }
+    const std::string pid = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) == 0) {
+      const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+      (void)written;  // the pid is only a courtesy for the message above
+    }
+  }
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock() { ::close(fd_); }
+
+ private:
+  int fd_ = -1;
+};
 
 }  // namespace keel::ckpt
