@@ -40,7 +40,8 @@ double hand_written_seconds(const fashion_mnist::Dataset& data, std::int64_t ste
   const auto order = sampler.epoch_order(0);
   const auto start = Clock::now();
   for (std::int64_t step = 0; step < steps; ++step) {
-    const auto batch = data.get_batch(sampler.batch(order, step % sampler.batches_per_epoch()));
+    const auto batch = data.get_batch(sampler.batch(order, step % sampler.batches_per_epoch()),
+                                      keel::data::SampleContext(1, 0, true));
     optimizer.zero_grad();
     model->training_step(batch).backward();
     optimizer.step();

@@ -10,4 +10,5 @@ scripts/install-deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DKEEL_BUILD_TESTS=OFF -DKEEL_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build/release --target fashion_mnist
-exec build/release/examples/fashion_mnist --ckpt-dir runs/fashion-mnist/checkpoints --resume auto "$@"
+# The example defaults to --ckpt-dir runs/fashion-mnist/checkpoints and --resume auto.
+exec build/release/examples/fashion_mnist "$@"

@@ -109,6 +109,7 @@ int train(const Flags& flags) {
 int main(int argc, char** argv) {
   Flags flags;
   CLI::App app{"Train a Fashion-MNIST classifier with keel; rerun to resume."};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
   app.add_option("--data", flags.data, "directory with the gzip IDX files")->capture_default_str();
   app.add_option("--ckpt-dir", flags.ckpt_dir, "checkpoint directory")->capture_default_str();
   app.add_option("--epochs", flags.epochs, "epochs to train")->capture_default_str()->check(CLI::NonNegativeNumber);

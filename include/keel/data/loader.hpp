@@ -72,7 +72,7 @@ class BatchLoader {
     ready_.erase(wanted);
     ++next_to_deliver_;
     lock.unlock();
-    can_claim_.notify_all();
+    can_claim_.notify_one();  // one slot freed: one worker may claim one batch
     if (slot.error) std::rethrow_exception(slot.error);
     return std::move(*slot.batch);
   }
@@ -113,7 +113,7 @@ class BatchLoader {
       }
       lock.lock();
       ready_.emplace(b, std::move(slot));
-      ready_cv_.notify_all();
+      ready_cv_.notify_one();  // only the training thread waits here
     }
   }
 
