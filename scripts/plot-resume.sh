@@ -58,8 +58,8 @@ set key top right
 set grid
 set arrow from ${kills[0]}, graph 0 to ${kills[0]}, graph 1 nohead dashtype 3 lc rgb "#888888"
 set arrow from ${kills[1]}, graph 0 to ${kills[1]}, graph 1 nohead dashtype 3 lc rgb "#888888"
-set label "kill -9, resumed" at ${kills[0]}, graph 0.95 offset 0.5,0
-set label "kill -9, resumed" at ${kills[1]}, graph 0.95 offset 0.5,0
+set label "kill -9, resumed" at ${kills[0]}, graph 0.6 offset 0.5,0
+set label "kill -9, resumed" at ${kills[1]}, graph 0.6 offset 0.5,0
 plot "$work/whole/logs/metrics.csv" every ::1 using 1:(strcol(3) eq "train" ? \$4 : NaN) \
        with lines lw 4 lc rgb "#9ecae1" title "uninterrupted", \
      "$work/killed/logs/metrics.csv" every ::1 using 1:(strcol(3) eq "train" ? \$4 : NaN) \
