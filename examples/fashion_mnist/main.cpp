@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -30,6 +31,7 @@ struct Flags {
   std::uint64_t seed = 42;
   int threads = 0;
   std::string model = "cnn";
+  std::int64_t mlp_hidden = 256;
   std::int64_t accumulate = 1;
   std::int64_t save_every_steps = 200;
   std::string resume = "auto";
@@ -39,6 +41,7 @@ struct Flags {
   std::string progress = "auto";
   int workers = 2;
   bool augment = false;
+  bool continue_on_save_error = false;
 };
 
 template <class Module>
@@ -65,7 +68,13 @@ int train(const Flags& flags) {
   const std::int64_t warmup = std::max<std::int64_t>(1, std::min<std::int64_t>(200, total_steps / 10));
 
   keel::seed_everything(flags.seed);  // before the model is built: its initialization draws numbers
-  Trainer trainer(std::make_shared<Module>(),
+  std::shared_ptr<Module> module;
+  if constexpr (std::is_same_v<Module, fashion_mnist::MlpImpl>) {
+    module = std::make_shared<Module>(flags.mlp_hidden);
+  } else {
+    module = std::make_shared<Module>();
+  }
+  Trainer trainer(module,
                   keel::TrainerOptions()
                       .max_epochs(flags.epochs)
                       .max_steps(flags.max_steps)
@@ -78,7 +87,9 @@ int train(const Flags& flags) {
                       .resume(flags.resume)
                       .validation_batch_size(1000)
                       .workers(flags.workers)
+                      .continue_on_save_error(flags.continue_on_save_error)
                       .config("model", flags.model)
+                      .config("mlp_hidden", std::to_string(flags.mlp_hidden))
                       .config("augment", flags.augment ? "on" : "off")
                       .config("validation_size", std::to_string(flags.validation_size)),
                   torch::optim::AdamWOptions(flags.lr).weight_decay(1e-4),
@@ -123,6 +134,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--model", flags.model, "mlp or cnn")->capture_default_str()->check(CLI::IsMember({"mlp", "cnn"}));
+  app.add_option("--mlp-hidden", flags.mlp_hidden, "hidden units of --model mlp")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--accumulate", flags.accumulate, "micro-batches per optimizer step")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -136,6 +150,8 @@ int main(int argc, char** argv) {
   app.add_option("--workers", flags.workers, "threads loading batches ahead (results do not depend on it)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_flag("--continue-on-save-error", flags.continue_on_save_error,
+               "when a checkpoint cannot be written (disk full...), warn and retry at the next save");
   app.add_flag("--augment", flags.augment, "random shifts by up to 2 pixels and left-right flips");
   app.add_option("--log-every", flags.log_every, "log a row (and, off a terminal, print a line) every N steps")
       ->capture_default_str()
@@ -148,9 +164,19 @@ int main(int argc, char** argv) {
 
   try {
     return flags.model == "mlp" ? train<fashion_mnist::MlpImpl>(flags) : train<fashion_mnist::CnnImpl>(flags);
+  } catch (const keel::Interrupted& e) {
+    // A preemption signal: the checkpoint is written; 128 + signal tells the scheduler why.
+    std::fprintf(stderr, "%s\n", e.what());
+    return e.exit_status();
   } catch (const keel::CheckpointError& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 3;
+  } catch (const keel::NonFiniteError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 5;
+  } catch (const keel::ckpt::IoError& e) {  // a checkpoint could not be written
+    std::fprintf(stderr, "%s\n", e.what());
+    return 4;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

@@ -23,12 +23,12 @@ struct Classifier {
   }
 };
 
-/// 784 -> 256 -> 10 with Dropout.
+/// 784 -> hidden -> 10 with Dropout.
 struct MlpImpl : torch::nn::Module, Classifier<MlpImpl> {
-  MlpImpl()
-      : fc1(register_module("fc1", torch::nn::Linear(784, 256))),
+  explicit MlpImpl(std::int64_t hidden = 256)
+      : fc1(register_module("fc1", torch::nn::Linear(784, hidden))),
         dropout(register_module("dropout", torch::nn::Dropout(0.2))),
-        fc2(register_module("fc2", torch::nn::Linear(256, 10))) {}
+        fc2(register_module("fc2", torch::nn::Linear(hidden, 10))) {}
 
   torch::Tensor forward(torch::Tensor x) {
     x = torch::relu(fc1(x.flatten(1)));

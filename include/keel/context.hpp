@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace keel {
@@ -25,13 +26,19 @@ struct LoopState {
   std::int64_t micro_batch = 0;     ///< position inside the gradient-accumulation window
   std::uint64_t data_seed = 0;      ///< seed of the sampler's per-epoch permutations
   bool stop_requested = false;      ///< a callback asked to stop (early stopping)
+  std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
 
+  // Version 2 added skipped_steps; files of version 1 read as 0 skipped.
   template <class Archive>
-  void serialize(Archive& archive, std::uint32_t /*version*/) {
+  void serialize(Archive& archive, std::uint32_t version) {
+    if (version > 2)
+      throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
+                               " was written by a newer keel; this keel reads versions up to 2: upgrade keel");
     archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
             cereal::make_nvp("batch_in_epoch", batch_in_epoch),
             cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
             cereal::make_nvp("stop_requested", stop_requested));
+    if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
   }
 };
 
@@ -106,4 +113,4 @@ class Context {
 
 }  // namespace keel
 
-CEREAL_CLASS_VERSION(keel::LoopState, 1);
+CEREAL_CLASS_VERSION(keel::LoopState, 2);

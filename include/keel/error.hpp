@@ -13,6 +13,13 @@ class ConfigError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+/// A loss or gradient that is NaN or infinite, under NonFinitePolicy::stop. Nothing was
+/// applied: the parameters are those before the step, and no checkpoint holds the bad values.
+class NonFiniteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 /// A checkpoint that cannot be written, read or applied. `problems()` lists every problem
 /// found, not only the first, so that one failed resume tells the whole story.
 class CheckpointError : public std::runtime_error {

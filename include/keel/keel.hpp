@@ -32,5 +32,6 @@
 #include <keel/callbacks/early_stopping.hpp>
 #include <keel/callbacks/metrics_logger.hpp>
 #include <keel/callbacks/progress_bar.hpp>
+#include <keel/signals.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/trainer.hpp>

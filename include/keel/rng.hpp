@@ -5,6 +5,7 @@
 
 #include <keel/serialize_tensor.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <ATen/core/Generator.h>
 #include <cereal/types/vector.hpp>
@@ -36,6 +37,13 @@ struct RngState {
     if (!cpu.defined() || cpu.scalar_type() != torch::kUInt8 || cpu.sizes() != current.cpu.sizes())
       problems.push_back("CPU generator state has the wrong size or dtype (written by another "
                          "LibTorch version?)");
+    else
+      try {  // LibTorch validates the state only when it is set: try it on a scratch generator
+        auto scratch = at::detail::createCPUGenerator();
+        scratch.set_state(cpu);
+      } catch (const std::exception& e) {
+        problems.push_back(std::string("CPU generator state is invalid: ") + first_line(e.what()));
+      }
     for (std::size_t i = 0; i < cuda.size() && i < current.cuda.size(); ++i)
       if (!cuda[i].defined() || cuda[i].scalar_type() != torch::kUInt8 ||
           cuda[i].sizes() != current.cuda[i].sizes())
@@ -62,6 +70,7 @@ struct RngState {
   }
 
  private:
+  static std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
   static int cuda_devices() {
     return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
   }

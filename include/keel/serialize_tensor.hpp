@@ -3,6 +3,7 @@
 // order (binary archives write them straight from the tensor's memory; text archives encode
 // them in base64). Reading validates the shape before allocating anything.
 
+#include <keel/checkpoint/bounded_archive.hpp>
 #include <keel/error.hpp>
 
 #include <cereal/cereal.hpp>
@@ -152,6 +153,11 @@ void load(Archive& archive, at::Tensor& tensor) {
   if (bytes > (std::uint64_t(1) << 40))
     throw std::runtime_error("tensor shape " + keel::shape_string(shape) + " needs " +
                              std::to_string(bytes) + " bytes (over 1 TiB)");
+  if constexpr (keel::ckpt::knows_remaining<Archive>::value) {
+    if (bytes > archive.remaining())
+      throw std::runtime_error("tensor shape " + keel::shape_string(shape) + " needs " + std::to_string(bytes) +
+                               " bytes but only " + std::to_string(archive.remaining()) + " are left");
+  }
   at::Tensor result = at::empty(shape, at::TensorOptions().dtype(type));
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
     archive.loadBinaryValue(result.data_ptr(), bytes, "data");

@@ -32,6 +32,7 @@
 #include <keel/policies.hpp>
 #include <keel/rng.hpp>
 #include <keel/sched/constant.hpp>
+#include <keel/signals.hpp>
 #include <keel/state_check.hpp>
 #include <keel/trainer_options.hpp>
 
@@ -40,7 +41,9 @@
 #include <torch/utils.h>
 #include <torch/version.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <functional>
 #include <iostream>
@@ -208,7 +211,14 @@ class Trainer {
   // ---- checkpoints ---------------------------------------------------------------------------
 
   /// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename).
+  /// Refuses (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is
+  /// never written over a good checkpoint.
   void save_checkpoint(const ckpt::fs::path& path) {
+    if (const std::string bad = first_nonfinite_parameter(); !bad.empty())
+      throw NonFiniteError("keel: parameter '" + bad + "' holds NaN or infinite values at step " +
+                           std::to_string(loop_.global_step) + "; " + path.string() +
+                           " was not written, and the checkpoints before it are untouched. Lower the "
+                           "learning rate or clip gradients");
     ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
       ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
       write_sections(writer);
@@ -220,6 +230,10 @@ class Trainer {
   /// CheckpointError listing every problem, and the trainer is unchanged.
   void load_checkpoint(const ckpt::fs::path& path) {
     apply_checkpoint(ckpt::read_container(path), path.string());
+  }
+  /// The same for a checkpoint's bytes held in memory (downloaded, say); `name` labels messages.
+  void load_checkpoint(std::vector<char> bytes, const std::string& name) {
+    apply_checkpoint(ckpt::parse_container(std::move(bytes), name), name);
   }
 
   /// Restores the newest valid checkpoint of `directory` (skipping, with a warning, newer ones
@@ -285,6 +299,8 @@ class Trainer {
     return std::get<C>(callbacks_);
   }
   const LoopState& loop() const noexcept { return loop_; }
+  /// Checkpoints not written because of an I/O error (only with continue_on_save_error).
+  std::int64_t failed_saves() const noexcept { return failed_saves_; }
   const TrainerOptions& options() const noexcept { return options_; }
   /// Metrics of the latest validation run.
   const Metrics& metrics() const noexcept { return ctx_.metrics_; }
@@ -320,6 +336,10 @@ class Trainer {
     non_negative("max_steps", options.max_steps());
     non_negative("save_every_steps", options.save_every_steps());
     non_negative("keep_last", options.keep_last());
+    non_negative("keep_best", options.keep_best());
+    if (options.keep_best() > 0 && options.monitor().empty())
+      throw ConfigError("keel::TrainerOptions: keep_best(" + std::to_string(options.keep_best()) +
+                        ") needs monitor(\"<validation metric>\"), e.g. monitor(\"val_loss\")");
     non_negative("validation_batch_size", options.validation_batch_size());
     non_negative("threads", options.threads());
     non_negative("workers", options.workers());
@@ -421,6 +441,14 @@ class Trainer {
 
     if (!options_.checkpoint_dir().empty() && !directory_lock_)
       directory_lock_ = std::make_unique<ckpt::DirectoryLock>(options_.checkpoint_dir());
+    // From here on a stop signal ends training at the next optimizer-step boundary, saved.
+    std::optional<StopSignalGuard> stop_signals;
+    if (!options_.stop_signals().empty()) stop_signals.emplace(options_.stop_signals());
+    watching_signals_ = stop_signals.has_value();
+    struct Unwatch {
+      bool& flag;
+      ~Unwatch() { flag = false; }
+    } unwatch{watching_signals_};
     resume_as_configured();
     if (loaded_train_size_ && *loaded_train_size_ != train_size_)
       throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
@@ -436,7 +464,10 @@ class Trainer {
     optimizer_.zero_grad();  // every window, the first included, accumulates into zeros
     try {
       dispatch(event::on_fit_start{});
-      while (!finished()) run_epoch(train, validation, sampler);
+      while (!finished()) {
+        stop_if_signalled();
+        run_epoch(train, validation, sampler);
+      }
       if (dirty_ && !options_.checkpoint_dir().empty()) save_to_directory();
       dispatch(event::on_fit_end{});
     } catch (...) {
@@ -449,6 +480,50 @@ class Trainer {
       ctx_.exception_ = nullptr;
       throw;
     }
+  }
+
+  /// After a stop signal: saves (unless the state is saved already) and throws Interrupted.
+  void stop_if_signalled() {
+    if (!watching_signals_) return;
+    const int signal = StopSignalGuard::pending();
+    if (signal == 0) return;
+    if (dirty_ && !options_.checkpoint_dir().empty()) {
+      save_to_directory();
+      if (dirty_)  // the save failed and continue_on_save_error let it pass: nothing to resume from
+        throw Interrupted(signal, "");
+    }
+    throw Interrupted(signal, options_.checkpoint_dir().empty() ? std::string() : ctx_.checkpoint_path_);
+  }
+
+  /// The name of the first parameter whose gradient holds NaN or an infinity ("" if none), with
+  /// one synchronization for the whole model.
+  std::string first_nonfinite_gradient() {
+    const auto named = model_->named_parameters(true);
+    std::vector<torch::Tensor> finite;
+    std::vector<std::string> names;
+    for (const auto& item : named) {
+      if (!item.value().grad().defined()) continue;
+      finite.push_back(at::isfinite(item.value().grad()).all());
+      names.push_back(item.key());
+    }
+    if (finite.empty() || torch::stack(finite).all().template item<bool>()) return {};
+    for (std::size_t i = 0; i < finite.size(); ++i)
+      if (!finite[i].template item<bool>()) return names[i];
+    return {};
+  }
+
+  /// The name of the first parameter holding NaN or an infinity ("" if none).
+  std::string first_nonfinite_parameter() {
+    for (const auto& item : model_->named_parameters(true))
+      if (!at::isfinite(item.value()).all().template item<bool>()) return item.key();
+    return {};
+  }
+
+  std::string nonfinite_message(const std::string& what) const {
+    return "keel: " + what + " at step " + std::to_string(loop_.global_step + 1) + " (epoch " +
+           std::to_string(loop_.epoch) + ", batch " + std::to_string(loop_.batch_in_epoch) +
+           "); training stopped before the optimizer applied it, and no checkpoint holds it. Lower the "
+           "learning rate, check the data, or set TrainerOptions().on_nonfinite(keel::NonFinitePolicy::skip_step)";
   }
 
   bool finished() const {
@@ -471,6 +546,7 @@ class Trainer {
     model_->train();
     const std::int64_t accumulate = options_.accumulate();
     while (loop_.batch_in_epoch < batches && !finished()) {
+      if (loop_.micro_batch == 0) stop_if_signalled();  // only between optimizer steps
       // Windows start at multiples of `accumulate`; the epoch's last one may be shorter.
       const std::int64_t window_start = loop_.batch_in_epoch - loop_.micro_batch;
       const std::int64_t window = std::min(accumulate, batches - window_start);
@@ -483,6 +559,12 @@ class Trainer {
                           (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
       (window == 1 ? loss : loss / static_cast<double>(window)).backward();
       ctx_.loss_ = loss.detach();
+      if (loop_.micro_batch == 0) window_nonfinite_ = false;
+      if (!std::isfinite(ctx_.loss_.template item<double>())) {
+        window_nonfinite_ = true;
+        if (options_.on_nonfinite() == NonFinitePolicy::stop)
+          throw NonFiniteError(nonfinite_message("the loss is " + std::to_string(ctx_.loss_.template item<double>())));
+      }
       ctx_.batch_size_ = data::batch_size_of(batch);
       window_loss_ = loop_.micro_batch == 0 ? ctx_.loss_ : window_loss_ + ctx_.loss_;
       ++loop_.batch_in_epoch;
@@ -496,7 +578,20 @@ class Trainer {
 
   void optimizer_step(std::int64_t window, std::int64_t batches) {
     dispatch(event::on_optimizer_step_start{});
-    optimizer_.step();
+    std::string bad_gradient;
+    if (!window_nonfinite_) bad_gradient = first_nonfinite_gradient();
+    if (window_nonfinite_ || !bad_gradient.empty()) {
+      if (options_.on_nonfinite() == NonFinitePolicy::stop)
+        throw NonFiniteError(nonfinite_message("the gradient of '" + bad_gradient + "' is not finite"));
+      // skip_step: the step counts (the schedule and the data stay aligned) but applies nothing.
+      ++loop_.skipped_steps;
+      std::cerr << "keel: warning: step " << loop_.global_step + 1 << " skipped: non-finite "
+                << (window_nonfinite_ ? "loss" : "gradient of '" + bad_gradient + "'") << " ("
+                << loop_.skipped_steps << " skipped so far)\n";
+    } else {
+      optimizer_.step();
+    }
+    window_nonfinite_ = false;
     optimizer_.zero_grad();
     scheduler_.step();
     ++loop_.global_step;
@@ -516,7 +611,10 @@ class Trainer {
   template <class ValidationSet>
   void end_epoch(ValidationSet* validation) {
     if constexpr (!std::is_same_v<ValidationSet, detail::NoValidation>) {
-      if (validation) ctx_.metrics_ = run_validation(*validation, /*with_hooks=*/true);
+      if (validation) {
+        ctx_.metrics_ = run_validation(*validation, /*with_hooks=*/true);
+        validation_unsaved_ = true;
+      }
     }
     dispatch(event::on_train_epoch_end{});
     if (ctx_.stop_request_) loop_.stop_requested = true;
@@ -581,23 +679,49 @@ class Trainer {
     ckpt::remove_stale_temporaries(directory);  // left by a process killed while writing
     const std::string name = ckpt::step_file_name(loop_.global_step, Format::extension);
     const ckpt::fs::path path = directory / name;
+    const std::string previous_path = ctx_.checkpoint_path_;
     ctx_.checkpoint_path_ = path.string();
     dispatch(event::on_save_checkpoint_start{});
-    save_checkpoint(path);
-    ckpt::point_link_atomically(directory / ckpt::last_link_name, name);
-    ckpt::rotate(directory, options_.keep_last(), name, Format::extension);
+    try {
+      save_checkpoint(path);
+      ckpt::point_link_atomically(directory / ckpt::last_link_name, name);
+    } catch (const ckpt::IoError& e) {
+      // The temporary file is gone and the previous checkpoint and last.ckpt are untouched.
+      ctx_.checkpoint_path_ = previous_path;
+      if (!options_.continue_on_save_error()) throw;
+      ++failed_saves_;
+      std::cerr << "keel: warning: checkpoint at step " << loop_.global_step << " not saved: " << e.what()
+                << "; training continues and the next save retries (continue_on_save_error)\n";
+      return;  // still dirty: the next save (or the end of fit) writes this state's successor
+    }
+    ckpt::rotate(directory,
+                 ckpt::Retention{options_.keep_last(), options_.keep_best(), options_.monitor(),
+                                 options_.monitor_higher_is_better()},
+                 name, Format::extension);
+    validation_unsaved_ = false;
     dirty_ = false;
     dispatch(event::on_save_checkpoint_end{});
   }
 
   std::vector<std::pair<std::string, std::string>> facts() const {
-    return {{"global_step", std::to_string(loop_.global_step)},
-            {"epoch", std::to_string(loop_.epoch)},
-            {"batch_in_epoch", std::to_string(loop_.batch_in_epoch)},
-            {"train_size", std::to_string(train_size_)},
-            {"threads", std::to_string(at::get_num_threads())},
-            {"keel_version", KEEL_VERSION_STRING},
-            {"torch_version", TORCH_VERSION}};
+    std::vector<std::pair<std::string, std::string>> out = {
+        {"global_step", std::to_string(loop_.global_step)},
+        {"epoch", std::to_string(loop_.epoch)},
+        {"batch_in_epoch", std::to_string(loop_.batch_in_epoch)},
+        {"train_size", std::to_string(train_size_)},
+        {"threads", std::to_string(at::get_num_threads())},
+        {"keel_version", KEEL_VERSION_STRING},
+        {"torch_version", TORCH_VERSION}};
+    // The monitored metric of the validation just before this checkpoint ranks it for keep_best.
+    if (validation_unsaved_ && !options_.monitor().empty()) {
+      if (auto it = ctx_.metrics_.find(options_.monitor()); it != ctx_.metrics_.end()) {
+        char value[40];
+        std::snprintf(value, sizeof value, "%.17g", it->second);
+        out.emplace_back("monitor", options_.monitor());
+        out.emplace_back("monitor_value", value);
+      }
+    }
+    return out;
   }
 
   /// Each section: its name, the type it holds, that type's layout version, and its bytes.
@@ -612,7 +736,7 @@ class Trainer {
         archive(cereal::make_nvp(name, value));
       });
     };
-    section("loop", "keel::LoopState", 1, loop_);
+    section("loop", "keel::LoopState", component_version<LoopState>(), loop_);
     section("model", detail::type_name<Module>(), 1, ModelState::capture(*model_));
     section("optimizer", detail::component_name<Optimizer>(), 1, optimizer_.state());
     section("scheduler", detail::component_name<Scheduler>(), 1, scheduler_);
@@ -644,6 +768,7 @@ class Trainer {
       auto& callback = std::get<decltype(index)::value>(callbacks_);
       if constexpr (!std::is_empty_v<std::decay_t<decltype(callback)>>) f(decltype(index)::value, callback);
     };
+    static_cast<void>(visit);  // unused when there are no callbacks
     (visit(std::integral_constant<std::size_t, I>{}), ...);
   }
 
@@ -817,6 +942,10 @@ class Trainer {
   std::optional<std::int64_t> loaded_train_size_;
   std::unique_ptr<ckpt::DirectoryLock> directory_lock_;  // held from the first fit on
   bool dirty_ = false;  // state changed since the last checkpoint
+  bool window_nonfinite_ = false;    // a loss of the current accumulation window was not finite
+  bool validation_unsaved_ = false;  // a validation ran since the last checkpoint
+  bool watching_signals_ = false;  // a StopSignalGuard is installed (inside fit)
+  std::int64_t failed_saves_ = 0;  // saves skipped under continue_on_save_error
   bool resume_handled_ = false;
 };
 

@@ -4,12 +4,19 @@
 #include <torch/arg.h>
 #include <torch/types.h>
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace keel {
+
+/// What the Trainer does when a loss or gradient is NaN or infinite.
+enum class NonFinitePolicy {
+  stop,       ///< throw keel::NonFiniteError naming the step, before the optimizer applies anything
+  skip_step,  ///< drop the step's gradients, count it (LoopState::skipped_steps) and go on
+};
 
 struct TrainerOptions {
   /// Where the model trains: torch::kCPU or torch::Device(torch::kCUDA, i).
@@ -45,11 +52,26 @@ struct TrainerOptions {
   TORCH_ARG(bool, save_on_epoch_end) = true;
   /// Keep the newest this many checkpoints (0: keep all).
   TORCH_ARG(std::int64_t, keep_last) = 3;
+  /// Also keep this many checkpoints with the best value of `monitor` (0: none).
+  TORCH_ARG(std::int64_t, keep_best) = 0;
+  /// The validation metric that ranks checkpoints for keep_best, e.g. "val_loss".
+  TORCH_ARG(std::string, monitor);
+  /// Whether a higher value of `monitor` is better (accuracy) or a lower one (loss).
+  TORCH_ARG(bool, monitor_higher_is_better) = false;
   /// At the start of fit(): "never", "auto" (the newest valid checkpoint in checkpoint_dir,
   /// if any) or the path of a checkpoint file.
   TORCH_ARG(std::string, resume) = "never";
   /// Batch size for validation (0: batch_size).
   TORCH_ARG(std::int64_t, validation_batch_size) = 0;
+  /// Signals that stop training gracefully while fit() runs: the step in progress finishes, a
+  /// checkpoint is written, and fit() throws keel::Interrupted (exit_status() = 128 + signal).
+  /// Empty: keel installs no handler.
+  TORCH_ARG(std::vector<int>, stop_signals) = std::vector<int>{SIGTERM, SIGINT, SIGUSR1};
+  /// When a checkpoint cannot be written (disk full, quota, I/O error): false stops training
+  /// with the error; true warns and retries at the next save (the previous checkpoint stays).
+  TORCH_ARG(bool, continue_on_save_error) = false;
+  /// A NaN or infinite loss (any micro-batch) or gradient (before each optimizer step).
+  TORCH_ARG(NonFinitePolicy, on_nonfinite) = NonFinitePolicy::stop;
 
  public:  // (TORCH_ARG leaves the access private)
   /// Adds a setting of yours to the configuration fingerprint (as `user.<key>`), so that a

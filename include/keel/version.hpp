@@ -4,9 +4,9 @@
 // decides whether a file can be read.
 
 #define KEEL_VERSION_MAJOR 0
-#define KEEL_VERSION_MINOR 1
+#define KEEL_VERSION_MINOR 2
 #define KEEL_VERSION_PATCH 0
-#define KEEL_VERSION_STRING "0.1.0"
+#define KEEL_VERSION_STRING "0.2.0"
 
 namespace keel {
 inline constexpr const char* version_string = KEEL_VERSION_STRING;

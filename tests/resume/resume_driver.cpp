@@ -193,6 +193,9 @@ int main(int argc, char** argv) {
   }
   try {
     return dispatch(flags);
+  } catch (const keel::Interrupted& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return e.exit_status();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 3;

@@ -2,6 +2,7 @@
 // Running child processes from tests: run to completion capturing output, or start one and
 // kill it at a chosen moment.
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -64,7 +65,7 @@ class Process {
   bool pump(std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return false;
       pollfd p{out_, POLLIN, 0};
       const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
@@ -75,6 +76,17 @@ class Process {
       if (n <= 0) return true;
       output_.append(buffer, static_cast<std::size_t>(n));
     }
+  }
+
+  /// Reads output until it contains `text` (true), the child closes its end, or `timeout`.
+  bool pump_until(const std::string& text, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (output_.find(text) == std::string::npos) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      if (pump(std::min(left, std::chrono::milliseconds(20))) && output_.find(text) == std::string::npos) return false;
+    }
+    return true;
   }
 
   void kill(int signal) { ::kill(pid_, signal); }

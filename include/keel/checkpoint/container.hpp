@@ -12,6 +12,7 @@
 // find the manifest from the end. Reading checks magic, versions and every checksum before
 // a single section is parsed, and reports every problem it finds.
 
+#include <keel/checkpoint/bounded_archive.hpp>
 #include <keel/checkpoint/file_io.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
@@ -27,6 +28,7 @@
 #include <cstring>
 #include <istream>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -182,16 +184,56 @@ struct Container {
   }
 };
 
-/// Reads and verifies a container. Throws CheckpointError listing every problem found.
-inline Container read_container(const fs::path& path) {
-  Container c;
-  const std::string where = path.string();
+/// Reads only the manifest of a container (the trailer and the manifest bytes, checksum
+/// verified), without reading the sections: cheap enough to call on every file of a directory.
+/// Returns nullopt for a file that is not a complete keel checkpoint.
+inline std::optional<Manifest> read_manifest(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) return std::nullopt;
+  const auto size = static_cast<std::uint64_t>(info.st_size);
+  if (size < header_size + trailer_size) return std::nullopt;
+  char trailer[trailer_size];
+  if (::pread(fd, trailer, trailer_size, static_cast<off_t>(size - trailer_size)) != static_cast<ssize_t>(trailer_size) ||
+      std::memcmp(trailer + 32, end_magic, 8) != 0)
+    return std::nullopt;
+  const std::uint64_t offset = detail::get_u(trailer, 8);
+  const std::uint64_t length = detail::get_u(trailer + 8, 8);
+  if (offset < header_size || offset > size - trailer_size || length > size - trailer_size - offset) return std::nullopt;
+  std::vector<char> bytes(static_cast<std::size_t>(length));
+  if (::pread(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(bytes.size()) ||
+      hash64(bytes.data(), bytes.size()) != detail::get_u(trailer + 16, 8))
+    return std::nullopt;
   try {
-    c.bytes = read_file(path);
-  } catch (const IoError& e) {
-    if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
-    throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
+    detail::MemoryBuffer buffer(bytes.data(), bytes.size());
+    std::istream stream(&buffer);
+    BoundedInputArchive archive(stream);
+    Manifest manifest;
+    archive(manifest);
+    return manifest;
+  } catch (const std::exception&) {
+    return std::nullopt;
   }
+}
+
+/// Verifies a container held in memory (`where` names it in messages) and returns it. Throws
+/// CheckpointError listing every problem found.
+///
+/// Fuzzing builds (FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, the libFuzzer convention) skip the
+/// checksum comparisons, so that mutated bytes reach the parsers behind them.
+inline Container parse_container(std::vector<char> bytes, const std::string& where) {
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+  constexpr bool check_checksums = false;
+#else
+  constexpr bool check_checksums = true;
+#endif
+  Container c;
+  c.bytes = std::move(bytes);
   const auto& b = c.bytes;
   if (b.empty()) throw CheckpointError(where, {"is empty (0 bytes): the write that made it never completed"});
   if (b.size() < 8 || std::memcmp(b.data(), file_magic, 8) != 0)
@@ -221,7 +263,7 @@ inline Container read_container(const fs::path& path) {
   const std::uint64_t stored_file_hash = detail::get_u(trailer + 24, 8);
   const std::uint64_t actual_file_hash = hash64(b.data(), b.size() - 16);
   std::vector<std::string> problems;
-  if (stored_file_hash != actual_file_hash)
+  if (check_checksums && stored_file_hash != actual_file_hash)
     problems.push_back("is damaged: the whole-file checksum does not match (stored " +
                        hex64(stored_file_hash) + ", computed " + hex64(actual_file_hash) + ")");
 
@@ -236,14 +278,14 @@ inline Container read_container(const fs::path& path) {
     throw CheckpointError(where, problems);
   }
   const char* manifest_bytes = b.data() + manifest_offset;
-  if (hash64(manifest_bytes, manifest_size) != detail::get_u(trailer + 16, 8)) {
+  if (check_checksums && hash64(manifest_bytes, manifest_size) != detail::get_u(trailer + 16, 8)) {
     problems.push_back("has a damaged manifest (checksum mismatch)");
     throw CheckpointError(where, problems);
   }
   try {
     detail::MemoryBuffer buffer(manifest_bytes, manifest_size);
     std::istream stream(&buffer);
-    cereal::PortableBinaryInputArchive archive(stream);
+    BoundedInputArchive archive(stream);
     archive(c.manifest);
   } catch (const std::exception& e) {
     problems.push_back(std::string("has a manifest that cannot be parsed: ") + e.what());
@@ -258,12 +300,25 @@ inline Container read_container(const fs::path& path) {
     }
     previous_end = s.offset + s.size;
     const std::uint64_t actual = hash64(b.data() + s.offset, s.size);
-    if (actual != s.checksum)
+    if (check_checksums && actual != s.checksum)
       problems.push_back("section '" + s.name + "' is damaged (checksum " + hex64(actual) +
                          ", manifest says " + hex64(s.checksum) + ")");
   }
   if (!problems.empty()) throw CheckpointError(where, problems);
   return c;
+}
+
+/// Reads and verifies a container file. Throws CheckpointError listing every problem found.
+inline Container read_container(const fs::path& path) {
+  const std::string where = path.string();
+  std::vector<char> bytes;
+  try {
+    bytes = read_file(path);
+  } catch (const IoError& e) {
+    if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
+    throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
+  }
+  return parse_container(std::move(bytes), where);
 }
 
 }  // namespace keel::ckpt

@@ -12,6 +12,8 @@
 #include <keel/error.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
@@ -70,20 +72,45 @@ inline std::vector<CheckpointFile> list_checkpoints(const fs::path& directory,
   return out;
 }
 
-/// Deletes all but the newest `keep_last` checkpoints (0 keeps everything). The file named
-/// `newest` is never deleted, whatever its step.
-inline void rotate(const fs::path& directory, std::int64_t keep_last, const std::string& newest,
+/// Which checkpoints rotation keeps: the newest `keep_last` (0: every one) and, in addition,
+/// the `keep_best` with the best value of the monitored metric (recorded in each manifest as
+/// the facts `monitor` and `monitor_value`).
+struct Retention {
+  std::int64_t keep_last = 3;
+  std::int64_t keep_best = 0;
+  std::string monitor;         ///< metric name, e.g. "val_loss"
+  bool higher_is_better = false;
+};
+
+/// Deletes the checkpoints that `retention` does not keep. Call it only after the checkpoint
+/// named `newest` is committed: that file is never deleted, whatever its step or metric.
+inline void rotate(const fs::path& directory, const Retention& retention, const std::string& newest,
                    const std::string& extension = ".ckpt") {
-  if (keep_last <= 0) return;
-  const auto files = list_checkpoints(directory, extension);
-  std::int64_t kept = 0;
-  for (const auto& file : files) {
-    if (file.path.filename() == newest || kept < keep_last) {
-      ++kept;
-      continue;
+  if (retention.keep_last <= 0) return;
+  const auto files = list_checkpoints(directory, extension);  // newest first
+  std::vector<bool> keep(files.size(), false);
+  for (std::size_t i = 0; i < files.size(); ++i)
+    keep[i] = files[i].path.filename() == newest || static_cast<std::int64_t>(i) < retention.keep_last;
+  if (retention.keep_best > 0 && !retention.monitor.empty()) {
+    std::vector<std::pair<double, std::size_t>> scored;  // (value, index), best first after sorting
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      const auto manifest = read_manifest(files[i].path);
+      if (!manifest || manifest->fact("monitor") != retention.monitor) continue;
+      char* end = nullptr;
+      const std::string text = manifest->fact("monitor_value");
+      const double value = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0' || std::isnan(value)) continue;
+      scored.emplace_back(retention.higher_is_better ? -value : value, i);
     }
+    std::stable_sort(scored.begin(), scored.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });  // ties: newer first
+    for (std::size_t k = 0; k < scored.size() && static_cast<std::int64_t>(k) < retention.keep_best; ++k)
+      keep[scored[k].second] = true;
+  }
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    if (keep[i]) continue;
     std::error_code ignored;  // a file that vanished or cannot be removed is not worth a failure
-    fs::remove(file.path, ignored);
+    fs::remove(files[i].path, ignored);
   }
 }
 
