@@ -64,6 +64,7 @@ inline bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
   if (a.defined() != b.defined()) return false;
   if (!a.defined()) return true;
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  if (a.numel() == 0) return true;  // (an empty tensor's data may be null)
   const auto ca = a.detach().to(torch::kCPU).contiguous();
   const auto cb = b.detach().to(torch::kCPU).contiguous();
   return std::memcmp(ca.data_ptr(), cb.data_ptr(), static_cast<std::size_t>(ca.numel()) * ca.element_size()) == 0;
@@ -126,7 +127,8 @@ void save(Archive& archive, const at::Tensor& tensor) {
   archive(cereal::make_nvp("dtype", std::string(dtype)), cereal::make_nvp("shape", shape));
   const std::size_t bytes = cpu.numel() * cpu.element_size();
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
-    archive.saveBinaryValue(cpu.data_ptr(), bytes, "data");
+    char none = 0;  // an empty tensor's data may be null, which memcpy must not see
+    archive.saveBinaryValue(bytes ? cpu.data_ptr() : &none, bytes, "data");
   } else {
     keel::detail::with_element_pointer(cpu.element_size(), cpu.data_ptr(), [&](auto* data) {
       archive(cereal::binary_data(data, bytes));
@@ -160,12 +162,15 @@ void load(Archive& archive, at::Tensor& tensor) {
   }
   at::Tensor result = at::empty(shape, at::TensorOptions().dtype(type));
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
-    archive.loadBinaryValue(result.data_ptr(), bytes, "data");
+    char none = 0;
+    archive.loadBinaryValue(bytes ? result.data_ptr() : &none, bytes, "data");
   } else {
     keel::detail::with_element_pointer(element_size, result.data_ptr(), [&](auto* data) {
       archive(cereal::binary_data(data, bytes));
     });
   }
+  if (type == at::kBool && result.numel() > 0 && result.view(at::kByte).gt(1).any().item<bool>())
+    throw std::runtime_error("a bool tensor of shape " + keel::shape_string(shape) + " holds bytes other than 0 and 1");
   tensor = std::move(result);
 }
 

@@ -107,7 +107,9 @@ std::pair<std::vector<char>, keel::ckpt::Manifest> split_good() {
 }
 
 TEST_CASE("the reseal helper reproduces the good file byte for byte") {
-  auto [body, manifest] = split_good();
+  auto parts = split_good();  // (no structured binding: clang 14 cannot capture one)
+  auto& body = parts.first;
+  auto& manifest = parts.second;
   CHECK(seal(body, manifest) == fixture().good);
 }
 
@@ -156,7 +158,9 @@ TEST_CASE("a flipped bit anywhere in the file is refused, naming what it hit") {
 }
 
 TEST_CASE("damage behind recomputed checksums is refused or harmless, never half-applied") {
-  auto [body, manifest] = split_good();
+  auto parts = split_good();  // (no structured binding: clang 14 cannot capture one)
+  auto& body = parts.first;
+  auto& manifest = parts.second;
   auto trainer = make_trainer(fresh_directory("resealed"));
   const unsigned seed = std::random_device{}();
   CAPTURE(seed);
@@ -186,7 +190,9 @@ std::string error_of_sealed(const std::vector<char>& body, const keel::ckpt::Man
 }
 
 TEST_CASE("manifests whose offsets and sizes point outside the file or overflow are refused") {
-  auto [body, manifest] = split_good();
+  auto parts = split_good();  // (no structured binding: clang 14 cannot capture one)
+  auto& body = parts.first;
+  auto& manifest = parts.second;
   auto edit = [&](auto change) {
     auto m = manifest;
     change(m.sections.front());
@@ -249,7 +255,9 @@ TEST_CASE("manifests whose offsets and sizes point outside the file or overflow 
 }
 
 TEST_CASE("absurd tensor shapes are refused before anything is allocated") {
-  auto [body, manifest] = split_good();
+  auto parts = split_good();  // (no structured binding: clang 14 cannot capture one)
+  auto& body = parts.first;
+  auto& manifest = parts.second;
   const auto* model = [&] {
     for (const auto& s : manifest.sections)
       if (s.name == "model") return &s;
@@ -289,7 +297,9 @@ TEST_CASE("absurd tensor shapes are refused before anything is allocated") {
 }
 
 TEST_CASE("a section written by a newer keel is refused with what to do") {
-  auto [body, manifest] = split_good();
+  auto parts = split_good();  // (no structured binding: clang 14 cannot capture one)
+  auto& body = parts.first;
+  auto& manifest = parts.second;
   const auto loop = std::find_if(manifest.sections.begin(), manifest.sections.end(),
                                  [](const auto& s) { return s.name == "loop"; });
   REQUIRE(loop != manifest.sections.end());

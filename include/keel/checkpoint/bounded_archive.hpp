@@ -54,6 +54,7 @@ class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cer
     if (size < 0 || static_cast<std::uint64_t>(size) > remaining())
       throw cereal::Exception("needs " + std::to_string(size) + " bytes but only " + std::to_string(remaining()) +
                               " are left (truncated or damaged)");
+    if (size == 0) return;  // (an empty container's data may be null)
     if (buffer_.sgetn(static_cast<char*>(data), size) != size) throw cereal::Exception("short read");
     if (swap_bytes_ && DataSize > 1) {
       auto* bytes = static_cast<std::uint8_t*>(data);
@@ -70,8 +71,17 @@ class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cer
 // The overloads cereal looks for (found by argument-dependent lookup on the archive's type).
 
 template <class T>
-std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(BoundedInputArchive& archive, T& value) {
+std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>> CEREAL_LOAD_FUNCTION_NAME(
+    BoundedInputArchive& archive, T& value) {
   archive.template loadBinary<sizeof(T)>(std::addressof(value), sizeof(T));
+}
+
+/// A bool is one byte, 0 or 1; any other byte would be undefined behaviour as a bool.
+inline void CEREAL_LOAD_FUNCTION_NAME(BoundedInputArchive& archive, bool& value) {
+  std::uint8_t byte = 0;
+  archive.template loadBinary<1>(&byte, 1);
+  if (byte > 1) throw cereal::Exception("a stored bool holds " + std::to_string(byte) + " (expected 0 or 1)");
+  value = byte == 1;
 }
 
 template <class T>

@@ -90,6 +90,7 @@ class HashingFileSink : public std::streambuf {
   }
 
   std::streamsize xsputn(const char* data, std::streamsize size) override {
+    if (size <= 0) return 0;  // (an empty vector's data may be null; memcpy must not see it)
     const std::streamsize room = epptr() - pptr();
     if (size <= room) {
       std::memcpy(pptr(), data, static_cast<std::size_t>(size));
