@@ -38,13 +38,15 @@ struct PoisonedImpl : torch::nn::Module {
       return loss * std::numeric_limits<double>::quiet_NaN();
     if (std::find(nan_gradient_at.begin(), nan_gradient_at.end(), batch) != nan_gradient_at.end())
       return loss + (fc->weight - fc->weight.detach()).abs().sqrt().sum();  // 0 in value, NaN in gradient
+    if (std::find(huge_gradient_at.begin(), huge_gradient_at.end(), batch) != huge_gradient_at.end())
+      return loss + (fc->weight - fc->weight.detach()).sum() * 1e38;  // 0 in value, 1e38 per gradient element
     return loss;
   }
   keel::Metrics validation_step(const keel::data::Example& b) {
     return {{"val_loss", torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target).item<double>()}};
   }
   torch::nn::Linear fc;
-  std::vector<std::int64_t> nan_loss_at, nan_gradient_at;
+  std::vector<std::int64_t> nan_loss_at, nan_gradient_at, huge_gradient_at;
   std::int64_t batches_seen = 0;
 };
 
@@ -94,6 +96,25 @@ TEST_CASE("a NaN gradient behind a finite loss is caught too, naming the paramet
   }
   CHECK(error.find("the gradient of 'fc.weight' is not finite at step 3") != std::string::npos);
   CHECK(all_finite(*model));
+}
+
+TEST_CASE("finite gradients whose sum overflows are not mistaken for non-finite ones") {
+  SyntheticImages data(200, 1);
+  auto weight_after = [&](std::int64_t steps) {
+    keel::seed_everything(3);
+    auto model = std::make_shared<PoisonedImpl>();
+    model->huge_gradient_at = {2};  // 256 weights x 1e38 overflows a float sum; every element is finite
+    Trainer trainer(model, keel::TrainerOptions().max_steps(steps).batch_size(8), torch::optim::SGDOptions(0.1));
+    trainer.fit(data);
+    CHECK(trainer.loop().global_step == steps);
+    CHECK(trainer.loop().skipped_steps == 0);
+    return model->fc->weight.detach().clone();
+  };
+  const auto before = weight_after(2);
+  const auto after = weight_after(3);
+  // The third step was applied, not skipped: SGD moved every weight by about lr x 1e38.
+  CHECK(torch::isfinite(after).all().item<bool>());
+  CHECK((after - before).abs().min().item<double>() > 1e36);
 }
 
 TEST_CASE("skip_step drops non-finite steps, counts them, and the count survives a resume") {
