@@ -164,21 +164,10 @@ int main(int argc, char** argv) {
 
   try {
     return flags.model == "mlp" ? train<fashion_mnist::MlpImpl>(flags) : train<fashion_mnist::CnnImpl>(flags);
-  } catch (const keel::Interrupted& e) {
-    // A preemption signal: the checkpoint is written; 128 + signal tells the scheduler why.
-    std::fprintf(stderr, "%s\n", e.what());
-    return e.exit_status();
-  } catch (const keel::CheckpointError& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 3;
-  } catch (const keel::NonFiniteError& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 5;
-  } catch (const keel::ckpt::IoError& e) {  // a checkpoint could not be written
-    std::fprintf(stderr, "%s\n", e.what());
-    return 4;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
+    // keel::exit_status: 2 bad configuration, 3 unusable checkpoint, 4 checkpoint not written,
+    // 5 non-finite loss or gradient, 128 + signal after a preemption signal (saved), 1 other.
+    std::fprintf(stderr, "%s\n", e.what());
+    return keel::exit_status(e);
   }
 }

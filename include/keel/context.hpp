@@ -1,7 +1,10 @@
 #pragma once
-// What components see of the training loop: one Context, passed to every callback hook.
+// What callbacks see of the training loop: one Context, passed to every hook. It is a
+// read-only view (the loop's position and what the loop published) plus one handle that
+// writes: request_stop().
 
-#include <cereal/cereal.hpp>
+#include <keel/loop_state.hpp>
+
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
@@ -9,7 +12,6 @@
 #include <cstdint>
 #include <exception>
 #include <map>
-#include <stdexcept>
 #include <string>
 
 namespace keel {
@@ -17,35 +19,27 @@ namespace keel {
 /// Named scalar metrics, e.g. {"val_loss": 0.31, "val_accuracy": 0.89}.
 using Metrics = std::map<std::string, double>;
 
-/// Where the loop stands. Saved in every checkpoint; checkpoints are taken at optimizer-step
-/// boundaries, where `micro_batch` is 0 (a resume replays a partial accumulation window).
-struct LoopState {
-  std::int64_t epoch = 0;           ///< index of the current epoch (= epochs completed)
-  std::int64_t global_step = 0;     ///< optimizer steps taken since the start of training
-  std::int64_t batch_in_epoch = 0;  ///< micro-batches consumed in the current epoch
-  std::int64_t micro_batch = 0;     ///< position inside the gradient-accumulation window
-  std::uint64_t data_seed = 0;      ///< seed of the sampler's per-epoch permutations
-  bool stop_requested = false;      ///< a callback asked to stop (early stopping)
-  std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
-
-  // Version 2 added skipped_steps; files of version 1 read as 0 skipped.
-  template <class Archive>
-  void serialize(Archive& archive, std::uint32_t version) {
-    if (version > 2)
-      throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
-                               " was written by a newer keel; this keel reads versions up to 2: upgrade keel");
-    archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
-            cereal::make_nvp("batch_in_epoch", batch_in_epoch),
-            cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
-            cereal::make_nvp("stop_requested", stop_requested));
-    if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
-  }
+/// What the loop publishes for callbacks besides its position. Written by the loop's pieces
+/// (keel/loop/) as they go; not saved (everything here is recomputed or refilled).
+struct LoopView {
+  torch::Tensor loss;          ///< latest micro-batch loss, then the step's mean loss (detached)
+  double lr = 0.0;             ///< learning rate of the first param group
+  Metrics metrics;             ///< of the latest validation run
+  Metrics batch_metrics;       ///< of the validation batch just processed
+  std::int64_t batch_size = 0;  ///< samples in the latest training micro-batch
+  std::int64_t max_steps = 0;
+  std::int64_t max_epochs = 0;
+  std::int64_t batches_per_epoch = 0;
+  std::int64_t steps_per_epoch = 0;
+  std::string checkpoint_path;    ///< being written (on_save_checkpoint_*) or read (on_load_checkpoint)
+  std::exception_ptr exception;   ///< leaving fit() (during on_exception)
 };
 
 /// The loop as callbacks see it. Not copyable: hooks take it by reference.
 class Context {
  public:
-  Context(const LoopState& loop, torch::nn::Module& model) : loop_(loop), model_(model) {}
+  Context(LoopState& loop, const LoopView& view, torch::nn::Module& model)
+      : loop_(loop), stop_flag_(loop.stop_requested), view_(view), model_(model) {}
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
@@ -58,59 +52,45 @@ class Context {
 
   /// Loss of the latest training micro-batch (after on_train_batch_end), or the mean loss of
   /// the latest optimizer step's window (after on_optimizer_step_end). Detached.
-  const torch::Tensor& loss() const noexcept { return loss_; }
+  const torch::Tensor& loss() const noexcept { return view_.loss; }
   /// Learning rate of the first parameter group.
-  double lr() const noexcept { return lr_; }
+  double lr() const noexcept { return view_.lr; }
   /// Metrics of the latest validation run.
-  const Metrics& metrics() const noexcept { return metrics_; }
+  const Metrics& metrics() const noexcept { return view_.metrics; }
   /// Metrics of the validation batch just processed (on_validation_batch_end).
-  const Metrics& batch_metrics() const noexcept { return batch_metrics_; }
+  const Metrics& batch_metrics() const noexcept { return view_.batch_metrics; }
 
   /// Samples in the latest training micro-batch.
-  std::int64_t batch_size() const noexcept { return batch_size_; }
+  std::int64_t batch_size() const noexcept { return view_.batch_size; }
 
-  std::int64_t max_steps() const noexcept { return max_steps_; }
-  std::int64_t max_epochs() const noexcept { return max_epochs_; }
-  std::int64_t batches_per_epoch() const noexcept { return batches_per_epoch_; }
+  std::int64_t max_steps() const noexcept { return view_.max_steps; }
+  std::int64_t max_epochs() const noexcept { return view_.max_epochs; }
+  std::int64_t batches_per_epoch() const noexcept { return view_.batches_per_epoch; }
   /// Optimizer steps per epoch (the last accumulation window of an epoch may be short).
-  std::int64_t steps_per_epoch() const noexcept { return steps_per_epoch_; }
+  std::int64_t steps_per_epoch() const noexcept { return view_.steps_per_epoch; }
   /// Optimizer steps the whole fit will take, as far as max_steps and max_epochs say.
   std::int64_t total_steps() const noexcept {
-    const std::int64_t by_epochs = max_epochs_ > 0 ? max_epochs_ * steps_per_epoch_ : 0;
-    if (max_steps_ > 0 && by_epochs > 0) return std::min(max_steps_, by_epochs);
-    return max_steps_ > 0 ? max_steps_ : by_epochs;
+    const std::int64_t by_epochs = view_.max_epochs > 0 ? view_.max_epochs * view_.steps_per_epoch : 0;
+    if (view_.max_steps > 0 && by_epochs > 0) return std::min(view_.max_steps, by_epochs);
+    return view_.max_steps > 0 ? view_.max_steps : by_epochs;
   }
 
   /// File being written (on_save_checkpoint_*) or read (on_load_checkpoint).
-  const std::string& checkpoint_path() const noexcept { return checkpoint_path_; }
+  const std::string& checkpoint_path() const noexcept { return view_.checkpoint_path; }
 
   /// The exception leaving fit() (during on_exception), else null.
-  std::exception_ptr exception() const noexcept { return exception_; }
+  std::exception_ptr exception() const noexcept { return view_.exception; }
 
-  /// Ask the trainer to stop after the current optimizer step (the request is saved).
-  void request_stop() noexcept { stop_request_ = true; }
-  bool stop_requested() const noexcept { return stop_request_ || loop_.stop_requested; }
+  /// Ask the trainer to stop at the next optimizer-step boundary. The request is part of the
+  /// loop's saved state, so a resumed run stops too.
+  void request_stop() noexcept { stop_flag_ = true; }
+  bool stop_requested() const noexcept { return loop_.stop_requested; }
 
  private:
-  template <class...>
-  friend class Trainer;
-
   const LoopState& loop_;
+  bool& stop_flag_;  // the one field of the loop state a callback may set
+  const LoopView& view_;
   torch::nn::Module& model_;
-  torch::Tensor loss_;
-  double lr_ = 0.0;
-  Metrics metrics_;
-  Metrics batch_metrics_;
-  std::int64_t max_steps_ = 0;
-  std::int64_t max_epochs_ = 0;
-  std::int64_t batches_per_epoch_ = 0;
-  std::int64_t steps_per_epoch_ = 0;
-  std::int64_t batch_size_ = 0;
-  std::string checkpoint_path_;
-  std::exception_ptr exception_;
-  bool stop_request_ = false;
 };
 
 }  // namespace keel
-
-CEREAL_CLASS_VERSION(keel::LoopState, 2);

@@ -1,36 +1,40 @@
 #pragma once
-// The exceptions keel throws. Every message names the offending value and what to do.
+// The exceptions keel throws. Every one derives from keel::Error, whose exit_status() is the
+// status a program should end with, so a `main` maps any keel failure to an exit code in one
+// catch (keel::exit_status). Every message names the offending value and what to do.
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace keel {
 
+/// The base of every keel exception.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  /// The process exit status this failure stands for (1 unless a subclass says otherwise).
+  virtual int exit_status() const noexcept { return 1; }
+};
+
 /// A user error in how keel was configured or called (bad option value, wrong dataset...).
-class ConfigError : public std::invalid_argument {
+class ConfigError : public Error {
  public:
-  using std::invalid_argument::invalid_argument;
+  using Error::Error;
+  int exit_status() const noexcept override { return 2; }
 };
 
-/// A loss or gradient that is NaN or infinite, under NonFinitePolicy::stop. Nothing was
-/// applied: the parameters are those before the step, and no checkpoint holds the bad values.
-class NonFiniteError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-/// A checkpoint that cannot be written, read or applied. `problems()` lists every problem
-/// found, not only the first, so that one failed resume tells the whole story.
-class CheckpointError : public std::runtime_error {
+/// A checkpoint that cannot be read or applied. `problems()` lists every problem found, not
+/// only the first, so that one failed resume tells the whole story.
+class CheckpointError : public Error {
  public:
   CheckpointError(std::string path, std::vector<std::string> problems)
-      : std::runtime_error(format(path, problems)),
-        path_(std::move(path)),
-        problems_(std::move(problems)) {}
+      : Error(format(path, problems)), path_(std::move(path)), problems_(std::move(problems)) {}
 
   const std::string& path() const noexcept { return path_; }
   const std::vector<std::string>& problems() const noexcept { return problems_; }
+  int exit_status() const noexcept override { return 3; }
 
  private:
   static std::string format(const std::string& path, const std::vector<std::string>& problems) {
@@ -44,5 +48,25 @@ class CheckpointError : public std::runtime_error {
   std::string path_;
   std::vector<std::string> problems_;
 };
+
+// Also keel::Error, declared beside what throws them: ckpt::IoError (a checkpoint cannot be
+// written, status 4), Interrupted (a stop signal, 128 + signal), data::LoadError (a sample
+// cannot be loaded, 1).
+
+/// A loss or gradient that is NaN or infinite, under NonFinitePolicy::stop. Nothing was
+/// applied: the parameters are those before the step, and no checkpoint holds the bad values.
+class NonFiniteError : public Error {
+ public:
+  using Error::Error;
+  int exit_status() const noexcept override { return 5; }
+};
+
+/// The exit status for an exception leaving `main`: a keel::Error's own, 1 for anything else.
+///   0 done, 1 other error, 2 bad configuration, 3 unusable checkpoint, 4 checkpoint not
+///   written, 5 non-finite loss or gradient, 128 + N stopped by signal N after saving.
+inline int exit_status(const std::exception& e) noexcept {
+  if (const auto* error = dynamic_cast<const Error*>(&e)) return error->exit_status();
+  return 1;
+}
 
 }  // namespace keel

@@ -3,12 +3,14 @@
 
 #include <keel/version.hpp>
 #include <keel/error.hpp>
+#include <keel/log.hpp>
 #include <keel/reflect.hpp>
 #include <keel/state_check.hpp>
 #include <keel/serialize_tensor.hpp>
 #include <keel/serialize_random.hpp>
 #include <keel/hash.hpp>
 #include <keel/fingerprint.hpp>
+#include <keel/loop_state.hpp>
 #include <keel/context.hpp>
 #include <keel/hooks.hpp>
 #include <keel/policies.hpp>
@@ -26,7 +28,7 @@
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/binary_format.hpp>
 #include <keel/checkpoint/directory.hpp>
-#include <keel/checkpoint/sections.hpp>
+#include <keel/checkpoint/parse_section.hpp>
 #include <keel/checkpoint/digest.hpp>
 #include <keel/data/loader.hpp>
 #include <keel/callbacks/early_stopping.hpp>
@@ -34,4 +36,7 @@
 #include <keel/callbacks/progress_bar.hpp>
 #include <keel/signals.hpp>
 #include <keel/trainer_options.hpp>
+#include <keel/process_settings.hpp>
+#include <keel/machine.hpp>
+#include <keel/state/sections.hpp>
 #include <keel/trainer.hpp>

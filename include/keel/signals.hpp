@@ -21,10 +21,10 @@
 namespace keel {
 
 /// Thrown by fit() after a stop signal, once the checkpoint is written.
-class Interrupted : public std::runtime_error {
+class Interrupted : public Error {
  public:
   explicit Interrupted(int signal, const std::string& checkpoint)
-      : std::runtime_error("keel: stopped by " + signal_name(signal) +
+      : Error("keel: stopped by " + signal_name(signal) +
                            (checkpoint.empty() ? std::string(" (no checkpoint_dir, so no checkpoint was written)")
                                                : " after saving " + checkpoint + "; run again to resume")),
         signal_(signal) {}
@@ -32,7 +32,7 @@ class Interrupted : public std::runtime_error {
   int signal() const noexcept { return signal_; }
   /// 128 + the signal number: what a shell reports for a process ended by that signal, and
   /// what job schedulers (Slurm, Kubernetes) read as "terminated by signal".
-  int exit_status() const noexcept { return 128 + signal_; }
+  int exit_status() const noexcept override { return 128 + signal_; }
 
   static std::string signal_name(int signal) {
     switch (signal) {

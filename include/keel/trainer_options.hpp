@@ -1,6 +1,8 @@
 #pragma once
 // TrainerOptions: the loop's settings, with LibTorch-style fluent setters.
 
+#include <keel/error.hpp>
+
 #include <torch/arg.h>
 #include <torch/types.h>
 
@@ -81,6 +83,42 @@ struct TrainerOptions {
     return *this;
   }
   const std::vector<std::pair<std::string, std::string>>& config() const noexcept { return config_; }
+
+  /// Throws ConfigError naming the first bad value and what it must be. Changes nothing: the
+  /// process-wide settings (threads, determinism) are applied by keel::apply_process_settings.
+  void validate() const {
+    auto positive = [](const char* name, std::int64_t value) {
+      if (value <= 0)
+        throw ConfigError(std::string("keel::TrainerOptions: ") + name + " must be positive, got " +
+                          std::to_string(value));
+    };
+    auto non_negative = [](const char* name, std::int64_t value) {
+      if (value < 0)
+        throw ConfigError(std::string("keel::TrainerOptions: ") + name + " must be >= 0, got " +
+                          std::to_string(value));
+    };
+    positive("batch_size", batch_size_);
+    positive("accumulate", accumulate_);
+    non_negative("max_epochs", max_epochs_);
+    non_negative("max_steps", max_steps_);
+    non_negative("save_every_steps", save_every_steps_);
+    non_negative("keep_last", keep_last_);
+    non_negative("keep_best", keep_best_);
+    if (keep_best_ > 0 && monitor_.empty())
+      throw ConfigError("keel::TrainerOptions: keep_best(" + std::to_string(keep_best_) +
+                        ") needs monitor(\"<validation metric>\"), e.g. monitor(\"val_loss\")");
+    non_negative("validation_batch_size", validation_batch_size_);
+    non_negative("threads", threads_);
+    non_negative("workers", workers_);
+    non_negative("prefetch_batches", prefetch_batches_);
+    if (max_epochs_ == 0 && max_steps_ == 0)
+      throw ConfigError("keel::TrainerOptions: set max_epochs or max_steps (both are 0, so training "
+                        "would never end)");
+    if (resume_.empty())
+      throw ConfigError("keel::TrainerOptions: resume is empty; use \"never\", \"auto\" or a checkpoint path");
+    if (resume_ == "auto" && checkpoint_dir_.empty())
+      throw ConfigError("keel::TrainerOptions: resume \"auto\" needs a checkpoint_dir to look in");
+  }
 
  private:
   std::vector<std::pair<std::string, std::string>> config_;

@@ -81,6 +81,7 @@ struct Flags {
   std::int64_t epochs = 3;
   std::string ckpt_dir;
   std::string resume = "never";
+  std::string save_to;  // after fit, also write the state to this file
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
@@ -114,6 +115,7 @@ int run(const Flags& flags, Extra&&... extra) {
                       .resume(flags.resume),
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
   trainer.fit(train, validation);
+  if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
   std::printf("epoch=%lld\nglobal_step=%lld\n", static_cast<long long>(trainer.loop().epoch),
               static_cast<long long>(trainer.loop().global_step));
   std::printf("state_digest=%s\n", trainer.state_digest().c_str());
@@ -177,6 +179,7 @@ int main(int argc, char** argv) {
   text("--variant", flags.variant);
   text("--ckpt-dir", flags.ckpt_dir);
   text("--resume", flags.resume);
+  text("--save-to", flags.save_to);
   number("--max-steps", flags.max_steps);
   number("--epochs", flags.epochs);
   number("--save-every-steps", flags.save_every_steps);
@@ -193,11 +196,8 @@ int main(int argc, char** argv) {
   }
   try {
     return dispatch(flags);
-  } catch (const keel::Interrupted& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return e.exit_status();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
-    return 3;
+    return keel::exit_status(e);
   }
 }

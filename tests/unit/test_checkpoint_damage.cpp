@@ -11,7 +11,9 @@
 
 #include <cereal/archives/portable_binary.hpp>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <filesystem>
 #include <random>
 #include <sstream>
@@ -311,6 +313,63 @@ TEST_CASE("a section written by a newer keel is refused with what to do") {
   const std::string error = try_load(trainer, seal(bad, manifest));
   CHECK(error.find("written by a newer keel") != std::string::npos);
   CHECK(error.find("upgrade keel") != std::string::npos);
+}
+
+}  // namespace damage_test
+
+namespace damage_test {
+
+/// The good file with one section's manifest entry changed by `edit`, resealed.
+std::vector<char> with_section(const std::string& name, const std::function<void(keel::ckpt::SectionInfo&)>& edit) {
+  auto parts = split_good();
+  for (auto& s : parts.second.sections)
+    if (s.name == name) edit(s);
+  return seal(parts.first, parts.second);
+}
+
+TEST_CASE("section layout versions are compared on load: newer refused, older than readable refused") {
+  auto trainer = make_trainer(fresh_directory("versions"));
+  // The model's layout is version 1: a file claiming 2 comes from a newer keel.
+  const std::string newer = try_load(trainer, with_section("model", [](auto& s) { s.version = 2; }));
+  CHECK(newer.find("section 'model'") != std::string::npos);
+  CHECK(newer.find("has layout version 2, written by a newer keel") != std::string::npos);
+  CHECK(newer.find("upgrade keel") != std::string::npos);
+  // LoopState is read from version 1 on; a version 0 loop section predates every keel release.
+  const std::string older = try_load(trainer, with_section("loop", [](auto& s) { s.version = 0; }));
+  CHECK(older.find("section 'loop' (keel::LoopState) has layout version 0, older than any this keel reads") !=
+        std::string::npos);
+  CHECK(older.find("save it again there") != std::string::npos);
+  // A callback section under its 0.2 name (by position) still loads.
+  const std::string legacy =
+      try_load(trainer, with_section("callback.keel::EarlyStopping", [](auto& s) { s.name = "callback.0"; }));
+  CHECK(legacy.empty());
+}
+
+TEST_CASE("a resume on another machine warns that it is faithful, not bitwise; the sink receives it") {
+  auto parts = split_good();
+  auto& facts = parts.second.facts;
+  const auto cpu = std::find_if(facts.begin(), facts.end(), [](const auto& f) { return f.first == "cpu"; });
+  REQUIRE(cpu != facts.end());  // the manifest records the machine
+  for (const char* key : {"cpu_capability", "blas", "torch_version", "threads"})
+    CHECK(parts.second.fact(key) != "");
+  cpu->second = "Imaginary CPU 9000";
+  const auto moved = seal(parts.first, parts.second);
+
+  std::vector<std::pair<keel::LogLevel, std::string>> messages;
+  auto previous = keel::set_log_sink([&](keel::LogLevel level, const std::string& m) { messages.emplace_back(level, m); });
+  auto trainer = make_trainer(fresh_directory("machine"));
+  const std::string error = try_load(trainer, moved);
+  keel::set_log_sink(previous);
+  CHECK(error.empty());
+  REQUIRE(messages.size() == 1);
+  CHECK(messages[0].first == keel::LogLevel::warning);
+  CHECK(messages[0].second.find("cpu 'Imaginary CPU 9000'") != std::string::npos);
+  CHECK(messages[0].second.find("faithful but not bitwise") != std::string::npos);
+  // The digest does not depend on the machine facts: the same state loaded from the unchanged
+  // file digests the same.
+  auto other = make_trainer(fresh_directory("machine-2"));
+  CHECK(try_load(other, fixture().good).empty());
+  CHECK(other.state_digest() == trainer.state_digest());
 }
 
 }  // namespace damage_test

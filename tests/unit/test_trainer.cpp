@@ -7,7 +7,13 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <stdexcept>
+
+#include <unistd.h>
 
 namespace trainer_test {
 
@@ -141,6 +147,70 @@ TEST_CASE("bad configuration is refused with the value and the fix") {
                        doctest::Contains("total_steps (5) must exceed warmup_steps (10)"), keel::ConfigError);
   CHECK_THROWS_WITH_AS((keel::Trainer<keel::model<LinearImpl>>(keel::TrainerOptions().resume("auto"))),
                        doctest::Contains("needs a checkpoint_dir"), keel::ConfigError);
+}
+
+}  // namespace trainer_test
+
+namespace trainer_test {
+
+/// Asks to stop in the middle of the first accumulation window.
+struct StopEarly {
+  void on_train_batch_end(keel::Context& ctx) {
+    if (ctx.loop().micro_batch == 1) ctx.request_stop();
+  }
+};
+
+TEST_CASE("a stop request takes effect at the next optimizer-step boundary and is saved") {
+  SyntheticImages data(80, 1);
+  keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<StopEarly, CountEvents>>
+      trainer(keel::TrainerOptions().max_epochs(2).batch_size(8).accumulate(3), torch::optim::SGDOptions(0.1));
+  trainer.fit(data);
+  CHECK(trainer.loop().stop_requested);
+  CHECK(trainer.loop().global_step == 1);  // the window was finished, not cut
+  CHECK(trainer.loop().micro_batch == 0);
+  CHECK(trainer.loop().batch_in_epoch == 3);
+  CHECK(trainer.callback<CountEvents>().steps == 1);
+}
+
+TEST_CASE("two callbacks of one type get distinct sections and each gets its own state back") {
+  using Twice = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>,
+                              keel::callbacks<CountEvents, StopEarly, CountEvents>>;
+  SyntheticImages data(80, 1);
+  const auto file = std::filesystem::temp_directory_path() / ("keel-twice-" + std::to_string(::getpid()) + ".ckpt");
+  Twice writer(keel::TrainerOptions().max_steps(3).batch_size(8), torch::optim::SGDOptions(0.1));
+  writer.fit(data);
+  std::get<2>(writer.callbacks()).steps = 42;  // tell the two apart
+  writer.save_checkpoint(file);
+  const auto container = keel::ckpt::read_container(file);
+  const std::string name = "callback." + keel::detail::type_name<CountEvents>();
+  REQUIRE(container.manifest.find(name));
+  REQUIRE(container.manifest.find(name + "#1"));
+  CHECK(container.manifest.find(name + "#2") == nullptr);
+
+  Twice reader(keel::TrainerOptions().max_steps(3).batch_size(8), torch::optim::SGDOptions(0.1));
+  reader.load_checkpoint(file);
+  CHECK(std::get<0>(reader.callbacks()).steps == 1);  // StopEarly stopped the first fit after one step
+  CHECK(std::get<2>(reader.callbacks()).steps == 42);
+  CHECK(reader.state_digest() == writer.state_digest());
+  std::filesystem::remove(file);
+}
+
+TEST_CASE("every keel exception is a keel::Error with the exit status a program returns") {
+  CHECK(keel::exit_status(keel::ConfigError("x")) == 2);
+  CHECK(keel::exit_status(keel::CheckpointError("f", {"broken"})) == 3);
+  CHECK(keel::exit_status(keel::ckpt::IoError("write", "f", ENOSPC)) == 4);
+  CHECK(keel::exit_status(keel::NonFiniteError("x")) == 5);
+  CHECK(keel::exit_status(keel::Interrupted(SIGTERM, "f")) == 128 + SIGTERM);
+  CHECK(keel::exit_status(keel::data::LoadError(3, "x")) == 1);
+  CHECK(keel::exit_status(std::runtime_error("x")) == 1);
+  // Bad options are refused when the Trainer is built, with the value in the message.
+  try {
+    keel::Trainer<keel::model<LinearImpl>> bad(keel::TrainerOptions().batch_size(0));
+    FAIL("a batch size of 0 was accepted");
+  } catch (const keel::Error& e) {
+    CHECK(e.exit_status() == 2);
+    CHECK(std::string(e.what()).find("batch_size must be positive, got 0") != std::string::npos);
+  }
 }
 
 }  // namespace trainer_test

@@ -28,48 +28,21 @@ using keel::ckpt::Container;
 using keel::ckpt::SectionInfo;
 using Format = keel::format::Binary;
 
-/// keel's own schedulers save (step, base learning rates).
-struct SchedulerState {
-  std::int64_t step = 0;
-  std::vector<double> base_lrs;
-  template <class Archive>
-  void serialize(Archive& archive) {
-    archive(cereal::make_nvp("step", step), cereal::make_nvp("base_lrs", base_lrs));
-  }
-};
-
-/// The sections keel-ckpt understands, parsed; user callbacks stay opaque (checksums only).
+/// A file's standard sections, read through keel's one list of sections (state::SavedState);
+/// user callbacks' sections stay opaque (checksums only).
 struct Parsed {
-  std::optional<keel::LoopState> loop;
-  std::optional<keel::ModelState> model;
-  std::optional<keel::optim::OptimizerState> optimizer;
-  std::optional<SchedulerState> scheduler;
-  std::optional<keel::RngState> rng;
+  keel::state::SavedState state;
+  keel::state::LoadPlan plan;
+  bool has(const char* section) const { return plan.was_staged(section); }
 };
 
 Parsed parse(const Container& container, std::vector<std::string>& problems) {
   Parsed parsed;
-  auto read = [&](const char* name, auto& slot, auto accept_type) {
-    const SectionInfo* info = container.manifest.find(name);
-    if (!info) {
-      problems.push_back(std::string("section '") + name + "' is missing");
-      return;
-    }
-    if (!accept_type(info->type)) return;
-    try {
-      typename std::decay_t<decltype(slot)>::value_type value;
-      keel::ckpt::parse_section<Format>(container, *info, value);
-      slot = std::move(value);
-    } catch (const std::exception& e) {
-      problems.push_back(e.what());
-    }
-  };
-  auto any = [](const std::string&) { return true; };
-  read("loop", parsed.loop, any);
-  read("model", parsed.model, any);
-  read("optimizer", parsed.optimizer, [](const std::string& t) { return t.rfind("keel::optim::", 0) == 0; });
-  read("scheduler", parsed.scheduler, [](const std::string& t) { return t.rfind("keel::sched::", 0) == 0; });
-  read("rng", parsed.rng, any);
+  auto sections = parsed.state.sections();
+  keel::state::stage_sections<Format>(container, sections, parsed.plan, /*offline=*/true);
+  parsed.plan.commit();  // only the sections that parsed have a commit
+  parsed.plan.commits.clear();
+  for (const auto& p : parsed.plan.problems) problems.push_back(p);
   return parsed;
 }
 
@@ -78,19 +51,17 @@ std::vector<std::string> structural_problems(const Container& container, const P
   std::vector<std::string> problems;
   if (container.manifest.format != Format::keel_name)
     problems.push_back("format '" + container.manifest.format + "' is not one this keel-ckpt reads");
-  if (parsed.loop && (parsed.loop->micro_batch != 0 || parsed.loop->global_step < 0 || parsed.loop->epoch < 0))
-    problems.push_back("the loop position is not an optimizer-step boundary");
-  if (parsed.model) {
+  if (parsed.has("model")) {
     std::map<std::string, const torch::Tensor*> params;
     std::set<std::string> names;
-    for (const auto& t : parsed.model->parameters) {
+    for (const auto& t : parsed.state.model.parameters) {
       if (!names.insert(t.name).second) problems.push_back("model tensor '" + t.name + "' appears twice");
       params[t.name] = &t.tensor;
     }
-    for (const auto& t : parsed.model->buffers)
+    for (const auto& t : parsed.state.model.buffers)
       if (!names.insert(t.name).second) problems.push_back("model tensor '" + t.name + "' appears twice");
-    if (parsed.optimizer) {
-      for (const auto& p : parsed.optimizer->params) {
+    if (parsed.has("optimizer")) {
+      for (const auto& p : parsed.state.optimizer.params) {
         auto found = params.find(p.name);
         if (found == params.end()) {
           problems.push_back("optimizer state for '" + p.name + "', which is not a model parameter");
@@ -120,12 +91,12 @@ std::optional<Container> open_checked(const std::string& path) {
 /// Every tensor of the known sections, by a qualified name: "model/<name>", "optimizer/<param>/<tensor>".
 std::map<std::string, torch::Tensor> tensors_of(const Parsed& parsed) {
   std::map<std::string, torch::Tensor> out;
-  if (parsed.model) {
-    for (const auto& t : parsed.model->parameters) out["model/" + t.name] = t.tensor;
-    for (const auto& t : parsed.model->buffers) out["model/" + t.name] = t.tensor;
+  if (parsed.has("model")) {
+    for (const auto& t : parsed.state.model.parameters) out["model/" + t.name] = t.tensor;
+    for (const auto& t : parsed.state.model.buffers) out["model/" + t.name] = t.tensor;
   }
-  if (parsed.optimizer)
-    for (const auto& p : parsed.optimizer->params)
+  if (parsed.has("optimizer"))
+    for (const auto& p : parsed.state.optimizer.params)
       for (const auto& [name, tensor] : p.tensors)
         if (tensor.defined()) out["optimizer/" + p.name + "/" + name] = tensor;
   return out;
@@ -240,18 +211,18 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
   if (!container) return 2;
   std::vector<std::string> problems;
   const auto parsed = parse(*container, problems);
-  if (!parsed.model || (with_optimizer && !parsed.optimizer)) {
+  if (!parsed.has("model") || (with_optimizer && !parsed.has("optimizer"))) {
     for (const auto& p : problems) std::fprintf(stderr, "keel-ckpt: %s\n", p.c_str());
     return 2;
   }
   c10::Dict<std::string, at::Tensor> model;
-  for (const auto& t : parsed.model->parameters) model.insert(t.name, t.tensor);
-  for (const auto& t : parsed.model->buffers) model.insert(t.name, t.tensor);
+  for (const auto& t : parsed.state.model.parameters) model.insert(t.name, t.tensor);
+  for (const auto& t : parsed.state.model.buffers) model.insert(t.name, t.tensor);
   torch::IValue value(model);
   if (with_optimizer) {
     // {"model": state_dict, "optimizer": {"<param>.<tensor>": tensor, "<param>.step": int64 tensor}}
     c10::Dict<std::string, at::Tensor> optimizer;
-    for (const auto& p : parsed.optimizer->params) {
+    for (const auto& p : parsed.state.optimizer.params) {
       optimizer.insert(p.name + ".step", torch::tensor(p.step, torch::kInt64));
       for (const auto& [name, tensor] : p.tensors)
         if (tensor.defined()) optimizer.insert(p.name + "." + name, tensor);

@@ -18,7 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <iostream>
+#include <keel/log.hpp>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -155,8 +155,8 @@ class MetricsLogger {
       std::fclose(in);
     }
     if (lines < keep_lines && rows_ > 0)
-      std::cerr << "keel: warning: " << path << " holds " << std::max<std::int64_t>(0, lines - header_lines)
-                << " rows but the checkpoint counted " << rows_ << "; earlier rows are missing\n";
+      warn(path + " holds " + std::to_string(std::max<std::int64_t>(0, lines - header_lines)) +
+           " rows but the checkpoint counted " + std::to_string(rows_) + "; earlier rows are missing");
     std::error_code error;
     if (std::filesystem::exists(path, error)) std::filesystem::resize_file(path, static_cast<std::uintmax_t>(cut), error);
     if (error) throw ConfigError("keel::MetricsLogger: cannot truncate '" + path + "': " + error.message());

@@ -16,7 +16,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstdio>
-#include <iostream>
+#include <keel/log.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -135,7 +135,7 @@ inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
     try {
       return std::make_pair(path, read_container(path));
     } catch (const CheckpointError& e) {
-      std::cerr << "keel: warning: skipping " << e.what() << "\n";
+      warn("skipping " + std::string(e.what()));
     }
   }
   return std::nullopt;

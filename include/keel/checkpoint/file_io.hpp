@@ -3,6 +3,7 @@
 // flushed with fsync, renamed over the final name and the directory fsync'ed: after a crash
 // at any instant the final name holds either the old complete file or the new complete file.
 
+#include <keel/error.hpp>
 #include <keel/hash.hpp>
 
 #include <cerrno>
@@ -22,14 +23,14 @@ namespace keel::ckpt {
 
 namespace fs = std::filesystem;
 
-/// An I/O failure, with the path and the operating system's reason.
-class IoError : public std::runtime_error {
+/// An I/O failure, with the path and the operating system's reason. Exit status 4: a
+/// checkpoint could not be written (the previous one is untouched).
+class IoError : public Error {
  public:
   IoError(const std::string& what, const fs::path& path, int error)
-      : std::runtime_error("keel: cannot " + what + " '" + path.string() + "': " +
-                           std::strerror(error)),
-        error_(error) {}
+      : Error("keel: cannot " + what + " '" + path.string() + "': " + std::strerror(error)), error_(error) {}
   int error_code() const noexcept { return error_; }
+  int exit_status() const noexcept override { return 4; }
 
  private:
   int error_;

@@ -14,6 +14,7 @@
 // must not draw from LibTorch's global generator (that stream belongs to the training step).
 
 #include <keel/data/sampler.hpp>
+#include <keel/error.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/data/example.h>
@@ -55,10 +56,10 @@ class SampleContext {
 };
 
 /// A failure while loading a sample, with the sample index; re-raised in the training thread.
-class LoadError : public std::runtime_error {
+class LoadError : public Error {
  public:
   LoadError(std::int64_t sample, const std::string& what)
-      : std::runtime_error("keel: loading sample " + std::to_string(sample) + " failed: " + what), sample_(sample) {}
+      : Error("keel: loading sample " + std::to_string(sample) + " failed: " + what), sample_(sample) {}
   std::int64_t sample() const noexcept { return sample_; }
 
  private:
@@ -164,8 +165,9 @@ std::int64_t dataset_size(const D& dataset) {
 
 /// Moves every tensor of a batch to `device` (Example, or a type with `to(device)`).
 inline Example to_device(Example batch, const torch::Device& device) {
-  if (batch.data.defined()) batch.data = batch.data.to(device);
-  if (batch.target.defined()) batch.target = batch.target.to(device);
+  // Checked here: a call to to() costs a dispatch even when there is nothing to move.
+  if (batch.data.defined() && batch.data.device() != device) batch.data = batch.data.to(device);
+  if (batch.target.defined() && batch.target.device() != device) batch.target = batch.target.to(device);
   return batch;
 }
 template <class Batch>

@@ -17,45 +17,59 @@
 
 namespace keel::sched {
 
+/// What every keel scheduler saves: the optimizer steps taken and the base learning rates of
+/// the param groups. keel-ckpt reads scheduler sections through this type.
+struct SchedulerState {
+  std::int64_t step = 0;
+  std::vector<double> base_lrs;
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("step", step), cereal::make_nvp("base_lrs", base_lrs));
+  }
+};
+
 /// Holds a reference to the optimizer, the base learning rates of its groups and the number
 /// of steps taken; Derived supplies `double factor(std::int64_t step) const`.
 template <class Derived>
 class SchedulerBase {
  public:
+  /// Layout version of the saved state (the checkpoint section's version).
+  static constexpr std::uint32_t keel_version = 1;
+
   explicit SchedulerBase(torch::optim::Optimizer& optimizer) : optimizer_(optimizer) {
-    for (const auto& group : optimizer.param_groups()) base_lrs_.push_back(group.options().get_lr());
+    for (const auto& group : optimizer.param_groups()) state_.base_lrs.push_back(group.options().get_lr());
   }
 
   /// Call after every optimizer step.
   void step() {
-    ++step_;
+    ++state_.step;
     apply();
   }
 
-  std::int64_t steps() const noexcept { return step_; }
-  const std::vector<double>& base_lrs() const noexcept { return base_lrs_; }
+  std::int64_t steps() const noexcept { return state_.step; }
+  const std::vector<double>& base_lrs() const noexcept { return state_.base_lrs; }
   /// Learning rate of `group` after `step` optimizer steps.
   double lr_at(std::int64_t step, std::size_t group = 0) const {
-    return base_lrs_.at(group) * static_cast<const Derived&>(*this).factor(step);
+    return state_.base_lrs.at(group) * static_cast<const Derived&>(*this).factor(step);
   }
 
   template <class Archive>
   void serialize(Archive& archive) {
-    archive(cereal::make_nvp("step", step_), cereal::make_nvp("base_lrs", base_lrs_));
+    state_.serialize(archive);  // the same bytes as a SchedulerState
   }
 
  protected:
   /// Writes the learning rate for the current step into every param group.
   void apply() {
     auto& groups = optimizer_.get().param_groups();
-    for (std::size_t g = 0; g < groups.size() && g < base_lrs_.size(); ++g)
-      groups[g].options().set_lr(lr_at(step_, g));
+    for (std::size_t g = 0; g < groups.size() && g < state_.base_lrs.size(); ++g)
+      groups[g].options().set_lr(lr_at(state_.step, g));
   }
 
  private:
   std::reference_wrapper<torch::optim::Optimizer> optimizer_;
-  std::vector<double> base_lrs_;
-  std::int64_t step_ = 0;
+  SchedulerState state_;
 };
 
 }  // namespace keel::sched

@@ -1,0 +1,92 @@
+#pragma once
+// One epoch of training, from the loop's position (a resume may start mid-epoch): micro-batches
+// grouped into accumulation windows of `accumulate` (the epoch's last window may be shorter),
+// an optimizer step at the end of each window, and at the end of the epoch validation, the
+// epoch counters and the epoch-end save.
+
+#include <keel/data/dataset.hpp>
+#include <keel/data/loader.hpp>
+#include <keel/data/sampler.hpp>
+#include <keel/error.hpp>
+#include <keel/hooks.hpp>
+#include <keel/loop/evaluation.hpp>
+#include <keel/loop/nonfinite.hpp>
+#include <keel/loop/optimizer_step.hpp>
+#include <keel/loop/stop_conditions.hpp>
+#include <keel/serialize_tensor.hpp>
+
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+namespace keel::loop {
+
+/// Ends an epoch: validation (if a validation set is given), hooks, counters, the epoch save.
+template <class State, class Saver, class ValidationSet>
+void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
+  if constexpr (!std::is_same_v<ValidationSet, NoValidation>) {
+    if (validation) {
+      evaluate(s, *validation, /*with_hooks=*/true);
+      saver.after_validation();
+    }
+  }
+  s.dispatch(event::on_train_epoch_end{});
+  ++s.loop.epoch;
+  s.loop.batch_in_epoch = 0;
+  saver.after_epoch();
+}
+
+/// Trains from the loop's position to the end of the epoch, or until a stop condition holds at
+/// an optimizer-step boundary.
+template <class State, class Saver, class TrainSet, class ValidationSet>
+void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
+               const data::EpochSampler& sampler) {
+  const std::int64_t batches = sampler.batches_per_epoch();
+  if (s.loop.batch_in_epoch > batches)
+    throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(s.loop.batch_in_epoch) +
+                      ") lies past the end of an epoch of " + std::to_string(batches) + " batches");
+  // Workers start loading at the resume position; earlier samples are never read.
+  data::BatchLoader<TrainSet> loader(train, sampler, s.loop.epoch, s.loop.batch_in_epoch,
+                                     data::SampleContext(s.loop.data_seed, s.loop.epoch, /*training=*/true),
+                                     s.options.workers(), s.options.prefetch_batches());
+  if (s.loop.batch_in_epoch == 0) s.dispatch(event::on_train_epoch_start{});
+  s.model->train();
+  const std::int64_t accumulate = s.options.accumulate();
+  NonFiniteWatch nonfinite(s.options.on_nonfinite());
+  torch::Tensor window_loss;  // the sum of the window's micro-batch losses
+  while (s.loop.batch_in_epoch < batches) {
+    if (s.loop.micro_batch == 0) {  // stop only between optimizer steps
+      if (finished(s.loop, s.options)) return;
+      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
+    }
+    // Windows start at multiples of `accumulate`; the epoch's last one may be shorter.
+    const std::int64_t window_start = s.loop.batch_in_epoch - s.loop.micro_batch;
+    const std::int64_t window = std::min(accumulate, batches - window_start);
+
+    s.dispatch(event::on_train_batch_start{});
+    auto batch = data::to_device(loader.next(), s.options.device());
+    torch::Tensor loss = s.model->training_step(batch);
+    if (!loss.defined() || loss.numel() != 1)
+      throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
+                        (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
+    (window == 1 ? loss : loss / static_cast<double>(window)).backward();
+    s.view.loss = loss.detach();
+    nonfinite.check_loss(s.view.loss, s.loop);
+    s.view.batch_size = data::batch_size_of(batch);
+    window_loss = s.loop.micro_batch == 0 ? s.view.loss : window_loss + s.view.loss;
+    ++s.loop.batch_in_epoch;
+    ++s.loop.micro_batch;
+    s.dispatch(event::on_train_batch_end{});
+
+    if (s.loop.micro_batch == window) {
+      optimizer_step(s, nonfinite, window, window_loss);
+      saver.after_step(/*epoch_ends=*/s.loop.batch_in_epoch == batches);
+    }
+  }
+  end_epoch(s, saver, validation);
+}
+
+}  // namespace keel::loop

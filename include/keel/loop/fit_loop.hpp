@@ -1,0 +1,39 @@
+#pragma once
+// The fit loop: epochs until a stop condition holds, the end-of-fit save, and the fit-level
+// hooks, with on_exception for whatever leaves the loop. (The Trainer prepares a fit: the
+// directory lock, the signal handlers, the resume; keel/trainer.hpp.)
+
+#include <keel/data/sampler.hpp>
+#include <keel/hooks.hpp>
+#include <keel/loop/epoch_loop.hpp>
+#include <keel/loop/stop_conditions.hpp>
+
+#include <exception>
+
+namespace keel::loop {
+
+template <class State, class Saver, class TrainSet, class ValidationSet>
+void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
+         const data::EpochSampler& sampler) {
+  s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
+  try {
+    s.dispatch(event::on_fit_start{});
+    while (!finished(s.loop, s.options)) {
+      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
+      run_epoch(s, saver, signals, train, validation, sampler);
+    }
+    saver.at_fit_end();
+    s.dispatch(event::on_fit_end{});
+  } catch (...) {
+    s.view.exception = std::current_exception();
+    try {
+      s.dispatch(event::on_exception{});
+    } catch (...) {
+      // the original exception is the one worth reporting
+    }
+    s.view.exception = nullptr;
+    throw;
+  }
+}
+
+}  // namespace keel::loop

@@ -1,0 +1,38 @@
+#pragma once
+// The end of an accumulation window: check the window for non-finite values, step the
+// optimizer (or skip the step), zero the gradients, advance the scheduler and the counters.
+
+#include <keel/hooks.hpp>
+#include <keel/log.hpp>
+#include <keel/loop/nonfinite.hpp>
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace keel::loop {
+
+/// One optimizer step over the window just accumulated. `window_loss` is the sum of the
+/// window's `window` micro-batch losses (detached); callbacks see its mean afterwards.
+template <class State>
+void optimizer_step(State& s, NonFiniteWatch& nonfinite, std::int64_t window, const torch::Tensor& window_loss) {
+  s.dispatch(event::on_optimizer_step_start{});
+  if (const std::string bad = nonfinite.check_window(*s.model, s.loop); bad.empty()) {
+    s.optimizer.step();
+  } else {
+    // skip_step: the step counts (the schedule and the data stay aligned) but applies nothing.
+    ++s.loop.skipped_steps;
+    warn("step " + std::to_string(s.loop.global_step + 1) + " skipped: non-finite " + bad + " (" +
+         std::to_string(s.loop.skipped_steps) + " skipped so far)");
+  }
+  s.optimizer.zero_grad();
+  s.scheduler.step();
+  ++s.loop.global_step;
+  s.loop.micro_batch = 0;
+  s.view.loss = window == 1 ? window_loss : window_loss / static_cast<double>(window);
+  s.view.lr = s.optimizer.lr(0);
+  s.dispatch(event::on_optimizer_step_end{});
+}
+
+}  // namespace keel::loop

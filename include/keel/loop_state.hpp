@@ -1,0 +1,40 @@
+#pragma once
+// Where the training loop stands: the position saved in every checkpoint's "loop" section.
+
+#include <cereal/cereal.hpp>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace keel {
+
+/// Where the loop stands. Saved in every checkpoint; checkpoints are taken at optimizer-step
+/// boundaries, where `micro_batch` is 0 (a resume replays a partial accumulation window).
+struct LoopState {
+  std::int64_t epoch = 0;           ///< index of the current epoch (= epochs completed)
+  std::int64_t global_step = 0;     ///< optimizer steps taken since the start of training
+  std::int64_t batch_in_epoch = 0;  ///< micro-batches consumed in the current epoch
+  std::int64_t micro_batch = 0;     ///< position inside the gradient-accumulation window
+  std::uint64_t data_seed = 0;      ///< seed of the sampler's per-epoch permutations
+  bool stop_requested = false;      ///< a callback asked to stop (early stopping); honoured at
+                                    ///< the next optimizer-step boundary
+  std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
+
+  // Version 2 added skipped_steps; files of version 1 read as 0 skipped.
+  template <class Archive>
+  void serialize(Archive& archive, std::uint32_t version) {
+    if (version > 2)
+      throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
+                               " was written by a newer keel; this keel reads versions up to 2: upgrade keel");
+    archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
+            cereal::make_nvp("batch_in_epoch", batch_in_epoch),
+            cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
+            cereal::make_nvp("stop_requested", stop_requested));
+    if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
+  }
+};
+
+}  // namespace keel
+
+CEREAL_CLASS_VERSION(keel::LoopState, 2);

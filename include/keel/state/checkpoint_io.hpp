@@ -1,0 +1,107 @@
+#pragma once
+// A TrainState to and from a checkpoint, through the one list of sections: the atomic write,
+// the state digest (the same bytes, hashed, nothing written) and the all-or-nothing load.
+
+#include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/digest.hpp>
+#include <keel/checkpoint/file_io.hpp>
+#include <keel/error.hpp>
+#include <keel/log.hpp>
+#include <keel/loop/nonfinite.hpp>
+#include <keel/machine.hpp>
+#include <keel/state/section.hpp>
+#include <keel/version.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace keel::state {
+
+using Facts = std::vector<std::pair<std::string, std::string>>;
+
+/// The manifest's facts: for people (position, versions) and for checks that warn instead of
+/// refuse (the machine). None of them enters the state digest.
+template <class State>
+Facts manifest_facts(const State& s, Facts extra) {
+  Facts facts = {{"global_step", std::to_string(s.loop.global_step)},
+                 {"epoch", std::to_string(s.loop.epoch)},
+                 {"batch_in_epoch", std::to_string(s.loop.batch_in_epoch)},
+                 {"train_size", std::to_string(s.train_size)},
+                 {"keel_version", KEEL_VERSION_STRING}};
+  for (auto& fact : machine_facts()) facts.push_back(std::move(fact));
+  for (auto& fact : extra) facts.push_back(std::move(fact));
+  return facts;
+}
+
+/// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename). Refuses
+/// (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is never
+/// written over a good checkpoint.
+template <class Format, class State>
+void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = {}) {
+  if (const std::string bad = loop::first_nonfinite_parameter(*s.model); !bad.empty())
+    throw NonFiniteError("keel: parameter '" + bad + "' holds NaN or infinite values at step " +
+                         std::to_string(s.loop.global_step) + "; " + path.string() +
+                         " was not written, and the checkpoints before it are untouched. Lower the "
+                         "learning rate or clip gradients");
+  ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
+    ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
+    auto sections = s.sections();
+    write_sections<Format>(writer, sections);
+    writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+  });
+}
+
+/// A hex digest of every byte a checkpoint of `s` would hold; equal digests, equal states.
+template <class Format, class State>
+std::string state_digest(State& s) {
+  ckpt::DigestWriter writer;
+  auto sections = s.sections();
+  write_sections<Format>(writer, sections);
+  return writer.hex();
+}
+
+/// What a load learned beyond the sections.
+struct Loaded {
+  std::optional<std::int64_t> train_size;  ///< of the run that wrote it, checked when fit starts
+};
+
+namespace detail {
+inline bool parse_count(const std::string& text, std::int64_t& out) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+  out = std::stoll(text);
+  return true;
+}
+}  // namespace detail
+
+/// Restores `s` from a verified container, or nothing: every section is parsed into a staging
+/// object and checked against the live state first; on any problem, one CheckpointError lists
+/// them all and `s` is unchanged. Random streams are restored last (the list ends with them).
+template <class Format, class State>
+Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::string& path) {
+  LoadPlan plan;
+  if (container.manifest.format != Format::keel_name)
+    plan.problem(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
+                 Format::keel_name);
+  plan.problems_from(s.fingerprint(Format::keel_name).differences_from(container.manifest.fingerprint));
+  auto sections = s.sections();
+  stage_sections<Format>(container, sections, plan);
+
+  Loaded loaded;
+  const std::string train_size = container.manifest.fact("train_size");
+  std::int64_t size = 0;
+  if (!train_size.empty() && !detail::parse_count(train_size, size))
+    plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
+  if (size > 0) loaded.train_size = size;
+
+  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems);
+  for (auto& line : machine_differences([&](const std::string& key) { return container.manifest.fact(key); }))
+    plan.warnings.push_back(std::move(line));
+  for (const auto& line : plan.warnings) warn(path + ": " + line);
+  plan.commit();
+  return loaded;
+}
+
+}  // namespace keel::state

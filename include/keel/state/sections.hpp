@@ -1,0 +1,294 @@
+#pragma once
+// What a checkpoint holds: the one list of sections (checkpoint_sections, at the end of this
+// file), and one entry type per kind of section. The checkpoint writer, the all-or-nothing
+// loader, Trainer::state_digest() and keel-ckpt all iterate this list; adding a piece of state
+// is one entry here (docs/adding-state.md walks through one).
+//
+// Each entry binds to the live object it saves: the Trainer's components, or, in keel-ckpt,
+// plain saved-state objects (LoopState, ModelState, OptimizerState, sched::SchedulerState,
+// RngState), which is how keel-ckpt reads files without the program that wrote them.
+
+#include <keel/detail/type_name.hpp>
+#include <keel/loop_state.hpp>
+#include <keel/model_state.hpp>
+#include <keel/optim/torch_optimizer.hpp>
+#include <keel/rng.hpp>
+#include <keel/sched/scheduler_base.hpp>
+#include <keel/state/section.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace keel::state {
+
+/// "loop": the loop's position (epoch, step, batch, micro-batch, data seed, stop request).
+struct LoopSection {
+  LoopState& live;
+
+  std::string name() const { return "loop"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return "keel::LoopState"; }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return layout_version<LoopState>(); }
+  std::uint32_t oldest_version() const { return 1; }
+  const LoopState& capture() const { return live; }
+  LoopState stage() const { return {}; }
+  void check(const LoopState& loop, LoadPlan& plan) const {
+    if (loop.micro_batch != 0)
+      plan.problem("section 'loop' is inside a gradient-accumulation window (micro-batch " +
+                   std::to_string(loop.micro_batch) +
+                   "); keel writes checkpoints only at optimizer-step boundaries");
+    if (loop.epoch < 0 || loop.global_step < 0 || loop.batch_in_epoch < 0)
+      plan.problem("section 'loop' holds a negative position");
+  }
+  void commit(LoopState&& loop) { live = loop; }
+};
+
+/// "model": every parameter and buffer of the module, by name. `Live` is the module type, or
+/// ModelState when reading a file offline.
+template <class Live>
+struct ModelSection {
+  static constexpr bool offline = std::is_same_v<Live, ModelState>;
+  Live& live;
+
+  std::string name() const { return "model"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const {
+    if constexpr (offline) {
+      return "a torch::nn::Module";
+    } else {
+      return keel::detail::type_name<Live>();
+    }
+  }
+  bool accepts(const std::string& t) const { return offline || t == type(); }
+  std::uint32_t version() const { return 1; }
+  std::uint32_t oldest_version() const { return 1; }
+  ModelState capture() const {
+    if constexpr (offline) {
+      return live;
+    } else {
+      return ModelState::capture(live);  // references the module's tensors
+    }
+  }
+  ModelState stage() const { return {}; }
+  void check(const ModelState& saved, LoadPlan& plan) const {
+    if constexpr (!offline) plan.problems_from(saved.check(live));
+  }
+  void commit(ModelState&& saved) {
+    if constexpr (offline) {
+      live = std::move(saved);
+    } else {
+      saved.apply(live);
+    }
+  }
+};
+
+/// "optimizer": per-parameter state by parameter name and each param group's hyper-parameters.
+/// `Live` is the optimizer policy, or optim::OptimizerState offline.
+template <class Live>
+struct OptimizerSection {
+  static constexpr bool offline = std::is_same_v<Live, optim::OptimizerState>;
+  Live& live;
+
+  std::string name() const { return "optimizer"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const {
+    if constexpr (offline) {
+      return "an optimizer policy";
+    } else {
+      return keel::detail::component_name<Live>();
+    }
+  }
+  // Every optimizer policy saves an OptimizerState, so offline any of them reads.
+  bool accepts(const std::string& t) const { return offline || t == type(); }
+  std::uint32_t version() const { return 1; }
+  std::uint32_t oldest_version() const { return 1; }
+  optim::OptimizerState capture() const {
+    if constexpr (offline) {
+      return live;
+    } else {
+      return live.state();
+    }
+  }
+  optim::OptimizerState stage() const { return {}; }
+  void check(const optim::OptimizerState& saved, LoadPlan& plan) const {
+    if constexpr (!offline) plan.problems_from(live.check(saved));
+  }
+  void commit(optim::OptimizerState&& saved) {
+    if constexpr (offline) {
+      live = std::move(saved);
+    } else {
+      live.apply(saved);
+    }
+  }
+};
+
+/// "scheduler": the scheduler policy's own serialization (keel's: step and base learning
+/// rates). `Live` is the scheduler, or sched::SchedulerState offline (keel's schedulers only).
+template <class Live>
+struct SchedulerSection {
+  static constexpr bool offline = std::is_same_v<Live, sched::SchedulerState>;
+  Live& live;
+  std::size_t param_groups;  // of the optimizer it drives; each needs a base learning rate
+
+  std::string name() const { return "scheduler"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const {
+    if constexpr (offline) {
+      return "a keel::sched scheduler";
+    } else {
+      return keel::detail::component_name<Live>();
+    }
+  }
+  bool accepts(const std::string& t) const {
+    if constexpr (offline) {
+      return t.rfind("keel::sched::", 0) == 0;  // a user's scheduler has a layout of its own
+    } else {
+      return t == type();
+    }
+  }
+  std::uint32_t version() const { return offline ? 1 : layout_version<Live>(); }
+  std::uint32_t oldest_version() const { return 0; }  // older layouts: the scheduler's serialize decides
+  const Live& capture() const { return live; }
+  Live stage() const { return live; }  // a copy: it keeps the reference to the optimizer
+  void check(const Live& saved, LoadPlan& plan) const {
+    if constexpr (!offline) {
+      if (saved.base_lrs().size() != param_groups)
+        plan.problem("section 'scheduler' holds " + std::to_string(saved.base_lrs().size()) +
+                     " base learning rates for " + std::to_string(param_groups) + " param groups");
+    }
+  }
+  void commit(Live&& saved) { live = std::move(saved); }
+};
+
+/// "callback.<type>": a stateful callback's own serialization. Two callbacks of one type are
+/// told apart by "#<k>" (the second is "callback.<type>#1"). keel 0.1 and 0.2 named the
+/// section by position, "callback.<index>"; those files keep loading.
+template <class C>
+struct CallbackSection {
+  C& live;
+  std::size_t index;       // position among all the Trainer's callbacks
+  std::size_t same_type;   // how many callbacks of this type come before it
+
+  std::string name() const {
+    const std::string base = "callback." + keel::detail::component_name<C>();
+    return same_type == 0 ? base : base + "#" + std::to_string(same_type);
+  }
+  std::string legacy_name() const { return "callback." + std::to_string(index); }
+  std::string type() const { return keel::detail::component_name<C>(); }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return layout_version<C>(); }
+  std::uint32_t oldest_version() const { return 0; }
+  const C& capture() const { return live; }
+  C stage() const {
+    if constexpr (std::is_copy_constructible_v<C>) {
+      return live;  // a copy keeps the callback's configuration (paths, thresholds)
+    } else {
+      return C{};
+    }
+  }
+  void check(const C&, LoadPlan&) const {}
+  void commit(C&& saved) { live = std::move(saved); }
+};
+
+/// Stands for the process's own random generators (the live side of the "rng" section).
+struct ProcessGenerators {};
+
+/// "rng": LibTorch's CPU generator and each CUDA device's; last in the list, so that it is
+/// captured last and restored last, after everything that might draw while it is built.
+/// `Live` is ProcessGenerators, or RngState offline.
+template <class Live>
+struct RngSection {
+  static constexpr bool offline = std::is_same_v<Live, RngState>;
+  Live& live;
+
+  std::string name() const { return "rng"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return "keel::RngState"; }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return 1; }
+  std::uint32_t oldest_version() const { return 1; }
+  RngState capture() const {
+    if constexpr (offline) {
+      return live;
+    } else {
+      return RngState::capture();
+    }
+  }
+  RngState stage() const { return {}; }
+  void check(const RngState& saved, LoadPlan& plan) const {
+    if constexpr (!offline) plan.problems_from(saved.check(plan.warnings));
+  }
+  void commit(RngState&& saved) {
+    if constexpr (offline) {
+      live = std::move(saved);
+    } else {
+      saved.apply();
+    }
+  }
+};
+
+namespace detail {
+template <std::size_t I, class... C>
+std::size_t same_type_before() {
+  using T = std::tuple_element_t<I, std::tuple<C...>>;
+  std::size_t count = 0;
+  std::size_t index = 0;
+  ((count += (index++ < I && std::is_same_v<T, C>) ? 1 : 0), ...);
+  return count;
+}
+
+template <std::size_t I, class... C>
+auto callback_section_at(std::tuple<C...>& callbacks) {
+  using T = std::tuple_element_t<I, std::tuple<C...>>;
+  if constexpr (std::is_empty_v<T>) {
+    return std::tuple<>{};  // nothing to save
+  } else {
+    return std::tuple<CallbackSection<T>>{CallbackSection<T>{std::get<I>(callbacks), I, same_type_before<I, C...>()}};
+  }
+}
+
+template <class... C, std::size_t... I>
+auto callback_sections(std::tuple<C...>& callbacks, std::index_sequence<I...>) {
+  return std::tuple_cat(callback_section_at<I>(callbacks)...);
+}
+
+template <class O>
+std::size_t param_groups_of(O& optimizer) {
+  if constexpr (std::is_same_v<O, optim::OptimizerState>) {
+    return optimizer.groups.size();
+  } else {
+    return optimizer.group_count();
+  }
+}
+}  // namespace detail
+
+/// THE LIST: every section of a checkpoint, in file order. Random streams come last.
+template <class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
+auto checkpoint_sections(LoopState& loop, Model& model, Optimizer& optimizer, Scheduler& scheduler,
+                         std::tuple<Callbacks...>& callbacks, Generators& generators) {
+  return std::tuple_cat(std::make_tuple(LoopSection{loop}, ModelSection<Model>{model},
+                                        OptimizerSection<Optimizer>{optimizer},
+                                        SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
+                        detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),
+                        std::make_tuple(RngSection<Generators>{generators}));
+}
+
+/// A checkpoint read without the program that wrote it (keel-ckpt): the saved state of the
+/// sections every keel checkpoint has. Callback sections stay opaque.
+struct SavedState {
+  LoopState loop;
+  ModelState model;
+  optim::OptimizerState optimizer;
+  sched::SchedulerState scheduler;
+  std::tuple<> callbacks;
+  RngState rng;
+
+  auto sections() { return checkpoint_sections(loop, model, optimizer, scheduler, callbacks, rng); }
+};
+
+}  // namespace keel::state

@@ -1,0 +1,119 @@
+#pragma once
+// TrainState: everything a Trainer trains with, in one object, as Composer's `State`: the
+// options, the components, the loop's position and what the loop publishes to callbacks.
+// The loop's pieces (keel/loop/) work on it; sections() is the list of what a checkpoint saves
+// of it; fingerprint() is the configuration a resume must match.
+
+#include <keel/context.hpp>
+#include <keel/detail/type_name.hpp>
+#include <keel/fingerprint.hpp>
+#include <keel/hooks.hpp>
+#include <keel/loop_state.hpp>
+#include <keel/state/sections.hpp>
+#include <keel/trainer_options.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace keel::state {
+
+namespace detail {
+/// A component that adds its configuration to the fingerprint.
+template <class T, class = void>
+struct has_describe : std::false_type {};
+template <class T>
+struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(
+                           std::declval<Fingerprint&>(), std::declval<const std::string&>()))>>
+    : std::true_type {};
+}  // namespace detail
+
+template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT>
+class TrainState {
+ public:
+  using Module = ModuleT;
+  using Optimizer = OptimizerT;
+  using Scheduler = SchedulerT;
+  using Callbacks = CallbacksT;
+
+  TrainState(TrainerOptions options_in, std::shared_ptr<Module> model_in,
+             typename Optimizer::Options optimizer_options, typename Scheduler::Options scheduler_options,
+             Callbacks callbacks_in)
+      : options(std::move(options_in)),
+        model(std::move(model_in)),
+        optimizer(model->named_parameters(true), std::move(optimizer_options)),
+        scheduler(optimizer.torch_optimizer(), std::move(scheduler_options)),
+        callbacks(std::move(callbacks_in)),
+        context(loop, view, *model) {
+    loop.data_seed = options.seed();
+    view.max_steps = options.max_steps();
+    view.max_epochs = options.max_epochs();
+    view.lr = optimizer.lr(0);
+  }
+  TrainState(const TrainState&) = delete;
+  TrainState& operator=(const TrainState&) = delete;
+
+  // Declaration order is construction order: the optimizer needs the model, the scheduler the
+  // optimizer, the context the loop state, the view and the model.
+  const TrainerOptions options;
+  const std::shared_ptr<Module> model;
+  Optimizer optimizer;
+  Scheduler scheduler;
+  Callbacks callbacks;
+  LoopState loop;
+  LoopView view;
+  Context context;
+  ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
+  std::int64_t train_size = 0;    // samples in the training set of the current fit
+
+  /// Sends one event to every callback, in declaration order.
+  template <class Event>
+  void dispatch(Event event) {
+    hooks::dispatch(event, callbacks, context);
+  }
+
+  /// Every section of a checkpoint, bound to this state (keel/state/sections.hpp).
+  auto sections() { return checkpoint_sections(loop, *model, optimizer, scheduler, callbacks, generators); }
+
+  /// The configuration that must match for a resume.
+  Fingerprint fingerprint(const std::string& format_name) const {
+    Fingerprint f;
+    f.add("format", format_name);
+    f.add("model.type", keel::detail::type_name<Module>());
+    optimizer.describe(f, "optimizer.");
+    scheduler.describe(f, "scheduler.");
+    std::string names;
+    std::apply(
+        [&](const auto&... callback) {
+          ((names += (names.empty() ? "" : ", ") + keel::detail::component_name<std::decay_t<decltype(callback)>>()),
+           ...);
+        },
+        callbacks);
+    f.add("callbacks", names);
+    describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
+    f.add("data.batch_size", options.batch_size());
+    f.add("data.accumulate", options.accumulate());
+    f.add("data.shuffle", options.shuffle());
+    f.add("data.drop_last", options.drop_last());
+    f.add("data.seed", options.seed());
+    for (const auto& [key, value] : options.config()) f.add("user." + key, value);
+    return f;
+  }
+
+ private:
+  template <std::size_t... I>
+  void describe_callbacks(Fingerprint& f, std::index_sequence<I...>) const {
+    [[maybe_unused]] auto one = [&](auto index) {  // unused when there are no callbacks
+      const auto& callback = std::get<decltype(index)::value>(callbacks);
+      if constexpr (detail::has_describe<std::decay_t<decltype(callback)>>::value)
+        callback.describe(f, "callback." + std::to_string(decltype(index)::value) + ".");
+    };
+    (one(std::integral_constant<std::size_t, I>{}), ...);
+  }
+};
+
+}  // namespace keel::state

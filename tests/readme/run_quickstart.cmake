@@ -1,0 +1,28 @@
+# Runs the README's quick start as a user would: twice in a fresh directory. The first run
+# trains and checkpoints; the second resumes from its checkpoints and must print the same
+# state digest. Called by CTest with -DPROGRAM=<executable> -DWORK_DIR=<directory>.
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+foreach(run first second)
+  execute_process(COMMAND "${PROGRAM}" WORKING_DIRECTORY "${WORK_DIR}"
+                  OUTPUT_VARIABLE out_${run} ERROR_VARIABLE err_${run} RESULT_VARIABLE status)
+  message(STATUS "${run} run:\n${out_${run}}${err_${run}}")
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "the quick start's ${run} run failed (${status})")
+  endif()
+  string(REGEX MATCH "state_digest=([0-9a-f]+)" found "${out_${run}}")
+  if(NOT found)
+    message(FATAL_ERROR "the quick start's ${run} run printed no state_digest")
+  endif()
+  set(digest_${run} "${CMAKE_MATCH_1}")
+endforeach()
+string(REGEX MATCH "val_accuracy=([0-9.]+)" found "${out_first}")
+if(NOT found OR CMAKE_MATCH_1 LESS 0.9)
+  message(FATAL_ERROR "the quick start should separate the rings (val_accuracy >= 0.9), got '${CMAKE_MATCH_1}'")
+endif()
+if(NOT err_second MATCHES "keel: resumed from")
+  message(FATAL_ERROR "the second run did not resume")
+endif()
+if(NOT digest_first STREQUAL digest_second)
+  message(FATAL_ERROR "the resumed run's digest ${digest_second} differs from ${digest_first}")
+endif()
