@@ -7,6 +7,9 @@
 //   bench_tiny_step --mode keel|hand [--steps N] [--warmup W]
 // prints `us_per_step=<float>`: the training loop's wall time over N steps (after W warm-up
 // steps in the same process), in microseconds per step.
+//   bench_tiny_step --mode parts [--steps N]
+// times each piece keel adds to a step on its own (the gradient check, the loss check, the
+// loss's detach, fetching the next batch), N calls each.
 
 #include <keel/keel.hpp>
 
@@ -84,6 +87,37 @@ double with_keel(std::int64_t warmup, std::int64_t steps) {
   return std::chrono::duration<double, std::micro>(Clock::now() - start).count() / static_cast<double>(steps);
 }
 
+/// The microseconds of each piece keel adds to a step, timed alone over `calls` calls on the
+/// tiny model after one real step (so that gradients and optimizer state exist).
+void parts(std::int64_t calls) {
+  torch::manual_seed(1);
+  auto model = std::make_shared<TinyImpl>();
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+  const auto batch = make_batch();
+  torch::Tensor loss = model->training_step(batch);
+  loss.backward();
+  optimizer.step();
+  SameBatch data{16 * calls, batch};
+  keel::data::SamplerOptions in_order;
+  in_order.batch_size = 16;
+  in_order.shuffle = false;
+  const keel::data::EpochSampler sampler(16 * calls, in_order, 0);
+  keel::data::BatchLoader<SameBatch> loader(data, sampler, 0, 0, keel::data::SampleContext(0, 0, true), 0, 0);
+  keel::loop::NonFiniteWatch watch(keel::NonFinitePolicy::stop, *model);
+  keel::LoopState position;
+
+  auto time = [&](const char* what, auto&& piece) {
+    const auto start = Clock::now();
+    for (std::int64_t i = 0; i < calls; ++i) piece();
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / static_cast<double>(calls);
+    std::printf("%s=%.3f\n", what, us);
+  };
+  time("gradient_check_us", [&] { watch.check_window(position); });
+  time("loss_check_us", [&] { watch.check_loss(loss, position); });
+  time("loss_detach_us", [&] { static_cast<void>(loss.detach()); });
+  time("next_batch_us", [&] { static_cast<void>(keel::data::to_device(loader.next(), torch::kCPU)); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,8 +130,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--warmup")) warmup = std::stoll(argv[i + 1]);
   }
   torch::set_num_threads(1);
+  if (mode == "parts") {
+    parts(steps);
+    return 0;
+  }
   if (mode != "keel" && mode != "hand") {
-    std::fprintf(stderr, "--mode must be keel or hand\n");
+    std::fprintf(stderr, "--mode must be keel, hand or parts\n");
     return 2;
   }
   const double us = mode == "keel" ? with_keel(warmup, steps) : hand_written(warmup, steps);

@@ -33,3 +33,6 @@ awk -v h="$h" -v k="$k" -v r="$runs" -v s="$steps" \
   'BEGIN { printf "| tiny MLP 32-64-1 | 16 | 1 | %.1f | %.1f | %.3f | %d x %d |\n", h, k, k / h, r, s }'
 echo "hand: ${hand[*]}" >&2
 echo "keel: ${keel[*]}" >&2
+echo
+echo "What keel adds per step, each piece timed alone (microseconds per call):"
+OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 taskset -c "$core" "$bench" --mode parts --steps "$steps" | sed 's/^/  /'

@@ -10,8 +10,7 @@
 #include <ATen/Version.h>
 #include <torch/version.h>
 
-#include <cstdlib>
-#include <fstream>
+#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,14 +21,19 @@ namespace keel {
 
 namespace detail {
 inline std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(line.find_first_not_of(" \t", colon + 1));
+  std::string model = "unknown";
+  if (std::FILE* in = std::fopen("/proc/cpuinfo", "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, in)) {
+      const std::string text(line);
+      if (text.rfind("model name", 0) != 0) continue;
+      const auto value = text.find_first_not_of(" \t", text.find(':') + 1);
+      model = value == std::string::npos ? std::string() : text.substr(value, text.find('\n', value) - value);
+      break;
     }
-  return "unknown";
+    std::fclose(in);
+  }
+  return model;
 }
 
 /// The "CPU capability usage" LibTorch reports (DEFAULT, AVX2, AVX512...), which selects its kernels.
@@ -77,23 +81,31 @@ inline std::vector<std::pair<std::string, std::string>> machine_facts() {
   return facts;
 }
 
-/// One warning per machine fact that differs between a checkpoint's manifest (`saved`, looked
-/// up by key; empty when the file predates the fact) and this process.
-template <class Lookup>
-std::vector<std::string> machine_differences(Lookup&& saved) {
+/// The warnings for a resume whose checkpoint (its manifest's facts; a fact the file predates
+/// is not compared) came from another machine or thread count: one for the thread count, one
+/// listing every other fact that differs.
+inline std::vector<std::string> machine_differences(const std::vector<std::pair<std::string, std::string>>& saved) {
+  auto saved_fact = [&](const std::string& key) {
+    for (const auto& [k, v] : saved)
+      if (k == key) return v;
+    return std::string();
+  };
   std::vector<std::string> warnings;
+  std::string elsewhere;
   for (const auto& [key, here] : machine_facts()) {
-    const std::string there = saved(key);
+    const std::string there = saved_fact(key);
     if (there.empty() || there == here) continue;
     if (key == "threads")
       warnings.push_back("the checkpoint was written with " + there + " intra-op threads and this run uses " +
                          here + ": the continuation is faithful but not bitwise identical to an "
                          "uninterrupted run (set the same thread count)");
     else
-      warnings.push_back("the checkpoint was written with " + key + " '" + there + "' and this run has '" + here +
-                         "': the continuation is faithful but not bitwise identical to an uninterrupted run "
-                         "(bitwise continuation needs the same build, kind of CPU and thread count)");
+      elsewhere += (elsewhere.empty() ? "" : ", ") + key + " '" + there + "' (here '" + here + "')";
   }
+  if (!elsewhere.empty())
+    warnings.push_back("the checkpoint was written with " + elsewhere +
+                       ": the continuation is faithful but not bitwise identical to an uninterrupted run "
+                       "(bitwise continuation needs the same build, kind of CPU and thread count)");
   return warnings;
 }
 

@@ -353,6 +353,8 @@ TEST_CASE("a resume on another machine warns that it is faithful, not bitwise; t
   for (const char* key : {"cpu_capability", "blas", "torch_version", "threads"})
     CHECK(parts.second.fact(key) != "");
   cpu->second = "Imaginary CPU 9000";
+  for (auto& fact : facts)
+    if (fact.first == "blas") fact.second = "/opt/made-up/libblas.so.3";
   const auto moved = seal(parts.first, parts.second);
 
   std::vector<std::pair<keel::LogLevel, std::string>> messages;
@@ -363,7 +365,8 @@ TEST_CASE("a resume on another machine warns that it is faithful, not bitwise; t
   CHECK(error.empty());
   REQUIRE(messages.size() == 1);
   CHECK(messages[0].first == keel::LogLevel::warning);
-  CHECK(messages[0].second.find("cpu 'Imaginary CPU 9000'") != std::string::npos);
+  CHECK(messages[0].second.find("cpu 'Imaginary CPU 9000'") != std::string::npos);  // one warning, every fact
+  CHECK(messages[0].second.find("blas '/opt/made-up/libblas.so.3'") != std::string::npos);
   CHECK(messages[0].second.find("faithful but not bitwise") != std::string::npos);
   // The digest does not depend on the machine facts: the same state loaded from the unchanged
   // file digests the same.

@@ -4,6 +4,7 @@
 #include "support/process.hpp"
 
 #include <keel/keel.hpp>
+#include <keel/state/saved_state.hpp>
 
 #include <doctest/doctest.h>
 
@@ -117,12 +118,13 @@ keel::state::SavedState saved_state(const fs::path& path) {
   keel::state::SavedState saved;
   auto sections = saved.sections();
   keel::state::LoadPlan plan;
-  keel::state::stage_sections<keel::format::Binary>(keel::ckpt::read_container(path), sections, plan, true);
+  const auto container = keel::ckpt::read_container(path);
+  auto staged = keel::state::stage_sections<keel::format::Binary>(container, sections, plan, /*offline=*/true);
   std::string problems;
   for (const auto& p : plan.problems) problems += p + "\n";
   INFO(path.string(), ": ", problems);
   REQUIRE(plan.problems.empty());
-  plan.commit();
+  keel::state::commit_sections<keel::format::Binary>(container, sections, staged);
   return saved;
 }
 
@@ -177,13 +179,13 @@ TEST_CASE("checkpoints of earlier keel versions keep loading and continue exactl
   CHECK(keel::bitwise_equal(new_state.rng.cpu, old_state.rng.cpu));
   // The callbacks' sections: the same bytes under their new names.
   const auto again = keel::ckpt::read_container(reloaded_dir / "again.ckpt");
-  for (const auto& [old_name, new_name] : std::vector<std::pair<std::string, std::string>>{
+  for (const auto& renamed : std::vector<std::pair<std::string, std::string>>{
            {"callback.0", "callback.(anonymous namespace)::RandomProbe"},
            {"callback.1", "callback.(anonymous namespace)::EpochLossMean"},
            {"callback.2", "callback.keel::EarlyStopping"}}) {
-    CAPTURE(new_name);
-    const auto* before = container.manifest.find(old_name);
-    const auto* after = again.manifest.find(new_name);
+    CAPTURE(renamed.second);  // (no structured binding: clang 14 cannot capture one)
+    const auto* before = container.manifest.find(renamed.first);
+    const auto* after = again.manifest.find(renamed.second);
     REQUIRE(before);
     REQUIRE(after);
     CHECK(container.section(*before) == again.section(*after));

@@ -10,6 +10,7 @@
 // Exit status: 0 success (diff: identical), 1 the check failed (diff: different), 2 bad input.
 
 #include <keel/keel.hpp>
+#include <keel/state/saved_state.hpp>
 
 #include <CLI/CLI.hpp>
 #include <torch/serialize.h>
@@ -39,9 +40,8 @@ struct Parsed {
 Parsed parse(const Container& container, std::vector<std::string>& problems) {
   Parsed parsed;
   auto sections = parsed.state.sections();
-  keel::state::stage_sections<Format>(container, sections, parsed.plan, /*offline=*/true);
-  parsed.plan.commit();  // only the sections that parsed have a commit
-  parsed.plan.commits.clear();
+  auto staged = keel::state::stage_sections<Format>(container, sections, parsed.plan, /*offline=*/true);
+  keel::state::commit_sections<Format>(container, sections, staged);  // every section that parsed
   for (const auto& p : parsed.plan.problems) problems.push_back(p);
   return parsed;
 }

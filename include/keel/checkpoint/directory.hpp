@@ -118,7 +118,7 @@ inline void rotate(const fs::path& directory, const Retention& retention, const 
 /// `last.ckpt` names comes first: it is the one written last, even when a run was restarted from
 /// an older checkpoint and files with higher steps remain from the abandoned continuation. If it
 /// is missing or fails verification, the others follow, highest step first. Each file skipped
-/// gets a warning on stderr with the reason.
+/// gets a warning (keel::warn, standard error by default) with the reason.
 inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
     const fs::path& directory, const std::string& extension = ".ckpt") {
   std::vector<fs::path> candidates;

@@ -55,7 +55,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   if (s.loop.batch_in_epoch == 0) s.dispatch(event::on_train_epoch_start{});
   s.model->train();
   const std::int64_t accumulate = s.options.accumulate();
-  NonFiniteWatch nonfinite(s.options.on_nonfinite());
+  NonFiniteWatch nonfinite(s.options.on_nonfinite(), *s.model);
   torch::Tensor window_loss;  // the sum of the window's micro-batch losses
   while (s.loop.batch_in_epoch < batches) {
     if (s.loop.micro_batch == 0) {  // stop only between optimizer steps

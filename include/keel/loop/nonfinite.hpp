@@ -12,50 +12,76 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace keel::loop {
 
 namespace detail {
-/// Below this many elements a CPU gradient is summed here, in a plain loop: for small tensors
-/// the cost of dispatching at::sum (a few microseconds) dwarfs the sum itself.
-inline constexpr std::int64_t inline_sum_limit = 1 << 15;
+/// Below this many elements a contiguous CPU gradient is checked here, in a plain loop: for
+/// small tensors, dispatching at::sum costs microseconds, far more than the check itself.
+inline constexpr std::int64_t inline_check_limit = 1 << 15;
 
-template <class T>
-double sum_in_double(const torch::Tensor& t) {
-  const T* data = t.data_ptr<T>();
-  double sum = 0.0;
-  for (std::int64_t i = 0, n = t.numel(); i < n; ++i) sum += static_cast<double>(data[i]);
-  return sum;
+/// Whether every element is finite, from the exponent bits alone (all ones: NaN or infinity).
+/// Exact, with no rounding or overflow; eight independent lanes keep the loop from waiting on
+/// one dependency chain.
+template <class Float, class Bits>
+bool all_finite_bits(const torch::Tensor& t, Bits exponent) {
+  static_assert(sizeof(Float) == sizeof(Bits));
+  const Float* data = t.data_ptr<Float>();
+  const std::int64_t n = t.numel();
+  auto nonfinite = [&](std::int64_t i) -> Bits {
+    Bits bits;
+    std::memcpy(&bits, data + i, sizeof bits);
+    return (bits & exponent) == exponent;
+  };
+  Bits lanes[8] = {};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) lanes[k] |= nonfinite(i + k);
+  Bits any = 0;
+  for (; i < n; ++i) any |= nonfinite(i);
+  for (Bits lane : lanes) any |= lane;
+  return any == 0;
+}
+
+/// Checks `grad` here when it is small, contiguous, float or double and on the CPU; returns
+/// nullopt when it should go through at::sum instead.
+inline std::optional<bool> finite_inline(const torch::Tensor& grad) {
+  if (!grad.is_cpu() || !grad.is_contiguous() || grad.numel() > inline_check_limit) return std::nullopt;
+  if (grad.scalar_type() == torch::kFloat) return all_finite_bits<float, std::uint32_t>(grad, 0x7f800000u);
+  if (grad.scalar_type() == torch::kDouble)
+    return all_finite_bits<double, std::uint64_t>(grad, 0x7ff0000000000000ull);
+  return std::nullopt;
 }
 }  // namespace detail
 
-/// The name of the first parameter whose gradient holds NaN or an infinity ("" if none).
-/// NaN and infinities survive summation, so a finite total of the gradients' sums proves them
-/// all finite with one reduction per parameter and one synchronization; that costs a fraction
-/// of `isfinite(grad).all()`, which builds a mask as large as the model. Only a non-finite
-/// total (a real NaN, or finite values whose sum overflows) takes the exact per-element pass.
-/// Small contiguous float CPU gradients are summed in place, in double (where finite floats
-/// cannot overflow), without a dispatch.
-inline std::string first_nonfinite_gradient(const torch::nn::Module& model) {
-  double host_total = 0.0;
+/// Whether every gradient of `parameters` is finite. NaN and infinities survive summation, so
+/// a finite total of the larger gradients' sums proves them finite with one reduction per
+/// parameter and one synchronization, a fraction of what `isfinite(grad).all()` costs (a mask
+/// as large as the model); small CPU gradients are checked in place (detail::finite_inline). A
+/// non-finite total may also be finite values whose sum overflows: the caller then looks again,
+/// exactly (first_nonfinite_gradient).
+inline bool gradients_look_finite(const std::vector<torch::Tensor>& parameters) {
   std::vector<torch::Tensor> sums;
-  for (const auto& parameter : model.parameters(true)) {
+  for (const auto& parameter : parameters) {
     const auto& grad = parameter.grad();
     if (!grad.defined()) continue;
-    if (grad.is_cpu() && grad.is_contiguous() && grad.numel() <= detail::inline_sum_limit &&
-        (grad.scalar_type() == torch::kFloat || grad.scalar_type() == torch::kDouble)) {
-      host_total += grad.scalar_type() == torch::kFloat ? detail::sum_in_double<float>(grad)
-                                                          : detail::sum_in_double<double>(grad);
+    if (const auto finite = detail::finite_inline(grad)) {
+      if (!*finite) return false;
       continue;
     }
     torch::Tensor sum = grad.sum();
     sums.push_back((sum.is_complex() ? at::abs(sum) : sum).to(torch::kDouble));
   }
-  bool finite = std::isfinite(host_total);
-  if (finite && !sums.empty()) finite = at::isfinite(torch::stack(sums).sum()).item<bool>();
-  if (finite) return {};
+  return sums.empty() || at::isfinite(torch::stack(sums).sum()).item<bool>();
+}
+
+/// The name of the first parameter whose gradient holds NaN or an infinity ("" if none),
+/// element by element: the exact pass behind gradients_look_finite.
+inline std::string first_nonfinite_gradient(const torch::nn::Module& model) {
   for (const auto& item : model.named_parameters(true)) {
     const auto& grad = item.value().grad();
     if (grad.defined() && !at::isfinite(grad).all().item<bool>()) return item.key();
@@ -70,10 +96,11 @@ inline std::string first_nonfinite_parameter(const torch::nn::Module& model) {
   return {};
 }
 
-/// Watches one accumulation window: its micro-batch losses, then its gradients.
+/// Watches the accumulation windows of one epoch: their micro-batch losses, then gradients.
 class NonFiniteWatch {
  public:
-  explicit NonFiniteWatch(NonFinitePolicy policy) : policy_(policy) {}
+  NonFiniteWatch(NonFinitePolicy policy, const torch::nn::Module& model)
+      : policy_(policy), model_(model), parameters_(model.parameters(true)) {}
 
   /// After each micro-batch's backward. Under `stop`, a non-finite loss throws here.
   void check_loss(const torch::Tensor& loss, const LoopState& loop) {
@@ -87,11 +114,13 @@ class NonFiniteWatch {
 
   /// Before the optimizer step: "" when the window's losses and gradients are all finite, else
   /// what was not (under `stop`, throws instead).
-  std::string check_window(const torch::nn::Module& model, const LoopState& loop) {
+  std::string check_window(const LoopState& loop) {
     std::string bad;
     if (window_nonfinite_) {
       bad = "loss";
-    } else if (const std::string parameter = first_nonfinite_gradient(model); !parameter.empty()) {
+    } else if (gradients_look_finite(parameters_)) {
+      // nothing to report
+    } else if (const std::string parameter = first_nonfinite_gradient(model_); !parameter.empty()) {
       if (policy_ == NonFinitePolicy::stop)
         throw NonFiniteError(message("the gradient of '" + parameter + "' is not finite", loop));
       bad = "gradient of '" + parameter + "'";
@@ -109,6 +138,8 @@ class NonFiniteWatch {
   }
 
   NonFinitePolicy policy_;
+  const torch::nn::Module& model_;
+  std::vector<torch::Tensor> parameters_;  // collected once: the module's tree is walked per call otherwise
   bool window_nonfinite_ = false;  // a loss of the current accumulation window was not finite
 };
 

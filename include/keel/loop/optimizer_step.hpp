@@ -18,7 +18,7 @@ namespace keel::loop {
 template <class State>
 void optimizer_step(State& s, NonFiniteWatch& nonfinite, std::int64_t window, const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
-  if (const std::string bad = nonfinite.check_window(*s.model, s.loop); bad.empty()) {
+  if (const std::string bad = nonfinite.check_window(s.loop); bad.empty()) {
     s.optimizer.step();
   } else {
     // skip_step: the step counts (the schedule and the data stay aligned) but applies nothing.

@@ -87,7 +87,7 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
                  Format::keel_name);
   plan.problems_from(s.fingerprint(Format::keel_name).differences_from(container.manifest.fingerprint));
   auto sections = s.sections();
-  stage_sections<Format>(container, sections, plan);
+  auto staged = stage_sections<Format>(container, sections, plan);
 
   Loaded loaded;
   const std::string train_size = container.manifest.fact("train_size");
@@ -97,10 +97,10 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
   if (size > 0) loaded.train_size = size;
 
   if (!plan.problems.empty()) throw CheckpointError(path, plan.problems);
-  for (auto& line : machine_differences([&](const std::string& key) { return container.manifest.fact(key); }))
+  for (auto& line : machine_differences(container.manifest.facts))
     plan.warnings.push_back(std::move(line));
   for (const auto& line : plan.warnings) warn(path + ": " + line);
-  plan.commit();
+  commit_sections<Format>(container, sections, staged);
   return loaded;
 }
 

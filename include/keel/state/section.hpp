@@ -19,8 +19,7 @@
 #include <cereal/cereal.hpp>
 
 #include <cstdint>
-#include <functional>
-#include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <tuple>
@@ -30,12 +29,11 @@
 
 namespace keel::state {
 
-/// The result of staging a checkpoint: every problem found (all are reported together), the
-/// warnings, and the commits that apply the staged state once there is no problem.
+/// What staging a checkpoint found: every problem (all are reported together), the warnings,
+/// and the sections that parsed and checked out.
 struct LoadPlan {
   std::vector<std::string> problems;
   std::vector<std::string> warnings;
-  std::vector<std::function<void()>> commits;
   std::vector<std::string> staged;  ///< sections parsed and checked without a problem
 
   void problem(std::string line) { problems.push_back(std::move(line)); }
@@ -47,10 +45,13 @@ struct LoadPlan {
       if (s == name) return true;
     return false;
   }
-  /// Applies everything, in section order. Call only when `problems` is empty.
-  void commit() {
-    for (auto& c : commits) c();
-  }
+};
+
+/// One entry's staged value: parsed from the file and checked, not applied yet.
+template <class Saved>
+struct Staged {
+  std::optional<Saved> value;
+  const ckpt::SectionInfo* info = nullptr;
 };
 
 namespace detail {
@@ -97,69 +98,106 @@ const ckpt::SectionInfo* find_section(const ckpt::Manifest& manifest, const Entr
   return legacy.empty() ? nullptr : manifest.find(legacy);
 }
 
-/// Parses one entry's section into a staging object and checks it; on success, adds the
-/// commit that applies it. Problems go to `plan`; nothing live changes here. `offline`
-/// (keel-ckpt): a section of a type the entry cannot read stays opaque instead of a problem.
-template <class Format, class Entry>
-void stage_section(const ckpt::Container& container, Entry& entry, LoadPlan& plan, bool offline = false) {
-  using Saved = std::decay_t<decltype(entry.stage())>;
-  const std::string name = entry.name();
-  const ckpt::SectionInfo* info = find_section(container.manifest, entry);
+/// The checks of a section's manifest entry that need no type: present, of a type the entry
+/// reads (`accepted`, asked of the entry), of a layout version it reads. Returns the section,
+/// or null after adding the problem (offline: a section of a foreign type stays opaque).
+struct ExpectedSection {
+  std::string name;
+  std::string type;
+  std::uint32_t version;
+  std::uint32_t oldest_version;
+};
+inline const ckpt::SectionInfo* checked_header(const ckpt::SectionInfo* info, bool accepted,
+                                               const ExpectedSection& expected, LoadPlan& plan, bool offline) {
+  const std::string& name = expected.name;
   if (!info) {
-    plan.problem("section '" + name + "' (" + entry.type() + ") is missing");
-    return;
+    plan.problem("section '" + name + "' (" + expected.type + ") is missing");
+    return nullptr;
   }
-  if (!entry.accepts(info->type)) {
-    if (offline) return;
-    plan.problem("section '" + name + "' holds " + info->type + " but this run uses " + entry.type());
-    return;
+  if (!accepted) {
+    if (!offline) plan.problem("section '" + name + "' holds " + info->type + " but this run uses " + expected.type);
+    return nullptr;
   }
-  if (info->version > entry.version()) {
+  if (info->version > expected.version) {
     plan.problem("section '" + name + "' (" + info->type + ") has layout version " + std::to_string(info->version) +
-                 ", written by a newer keel; this keel reads versions up to " + std::to_string(entry.version()) +
+                 ", written by a newer keel; this keel reads versions up to " + std::to_string(expected.version) +
                  ": upgrade keel to read it");
-    return;
+    return nullptr;
   }
-  if (info->version < entry.oldest_version()) {
+  if (info->version < expected.oldest_version) {
     plan.problem("section '" + name + "' (" + info->type + ") has layout version " + std::to_string(info->version) +
-                 ", older than any this keel reads (" + std::to_string(entry.oldest_version()) +
+                 ", older than any this keel reads (" + std::to_string(expected.oldest_version) +
                  " and later): load it with the keel release that wrote it and save it again there, or start afresh");
-    return;
+    return nullptr;
   }
-  auto staged = std::make_shared<Saved>(entry.stage());
-  try {
-    ckpt::parse_section<Format>(container, *info, *staged);  // older layouts: the versioned serialize reads them
-  } catch (const std::exception& e) {
-    plan.problem(e.what());
-    return;
-  }
-  const std::size_t problems_before = plan.problems.size();
-  entry.check(static_cast<const Saved&>(*staged), plan);
-  if (plan.problems.size() == problems_before) plan.staged.push_back(name);
-  if constexpr (std::is_move_assignable_v<Saved>) {
-    plan.commits.push_back([&entry, staged] { entry.commit(std::move(*staged)); });
-  } else {
-    // Not assignable (a callback holding a reference, say): parse the bytes, which parsed once
-    // already, straight into the live object.
-    plan.commits.push_back([&entry, &container, info] { ckpt::parse_section<Format>(container, *info, entry.live); });
-  }
+  return info;
 }
 
-/// Stages every entry. A manifest section that no entry claims is a problem (a checkpoint of
-/// another Trainer composition), except `offline`, where it stays opaque (a user's callback).
-template <class Format, class Entries>
-void stage_sections(const ckpt::Container& container, Entries& entries, LoadPlan& plan, bool offline = false) {
-  std::apply([&](auto&... entry) { (stage_section<Format>(container, entry, plan, offline), ...); }, entries);
-  if (offline) return;
-  for (const auto& s : container.manifest.sections) {
-    const bool claimed = std::apply(
-        [&](const auto&... entry) {
-          return ((s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name())) || ... ||
-                  false);
-        },
-        entries);
-    if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
+/// Parses one entry's section into a staging object and checks it. Problems go to `plan`;
+/// nothing live changes here. `offline` (keel-ckpt): a section of a type the entry cannot read
+/// stays opaque instead of a problem.
+template <class Format, class Entry>
+auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPlan& plan, bool offline) {
+  using Saved = std::decay_t<decltype(entry.stage())>;
+  Staged<Saved> staged;
+  const ckpt::SectionInfo* found = find_section(container.manifest, entry);
+  const ckpt::SectionInfo* info =
+      checked_header(found, found && entry.accepts(found->type),
+                     ExpectedSection{entry.name(), entry.type(), entry.version(), entry.oldest_version()}, plan, offline);
+  if (!info) return staged;
+  staged.value.emplace(entry.stage());
+  try {
+    ckpt::parse_section<Format>(container, *info, *staged.value);  // older layouts: the versioned serialize reads them
+  } catch (const std::exception& e) {
+    plan.problem(e.what());
+    staged.value.reset();
+    return staged;
   }
+  const std::size_t problems_before = plan.problems.size();
+  entry.check(static_cast<const Saved&>(*staged.value), plan);
+  if (plan.problems.size() == problems_before) plan.staged.push_back(entry.name());
+  staged.info = info;
+  return staged;
+}
+
+/// Stages every entry: a tuple with one Staged value per entry. A manifest section that no
+/// entry claims is a problem (a checkpoint of another Trainer composition), except `offline`,
+/// where it stays opaque (a user's callback).
+template <class Format, class Entries>
+auto stage_sections(const ckpt::Container& container, const Entries& entries, LoadPlan& plan, bool offline = false) {
+  auto staged = std::apply(
+      [&](const auto&... entry) { return std::make_tuple(stage_section<Format>(container, entry, plan, offline)...); },
+      entries);
+  if (!offline) {
+    for (const auto& s : container.manifest.sections) {
+      const bool claimed = std::apply(
+          [&](const auto&... entry) {
+            return ((s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name())) ||
+                    ... || false);
+          },
+          entries);
+      if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
+    }
+  }
+  return staged;
+}
+
+/// Applies every staged value, in list order (random streams last). Call only when staging
+/// found no problem (offline: every section that parsed is applied).
+template <class Format, class Entries, class StagedTuple>
+void commit_sections(const ckpt::Container& container, Entries& entries, StagedTuple& staged) {
+  auto one = [&](auto& entry, auto& item) {
+    if (!item.value) return;
+    using Saved = std::decay_t<decltype(*item.value)>;
+    if constexpr (std::is_move_assignable_v<Saved>) {
+      entry.commit(std::move(*item.value));
+    } else {
+      // Not assignable (a callback holding a reference, say): parse the bytes, which parsed
+      // once already, straight into the live object.
+      ckpt::parse_section<Format>(container, *item.info, entry.live);
+    }
+  };
+  std::apply([&](auto&... entry) { std::apply([&](auto&... item) { (one(entry, item), ...); }, staged); }, entries);
 }
 
 }  // namespace keel::state

@@ -5,8 +5,8 @@
 // is one entry here (docs/adding-state.md walks through one).
 //
 // Each entry binds to the live object it saves: the Trainer's components, or, in keel-ckpt,
-// plain saved-state objects (LoopState, ModelState, OptimizerState, sched::SchedulerState,
-// RngState), which is how keel-ckpt reads files without the program that wrote them.
+// plain saved-state objects (keel/state/saved_state.hpp), which is how keel-ckpt reads files
+// without the program that wrote them.
 
 #include <keel/detail/type_name.hpp>
 #include <keel/loop_state.hpp>
@@ -277,18 +277,5 @@ auto checkpoint_sections(LoopState& loop, Model& model, Optimizer& optimizer, Sc
                         detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),
                         std::make_tuple(RngSection<Generators>{generators}));
 }
-
-/// A checkpoint read without the program that wrote it (keel-ckpt): the saved state of the
-/// sections every keel checkpoint has. Callback sections stay opaque.
-struct SavedState {
-  LoopState loop;
-  ModelState model;
-  optim::OptimizerState optimizer;
-  sched::SchedulerState scheduler;
-  std::tuple<> callbacks;
-  RngState rng;
-
-  auto sections() { return checkpoint_sections(loop, model, optimizer, scheduler, callbacks, rng); }
-};
 
 }  // namespace keel::state
