@@ -9,6 +9,7 @@
 
 #include <keel/context.hpp>
 
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
