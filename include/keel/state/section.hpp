@@ -10,8 +10,8 @@
 //   check(staged, plan)     every reason the staged value cannot be applied
 //   commit(staged)          apply it (only once every section checked out)
 //
-// write_sections() and stage_sections() iterate a tuple of entries; they hold no knowledge of
-// any particular section.
+// write_sections(), stage_sections() and commit_sections() iterate a tuple of entries; they
+// hold no knowledge of any particular section.
 
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/parse_section.hpp>
