@@ -16,4 +16,5 @@ def walk(prefix, value):
     print(prefix, str(value.dtype).replace("torch.", ""), shape, " ".join(repr(float(v)) for v in flat))
 
 
-walk("", torch.load(sys.argv[1]))
+# weights_only=True: the strict loader, the default from PyTorch 2.6 on (the keyword exists since 1.13).
+walk("", torch.load(sys.argv[1], weights_only=True))

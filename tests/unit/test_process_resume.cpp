@@ -140,17 +140,13 @@ void check_same_tensors(const std::vector<keel::NamedTensor>& a, const std::vect
 // Floating-point results depend on the CPU's kernels, so a fixture written on another machine
 // cannot be compared with a fresh run here; what holds on any machine is checked instead: the
 // old file loads, the state it restores is exactly the file's, and continuing from it is exact.
-TEST_CASE("checkpoints of earlier keel versions keep loading and continue exactly") {
-  // tests/fixtures/checkpoints/README.md: written by keel 0.1.0 (LoopState version 1, callback
-  // sections named by position).
-  const fs::path fixture = fs::path(KEEL_FIXTURES) / "checkpoints" / "keel-0.1.0-adamw_cosine-step7.ckpt";
+// `name` tells the temporary directories apart. Returns the checkpoint saved again at once.
+fs::path check_fixture_loads_and_continues(const fs::path& fixture, const std::string& name) {
+  CAPTURE(fixture.string());
   REQUIRE(fs::exists(fixture));
-  const auto container = keel::ckpt::read_container(fixture);
-  CHECK(container.library_version == "0.1.0");
-  CHECK(container.manifest.find("callback.0") != nullptr);
 
   // Load it and save it again at once: every tensor and counter is the file's, bit for bit.
-  const auto reloaded_dir = fresh_directory("fixture-reloaded");
+  const auto reloaded_dir = fresh_directory(name + "-reloaded");
   const auto reloaded = run(driver("adamw_cosine", reloaded_dir, 7,
                                    {"--resume", fixture.string(), "--save-to", (reloaded_dir / "again.ckpt").string()}));
   INFO(reloaded.output);
@@ -177,8 +173,25 @@ TEST_CASE("checkpoints of earlier keel versions keep loading and continue exactl
   CHECK(new_state.scheduler.step == old_state.scheduler.step);
   CHECK(new_state.scheduler.base_lrs == old_state.scheduler.base_lrs);
   CHECK(keel::bitwise_equal(new_state.rng.cpu, old_state.rng.cpu));
+
+  // Continuing from it is exact: fixture -> 20 in one process equals fixture -> 13, exit, -> 20.
+  const std::string whole =
+      digest_of(driver("adamw_cosine", fresh_directory(name + "-whole"), 20, {"--resume", fixture.string()}));
+  const auto split_dir = fresh_directory(name + "-split");
+  digest_of(driver("adamw_cosine", split_dir, 13, {"--resume", fixture.string()}));
+  CHECK(value_of(run(driver("adamw_cosine", split_dir, 20, {"--resume", "auto"})).output, "state_digest") == whole);
+  return reloaded_dir / "again.ckpt";
+}
+
+TEST_CASE("checkpoints of earlier keel versions keep loading and continue exactly") {
+  // tests/fixtures/checkpoints/README.md: written by keel 0.1.0 (LoopState version 1, callback
+  // sections named by position).
+  const fs::path fixture = fs::path(KEEL_FIXTURES) / "checkpoints" / "keel-0.1.0-adamw_cosine-step7.ckpt";
+  const auto container = keel::ckpt::read_container(fixture);
+  CHECK(container.library_version == "0.1.0");
+  CHECK(container.manifest.find("callback.0") != nullptr);
+  const auto again = keel::ckpt::read_container(check_fixture_loads_and_continues(fixture, "fixture-0.1.0"));
   // The callbacks' sections: the same bytes under their new names.
-  const auto again = keel::ckpt::read_container(reloaded_dir / "again.ckpt");
   for (const auto& renamed : std::vector<std::pair<std::string, std::string>>{
            {"callback.0", "callback.(anonymous namespace)::RandomProbe"},
            {"callback.1", "callback.(anonymous namespace)::EpochLossMean"},
@@ -190,13 +203,19 @@ TEST_CASE("checkpoints of earlier keel versions keep loading and continue exactl
     REQUIRE(after);
     CHECK(container.section(*before) == again.section(*after));
   }
+}
 
-  // Continuing from it is exact: fixture -> 20 in one process equals fixture -> 13, exit, -> 20.
-  const std::string whole =
-      digest_of(driver("adamw_cosine", fresh_directory("fixture-whole"), 20, {"--resume", fixture.string()}));
-  const auto split_dir = fresh_directory("fixture-split");
-  digest_of(driver("adamw_cosine", split_dir, 13, {"--resume", fixture.string()}));
-  CHECK(value_of(run(driver("adamw_cosine", split_dir, 20, {"--resume", "auto"})).output, "state_digest") == whole);
+// The test suite runs against LibTorch 1.13 and 2.x (scripts/test.sh), so each LibTorch loads
+// the file the other wrote; tests/cross_libtorch/run.sh checks the same with today's keel.
+TEST_CASE("checkpoints written with LibTorch 1.13 and with LibTorch 2.6 load and continue exactly") {
+  for (const char* torch_version : {"1.13.0", "2.6.0"}) {
+    const fs::path fixture = fs::path(KEEL_FIXTURES) / "checkpoints" /
+                             (std::string("keel-0.2.0-libtorch-") + torch_version + "-adamw_cosine-step7.ckpt");
+    CAPTURE(fixture.string());
+    const auto container = keel::ckpt::read_container(fixture);
+    CHECK(container.manifest.fact("torch_version") == torch_version);
+    check_fixture_loads_and_continues(fixture, std::string("fixture-libtorch-") + torch_version);
+  }
 }
 
 TEST_CASE("a resume with another configuration is refused and names the difference") {

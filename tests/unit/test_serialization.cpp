@@ -147,6 +147,30 @@ TEST_CASE_TEMPLATE("optimizer state round-trips: SGD, Adam (AMSGrad), AdamW", A,
   check_optimizer_round_trip<A, keel::optim::AdamW>(torch::optim::AdamWOptions(1e-2));
 }
 
+// keel saves every option of LibTorch's optimizers with each param group and puts it in the
+// configuration fingerprint (Traits::hyper_parameters). TORCH_ARG options cannot be listed, but
+// a new one changes the options' size: this test then fails and asks for the option to be added
+// there. LibTorch 1.13 and 2.6 have the same options (the suite runs against both).
+TEST_CASE("keel's optimizers save every option LibTorch's optimizers have") {
+  struct AdamFields {
+    virtual ~AdamFields() = default;
+    double lr, beta1, beta2, eps, weight_decay;
+    bool amsgrad;
+  };
+  struct SGDFields {
+    virtual ~SGDFields() = default;
+    double lr, momentum, dampening, weight_decay;
+    bool nesterov;
+  };
+  const char* message = "LibTorch's options changed: add the new one to keel's Traits::hyper_parameters";
+  CHECK_MESSAGE(sizeof(torch::optim::AdamOptions) == sizeof(AdamFields), message);
+  CHECK_MESSAGE(sizeof(torch::optim::AdamWOptions) == sizeof(AdamFields), message);
+  CHECK_MESSAGE(sizeof(torch::optim::SGDOptions) == sizeof(SGDFields), message);
+  CHECK(keel::optim::AdamTraits::hyper_parameters(torch::optim::AdamOptions()).size() == 6);
+  CHECK(keel::optim::AdamWTraits::hyper_parameters(torch::optim::AdamWOptions()).size() == 6);
+  CHECK(keel::optim::SGDTraits::hyper_parameters(torch::optim::SGDOptions(0.1)).size() == 5);
+}
+
 TEST_CASE_TEMPLATE("model state (parameters and BatchNorm buffers) round-trips", A, Binary, PortableBinary, Json) {
   auto [model, optimizer] = trained<keel::optim::SGD>(torch::optim::SGDOptions(0.1));
   (void)optimizer;

@@ -12,8 +12,9 @@
 #include <keel/keel.hpp>
 #include <keel/state/saved_state.hpp>
 
+#include "torch_save.hpp"
+
 #include <CLI/CLI.hpp>
-#include <torch/serialize.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -232,7 +233,7 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
     both.insert("optimizer", torch::IValue(optimizer));
     value = torch::IValue(both);
   }
-  const std::vector<char> bytes = torch::pickle_save(value);
+  const std::vector<char> bytes = keel_ckpt::torch_save_bytes(value);
   try {
     keel::ckpt::write_atomically(out, [&](keel::ckpt::HashingFileSink& sink) { sink.write(bytes.data(), bytes.size()); });
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 // types, the hyper-parameters of a param group as named doubles, and the named tensors (and
 // step count) of a parameter's state.
 
+#include <keel/detail/torch_compat.hpp>
 #include <keel/fingerprint.hpp>
 #include <keel/serialize_tensor.hpp>
 
@@ -14,8 +15,6 @@
 #include <cereal/types/vector.hpp>
 #include <torch/optim/optimizer.h>
 #include <torch/ordered_dict.h>
-
-#include <c10/util/string_utils.h>
 
 #include <cstdint>
 #include <memory>
@@ -235,8 +234,8 @@ class TorchOptimizer {
   }
 
  private:
-  static std::string key_of(const torch::Tensor& param) {
-    return c10::guts::to_string(param.unsafeGetTensorImpl());
+  static detail::OptimizerStateKey key_of(const torch::Tensor& param) {
+    return detail::optimizer_state_key(param);
   }
   std::string name_of(const torch::Tensor& param) const {
     auto found = names_.find(param.unsafeGetTensorImpl());
