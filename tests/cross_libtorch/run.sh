@@ -23,23 +23,31 @@ work=$(pwd)/build/cross-libtorch
 rm -rf "$work"
 mkdir -p "$work"
 in_root() { scripts/libtorch2-root.sh "$@"; }
+# expect TEXT COMMAND...: runs COMMAND, shows its keel messages, fails unless TEXT is in them.
+expect() {
+  local text=$1 out
+  shift
+  out=$("$@" 2>&1) || { echo "$out" >&2; echo "cross_libtorch: failed: $*" >&2; exit 1; }
+  grep -E "^keel|state_digest" <<<"$out" || true
+  grep -q "$text" <<<"$out" || { echo "cross_libtorch: '$text' missing from the output of: $*" >&2; exit 1; }
+}
 driver_args=(--variant adamw_cosine --epochs 10)
 
 echo "-- LibTorch 1.13 writes, LibTorch 2.x reads"
 "$host/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/a" --save-to "$work/a.ckpt" >/dev/null
-in_root "$inner/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/b" \
-  --resume "$work/a.ckpt" --save-to "$work/a-reloaded.ckpt" | grep "resumed from"
+expect "resumed from" in_root "$inner/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/b" \
+  --resume "$work/a.ckpt" --save-to "$work/a-reloaded.ckpt"
 "$host/tools/keel-ckpt" diff "$work/a.ckpt" "$work/a-reloaded.ckpt"
 
 echo "-- LibTorch 2.x writes, LibTorch 1.13 reads"
 in_root "$inner/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/c" --save-to "$work/c.ckpt" >/dev/null
-"$host/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/d" \
-  --resume "$work/c.ckpt" --save-to "$work/c-reloaded.ckpt" | grep "resumed from"
+expect "resumed from" "$host/tests/resume_driver" "${driver_args[@]}" --max-steps 7 --ckpt-dir "$work/d" \
+  --resume "$work/c.ckpt" --save-to "$work/c-reloaded.ckpt"
 in_root "$inner/tools/keel-ckpt" diff "$work/c.ckpt" "$work/c-reloaded.ckpt"
 
 echo "-- each trains on from the other's checkpoint"
-in_root "$inner/tests/resume_driver" "${driver_args[@]}" --max-steps 14 --ckpt-dir "$work/e" \
-  --resume "$work/a.ckpt" --save-to "$work/e.ckpt" | grep "state_digest"
-"$host/tests/resume_driver" "${driver_args[@]}" --max-steps 21 --ckpt-dir "$work/f" \
-  --resume "$work/e.ckpt" | grep "state_digest"
+expect "global_step=14" in_root "$inner/tests/resume_driver" "${driver_args[@]}" --max-steps 14 --ckpt-dir "$work/e" \
+  --resume "$work/a.ckpt" --save-to "$work/e.ckpt"
+expect "global_step=21" "$host/tests/resume_driver" "${driver_args[@]}" --max-steps 21 --ckpt-dir "$work/f" \
+  --resume "$work/e.ckpt"
 echo "cross_libtorch: ok"
