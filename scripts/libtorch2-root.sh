@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a command against LibTorch 2.x: inside a Debian trixie root (LibTorch 2.6, g++ 14,
-# python3-torch 2.6), made with debootstrap from the Debian mirror apt already uses, on first
+# clang++ 19, python3-torch 2.6), made with debootstrap from the Debian mirror apt already uses, on first
 # use, and reused after.
 #
 #   scripts/libtorch2-root.sh COMMAND [ARGS...]
@@ -22,10 +22,10 @@ if [[ $(id -u) -ne 0 ]]; then
   exec sudo --preserve-env=KEEL_LIBTORCH2_ROOT,HOME "$0" "$@"
 fi
 
-# What keel's build and test suite need there; the same list as scripts/install-deps.sh --tests,
-# less clang (clang++ is tested against LibTorch 1.13 on the host).
+# What keel's build and test suite need there: scripts/install-deps.sh --tests's list, less the
+# sanitizer runtimes (the sanitizer run is on the host).
 packages=(
-  cmake ninja-build g++ ccache pkg-config
+  cmake ninja-build g++ clang ccache pkg-config
   libtorch-dev libgloo-dev libboost-dev libcereal-dev libxxhash-dev
   libcli11-dev zlib1g-dev dataset-fashion-mnist libopenblas0-pthread
   doctest-dev python3-torch
