@@ -14,8 +14,8 @@ packages=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   # python3-torch: Debian's /usr/bin/python3 with torch, to prove exports load with torch.load
-  # libclang-rt-14-dev: the sanitizer and libFuzzer runtimes for the ASan/UBSan job and the fuzzer
-  packages+=(doctest-dev clang libclang-rt-14-dev python3-torch)
+  # libclang-rt-dev: the sanitizer and libFuzzer runtimes for the ASan/UBSan job and the fuzzer
+  packages+=(doctest-dev clang libclang-rt-dev python3-torch)
 fi
 
 missing=()

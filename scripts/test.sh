@@ -32,10 +32,20 @@ done
 
 scripts/install-deps.sh --tests
 jobs=$(nproc)
-configure() {  # configure BUILD_DIR CMAKE-ARGS...
-  local build=$1
-  shift
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_BUILD_TESTS=ON "$@" >/dev/null
+configure() {  # configure BUILD_DIR COMPILER CMAKE-ARGS...
+  local build=$1 compiler=$2
+  shift 2
+  CXX=$compiler cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_BUILD_TESTS=ON "$@" >/dev/null
+}
+whole_suite() {  # whole_suite BUILD_DIR COMPILER JOBS CMAKE-ARGS...: configure, build, run every test
+  local build=$1 compiler=$2 jobs=$3
+  shift 3
+  configure "$build" "$compiler" -DKEEL_BUILD_EXAMPLES=ON "$@"
+  cmake --build "$build"
+  ctest --test-dir "$build" -j "$jobs" --output-on-failure --timeout 900
+}
+in_libtorch2_root() {  # in_libtorch2_root COMMAND ARGS...: runs a command (or a function above) in the root
+  scripts/libtorch2-root.sh bash -c "set -euo pipefail; $(declare -f configure whole_suite); \"\$@\"" keel "$@"
 }
 started=$SECONDS
 part_done() { echo "== $1 passed ($((SECONDS - started)) s so far)"; }
@@ -44,13 +54,11 @@ for part in "${parts[@]}"; do
   case $part in
     gcc)
       echo "== gcc: the whole suite, g++ 12, LibTorch 1.13"
-      CXX=g++ configure build/test-g -DKEEL_BUILD_EXAMPLES=ON
-      cmake --build build/test-g
-      ctest --test-dir build/test-g -j "$jobs" --output-on-failure --timeout 900
+      whole_suite build/test-g g++ "$jobs"
       ;;
     clang)
       echo "== clang: in-process tests under ASan + UBSan, clang++ 14, LibTorch 1.13"
-      CXX=clang++ configure build/test-clang -DKEEL_BUILD_EXAMPLES=OFF -DKEEL_SANITIZE=address,undefined
+      configure build/test-clang clang++ -DKEEL_BUILD_EXAMPLES=OFF -DKEEL_SANITIZE=address,undefined
       cmake --build build/test-clang
       # detect_leaks=0: LibTorch's process-lifetime singletons are not leaks worth a report.
       ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -62,22 +70,26 @@ for part in "${parts[@]}"; do
     libtorch2 | libtorch2-gcc)
       compiler=clang++
       [[ $part == libtorch2-gcc ]] && compiler=g++
-      build=build/torch2-${compiler%++}
       echo "== $part: the whole suite, $compiler, LibTorch 2.6 (Debian trixie root)"
-      scripts/libtorch2-root.sh bash -c "
-        set -e
-        CXX=$compiler cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_BUILD_TESTS=ON \
-          -DKEEL_BUILD_EXAMPLES=ON -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF >/dev/null
-        cmake --build $build
-        ctest --test-dir $build -j $jobs --output-on-failure --timeout 900"
+      in_libtorch2_root whole_suite "build/torch2-${compiler%++}" "$compiler" "$jobs" \
+        -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF
       ;;
     cross)
       echo "== cross: checkpoints cross between LibTorch 1.13 and 2.6"
+      # Today's programs on both sides (up to date after the gcc and libtorch2 parts).
+      [[ -f build/test-g/build.ninja && -f build/torch2-clang/build.ninja ]] ||
+        { echo "scripts/test.sh: the cross part needs the gcc and libtorch2 parts' builds: run those first" >&2; exit 2; }
+      cmake --build build/test-g --target resume_driver keel_ckpt
+      in_libtorch2_root cmake --build build/torch2-clang --target resume_driver keel_ckpt
       tests/cross_libtorch/run.sh build/test-g build/torch2-clang
       ;;
     fuzz)
       echo "== fuzz: the checkpoint reader (60 s)"
       fuzz/run.sh 60
+      ;;
+    *)
+      echo "scripts/test.sh: unknown part '$part'" >&2
+      exit 2
       ;;
   esac
   part_done "$part"

@@ -12,6 +12,7 @@
 
 #include <limits>
 #include <random>
+#include <set>
 #include <sstream>
 
 namespace serialization_test {
@@ -148,27 +149,35 @@ TEST_CASE_TEMPLATE("optimizer state round-trips: SGD, Adam (AMSGrad), AdamW", A,
 }
 
 // keel saves every option of LibTorch's optimizers with each param group and puts it in the
-// configuration fingerprint (Traits::hyper_parameters). TORCH_ARG options cannot be listed, but
-// a new one changes the options' size: this test then fails and asks for the option to be added
-// there. LibTorch 1.13 and 2.6 have the same options (the suite runs against both).
+// configuration fingerprint (Traits::hyper_parameters). LibTorch's own serialization of the
+// options names each of them: should a LibTorch version add one, this test names it.
+std::set<std::string> torch_option_names(const torch::optim::OptimizerOptions& options) {
+  torch::serialize::OutputArchive out;
+  options.serialize(out);
+  std::stringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  const auto keys = in.keys();
+  return {keys.begin(), keys.end()};
+}
+
+template <class Traits, class Options>
+std::set<std::string> keel_option_names(const Options& options) {
+  std::set<std::string> names;
+  for (const auto& [name, value] : Traits::hyper_parameters(options))
+    names.insert(name == "beta1" || name == "beta2" ? "betas" : name);  // one tuple in LibTorch
+  return names;
+}
+
 TEST_CASE("keel's optimizers save every option LibTorch's optimizers have") {
-  struct AdamFields {
-    virtual ~AdamFields() = default;
-    double lr, beta1, beta2, eps, weight_decay;
-    bool amsgrad;
-  };
-  struct SGDFields {
-    virtual ~SGDFields() = default;
-    double lr, momentum, dampening, weight_decay;
-    bool nesterov;
-  };
-  const char* message = "LibTorch's options changed: add the new one to keel's Traits::hyper_parameters";
-  CHECK_MESSAGE(sizeof(torch::optim::AdamOptions) == sizeof(AdamFields), message);
-  CHECK_MESSAGE(sizeof(torch::optim::AdamWOptions) == sizeof(AdamFields), message);
-  CHECK_MESSAGE(sizeof(torch::optim::SGDOptions) == sizeof(SGDFields), message);
-  CHECK(keel::optim::AdamTraits::hyper_parameters(torch::optim::AdamOptions()).size() == 6);
-  CHECK(keel::optim::AdamWTraits::hyper_parameters(torch::optim::AdamWOptions()).size() == 6);
-  CHECK(keel::optim::SGDTraits::hyper_parameters(torch::optim::SGDOptions(0.1)).size() == 5);
+  const torch::optim::AdamOptions adam;
+  const torch::optim::AdamWOptions adamw;
+  const torch::optim::SGDOptions sgd(0.1);
+  CHECK(torch_option_names(adam) == keel_option_names<keel::optim::AdamTraits>(adam));
+  CHECK(torch_option_names(adamw) == keel_option_names<keel::optim::AdamWTraits>(adamw));
+  CHECK(torch_option_names(sgd) == keel_option_names<keel::optim::SGDTraits>(sgd));
+  CHECK(torch_option_names(sgd).count("nesterov") == 1);  // the names are LibTorch's, not empty
 }
 
 TEST_CASE_TEMPLATE("model state (parameters and BatchNorm buffers) round-trips", A, Binary, PortableBinary, Json) {

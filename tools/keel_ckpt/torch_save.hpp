@@ -6,7 +6,11 @@
 // (torch.jit._pickle.restore_type_tag); PyTorch 2.6 made weights_only=True the default of
 // torch.load, which refuses that global. Plain dicts of tensors need no tag, so the pickle is
 // written here without them (same LibTorch calls as pickle_save, in 1.13 and 2.x alike).
+// Only dicts and tensors: typed lists would still be written through globals weights_only
+// refuses (torch.jit._pickle.build_intlist...), and the test that reads the export back with
+// torch.load(weights_only=True) would say so.
 
+#include <ATen/core/ivalue.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickler.h>

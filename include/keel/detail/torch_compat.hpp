@@ -1,6 +1,6 @@
 #pragma once
-// Where the LibTorch versions keel supports (1.13 and 2.x) differ in API, one named shim each,
-// decided from <torch/version.h>. keel code outside this header never tests the version.
+// Where the LibTorch versions keel supports (1.13 and 2.x) differ in API: one named shim per
+// difference, all here. keel code outside this header never tests the version.
 
 #include <torch/optim/optimizer.h>
 #include <torch/version.h>
@@ -21,24 +21,25 @@
 namespace keel::detail {
 
 /// torch::optim::Optimizer::state() is keyed by the parameter's TensorImpl: by its address
-/// printed as a string in 1.x, by the TensorImpl* itself in 2.x. keel saves optimizer state by
+/// printed as a string in 1.13 and early 2.x releases, by the TensorImpl* itself in later ones
+/// (2.6 among them). The key type is read off the map itself rather than decided from the
+/// version number, so no release in between can be misjudged. keel saves optimizer state by
 /// parameter name either way; this is only how to find a parameter's entry in the live map.
-#if TORCH_VERSION_MAJOR >= 2
-using OptimizerStateKey = void*;
-inline OptimizerStateKey optimizer_state_key(const torch::Tensor& param) {
-  return param.unsafeGetTensorImpl();
+using OptimizerStateKey =
+    typename std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_same_v<OptimizerStateKey, void*>,
+              "keel: this LibTorch keys optimizer state by neither a string nor a TensorImpl pointer; "
+              "teach keel/detail/torch_compat.hpp the new key");
+
+template <class Key = OptimizerStateKey>
+Key optimizer_state_key(const torch::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;  // what LibTorch's own optimizers use: c10::guts::to_string(impl)
+    key << param.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
 }
-#else
-using OptimizerStateKey = std::string;
-inline OptimizerStateKey optimizer_state_key(const torch::Tensor& param) {
-  std::ostringstream key;  // what c10::guts::to_string did, and 1.x's optimizers use
-  key << param.unsafeGetTensorImpl();
-  return key.str();
-}
-#endif
-static_assert(
-    std::is_same_v<OptimizerStateKey,
-                   typename std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type>,
-    "keel: this LibTorch keys optimizer state differently; update keel/detail/torch_compat.hpp");
 
 }  // namespace keel::detail
