@@ -12,7 +12,7 @@ struct NetImpl : torch::nn::Module {
     return torch::nn::functional::cross_entropy(fc(b.data), b.target);
   }
   keel::Metrics validation_step(const keel::data::Example& b) { return {{"val_loss", training_step(b).item<double>()}}; }
-  torch::nn::Linear fc;
+  BOOST_HANA_DEFINE_STRUCT(NetImpl, (torch::nn::Linear, fc));
 };
 
 struct Tracker {

@@ -31,7 +31,7 @@ struct TinyImpl : torch::nn::Module {
   torch::Tensor training_step(const keel::data::Example& batch) {
     return torch::mse_loss(forward(batch.data), batch.target);
   }
-  torch::nn::Linear fc1, fc2;
+  BOOST_HANA_DEFINE_STRUCT(TinyImpl, (torch::nn::Linear, fc1), (torch::nn::Linear, fc2));
 };
 
 /// Hands out the same batch whatever the indices: the step's cost, not the data's, is measured.

@@ -3,6 +3,7 @@
 // training_step (the loss of a batch) and validation_step (per-batch mean metrics).
 
 #include <keel/context.hpp>
+#include <keel/reflect.hpp>  // BOOST_HANA_DEFINE_STRUCT
 #include <keel/data/dataset.hpp>
 
 #include <torch/torch.h>
@@ -35,9 +36,9 @@ struct MlpImpl : torch::nn::Module, Classifier<MlpImpl> {
     return fc2(dropout(x));
   }
 
-  torch::nn::Linear fc1;
-  torch::nn::Dropout dropout;
-  torch::nn::Linear fc2;
+  // Declared: keel saves what a module holds only when it knows every member (here all of
+  // them are submodules, saved as their parameters and buffers).
+  BOOST_HANA_DEFINE_STRUCT(MlpImpl, (torch::nn::Linear, fc1), (torch::nn::Dropout, dropout), (torch::nn::Linear, fc2));
 };
 
 /// Two convolution blocks (conv, BatchNorm, ReLU, max-pool), then a Dropout-regularized head.
@@ -58,13 +59,9 @@ struct CnnImpl : torch::nn::Module, Classifier<CnnImpl> {
     return fc2(dropout(x));
   }
 
-  torch::nn::Conv2d conv1;
-  torch::nn::BatchNorm2d bn1;
-  torch::nn::Conv2d conv2;
-  torch::nn::BatchNorm2d bn2;
-  torch::nn::Dropout dropout;
-  torch::nn::Linear fc1;
-  torch::nn::Linear fc2;
+  BOOST_HANA_DEFINE_STRUCT(CnnImpl, (torch::nn::Conv2d, conv1), (torch::nn::BatchNorm2d, bn1), (torch::nn::Conv2d, conv2),
+                           (torch::nn::BatchNorm2d, bn2), (torch::nn::Dropout, dropout), (torch::nn::Linear, fc1),
+                           (torch::nn::Linear, fc2));
 };
 
 }  // namespace fashion_mnist

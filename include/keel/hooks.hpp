@@ -45,8 +45,9 @@ KEEL_HOOKS(KEEL_DECLARE_EVENT)
 namespace hooks {
 
 // For each hook: `names_<hook><T>` is true when T has any member with that name (found by
-// the ambiguity it causes against a fallback member), `calls_<hook><T>` when `t.<hook>(ctx)`
-// is valid and returns void.
+// the ambiguity it causes against a fallback member in a class derived from T; a `final`
+// class cannot be derived from, so there a pointer to the member is taken instead), and
+// `calls_<hook><T>` when `t.<hook>(ctx)` is valid and returns void.
 #define KEEL_DEFINE_HOOK_TRAITS(hook)                                                          \
   namespace detail_##hook {                                                                    \
   struct fallback {                                                                            \
@@ -63,6 +64,10 @@ namespace hooks {
   template <class T>                                                                           \
   struct calls<T, std::void_t<decltype(std::declval<T&>().hook(std::declval<Context&>()))>>    \
       : std::is_void<decltype(std::declval<T&>().hook(std::declval<Context&>()))> {};          \
+  template <class T, class = void>                                                             \
+  struct has_pointer : std::false_type {};                                                     \
+  template <class T>                                                                           \
+  struct has_pointer<T, std::void_t<decltype(&T::hook)>> : std::true_type {};                  \
   }                                                                                            \
   template <class T>                                                                           \
   inline constexpr bool calls_##hook = detail_##hook::calls<T>::value;                         \
@@ -70,6 +75,8 @@ namespace hooks {
   inline constexpr bool names_##hook = [] {                                                    \
     if constexpr (std::is_class_v<T> && !std::is_final_v<T>) {                                 \
       return detail_##hook::names<T>::value;                                                   \
+    } else if constexpr (std::is_class_v<T>) {                                                 \
+      return detail_##hook::has_pointer<T>::value || calls_##hook<T>;                          \
     } else {                                                                                   \
       return calls_##hook<T>;                                                                  \
     }                                                                                          \

@@ -5,6 +5,7 @@
 #include <keel/error.hpp>
 #include <keel/log.hpp>
 #include <keel/reflect.hpp>
+#include <keel/layout.hpp>
 #include <keel/state_check.hpp>
 #include <keel/serialize_tensor.hpp>
 #include <keel/serialize_random.hpp>
@@ -15,6 +16,7 @@
 #include <keel/hooks.hpp>
 #include <keel/policies.hpp>
 #include <keel/component_checks.hpp>
+#include <keel/model_check.hpp>
 #include <keel/model_state.hpp>
 #include <keel/rng.hpp>
 #include <keel/optim/sgd.hpp>

@@ -1,5 +1,5 @@
 #pragma once
-// The model policy's requirements and its saved state: every parameter and every buffer
+// The model's saved state: every parameter and every buffer
 // (BatchNorm running statistics and counters included), by its name in the module.
 
 #include <keel/serialize_tensor.hpp>
@@ -30,14 +30,6 @@ struct module_impl<M, std::void_t<typename M::ContainedType>> {
 /// The torch::nn::Module subclass behind a model policy argument.
 template <class M>
 using module_impl_t = typename detail::module_impl<M>::type;
-
-template <class Module>
-constexpr bool check_model() {
-  static_assert(std::is_base_of_v<torch::nn::Module, Module>,
-                "keel::model<M>: M must derive from torch::nn::Module (or be the holder that "
-                "TORCH_MODULE(M) declares).");
-  return true;
-}
 
 struct NamedTensor {
   std::string name;

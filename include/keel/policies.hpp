@@ -16,11 +16,18 @@ struct callbacks_role {};
 struct checkpoint_role {};
 }  // namespace detail
 
+struct parameters_only;
+
 /// The LibTorch module to train (a torch::nn::Module subclass or its TORCH_MODULE holder).
-template <class Module>
+/// `keel::model<M, keel::parameters_only>` opts a module that cannot be changed out of the
+/// model's state rule: only its parameters and buffers are saved (keel/model_check.hpp).
+template <class Module, class... Options>
 struct model {
+  static_assert((std::is_same_v<Options, parameters_only> && ...),
+                "keel::model<M, ...>: the only option is keel::parameters_only.");
   using role = detail::model_role;
   using type = Module;
+  static constexpr bool saves_parameters_only = sizeof...(Options) > 0;
 };
 
 /// The optimizer, e.g. keel::optim::AdamW.
@@ -67,22 +74,38 @@ constexpr std::size_t plays_role() {
   }
 }
 
+template <class Type>
+struct default_policy {
+  using type = Type;
+  static constexpr bool saves_parameters_only = false;
+};
+
 template <class Role, class Default, class... Policies>
 struct find_policy {
   static constexpr std::size_t count = (std::size_t{0} + ... + plays_role<Role, Policies>());
-  static_assert(count <= 1, "keel::Trainer: a policy role is given twice (two keel::model<>, "
-                            "keel::optimizer<>, keel::scheduler<>, keel::callbacks<> or "
-                            "keel::checkpoint<>); give each at most once.");
+  static_assert(!std::is_same_v<Role, model_role> || count <= 1,
+                "keel::Trainer: the role 'model' is given twice (two keel::model<>); give it once.");
+  static_assert(!std::is_same_v<Role, optimizer_role> || count <= 1,
+                "keel::Trainer: the role 'optimizer' is given twice (two keel::optimizer<>); give it once.");
+  static_assert(!std::is_same_v<Role, scheduler_role> || count <= 1,
+                "keel::Trainer: the role 'scheduler' is given twice (two keel::scheduler<>); give it once.");
+  static_assert(!std::is_same_v<Role, callbacks_role> || count <= 1,
+                "keel::Trainer: the role 'callbacks' is given twice (two keel::callbacks<>); list every callback "
+                "in one keel::callbacks<A, B, ...>.");
+  static_assert(!std::is_same_v<Role, checkpoint_role> || count <= 1,
+                "keel::Trainer: the role 'checkpoint' is given twice (two keel::checkpoint<>); give it once.");
   template <class First, class... Rest>
   static auto pick(std::tuple<First, Rest...>*) {
     if constexpr (plays_role<Role, First>() == 1) {
-      return static_cast<typename First::type*>(nullptr);
+      return static_cast<First*>(nullptr);
     } else {
       return pick(static_cast<std::tuple<Rest...>*>(nullptr));
     }
   }
-  static auto pick(std::tuple<>*) { return static_cast<Default*>(nullptr); }
-  using type = std::remove_pointer_t<decltype(pick(static_cast<std::tuple<Policies...>*>(nullptr)))>;
+  static auto pick(std::tuple<>*) { return static_cast<default_policy<Default>*>(nullptr); }
+  /// The policy wrapper (keel::model<M>...), or default_policy<Default>.
+  using policy = std::remove_pointer_t<decltype(pick(static_cast<std::tuple<Policies...>*>(nullptr)))>;
+  using type = typename policy::type;
 };
 
 /// Stands in for a role nobody filled and that has no default (the model).

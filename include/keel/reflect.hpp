@@ -7,17 +7,14 @@
 // generic overload is removed from overload resolution for such types, so cereal never sees
 // two ways to serialize one type.
 //
-// The reflected members must be the whole object. Two facts expose a member declared outside
-// BOOST_HANA_DEFINE_STRUCT: the reflected members, laid out in order, must account for the
-// whole sizeof; and an aggregate must accept exactly as many brace initializers as there are
-// reflected members (a member hidden in tail padding passes the first test, not the second).
+// Whether the reflected members are the whole object is measured in keel/layout.hpp; where a
+// serialization was declared (the class itself or a base) is found here.
 
 #include <boost/hana/accessors.hpp>
 #include <boost/hana/concept/struct.hpp>
 #include <boost/hana/define_struct.hpp>
 #include <boost/hana/first.hpp>
 #include <boost/hana/for_each.hpp>
-#include <boost/hana/length.hpp>
 #include <boost/hana/second.hpp>
 #include <boost/hana/string.hpp>
 #include <boost/hana/unpack.hpp>
@@ -25,7 +22,6 @@
 #include <cereal/access.hpp>
 #include <cereal/cereal.hpp>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -134,81 +130,102 @@ inline constexpr bool has_own_serialization =
 template <class T>
 inline constexpr bool uses_reflected_serialize = is_reflected<T> && !has_own_serialization<T>;
 
-// ---- are the reflected members the whole object? ------------------------------------------
+// ---- where is the serialization declared? ----------------------------------------------------
+// A `serialize` inherited from a base class cannot know the members a derived class adds. The
+// type of a pointer to the member function names the class that declared it.
 
-template <class... M>
-struct type_list {
-  static constexpr std::size_t size = sizeof...(M);
+namespace probe {
+template <class F>
+struct member_function_class {
+  using type = void;
+};
+template <class R, class C, class... A>
+struct member_function_class<R (C::*)(A...)> {
+  using type = C;
+};
+template <class R, class C, class... A>
+struct member_function_class<R (C::*)(A...) const> {
+  using type = C;
+};
+template <class R, class C, class... A>
+struct member_function_class<R (C::*)(A...) noexcept> {
+  using type = C;
+};
+template <class R, class C, class... A>
+struct member_function_class<R (C::*)(A...) const noexcept> {
+  using type = C;
 };
 
+#define KEEL_MEMBER_OWNER(trait, pointer)                                                    \
+  template <class T, class = void>                                                           \
+  struct trait {                                                                             \
+    using type = void;                                                                       \
+  };                                                                                         \
+  template <class T>                                                                         \
+  struct trait<T, std::void_t<decltype(pointer)>> {                                          \
+    using type = typename member_function_class<decltype(pointer)>::type;                    \
+  };
+KEEL_MEMBER_OWNER(serialize_template_owner, &T::template serialize<ProbeArchive>)
+KEEL_MEMBER_OWNER(save_template_owner, &T::template save<ProbeArchive>)
+KEEL_MEMBER_OWNER(load_template_owner, &T::template load<ProbeArchive>)
+KEEL_MEMBER_OWNER(serialize_owner, &T::serialize)
+KEEL_MEMBER_OWNER(save_owner, &T::save)
+#undef KEEL_MEMBER_OWNER
+
+/// Converts only to T& (or const T&): a free function written for a base class of T is not
+/// viable with it.
 template <class T>
-struct member_types_of {
-  template <class... Pairs>
-  auto operator()(Pairs&&...) const {
-    return type_list<std::remove_cv_t<std::remove_reference_t<decltype(boost::hana::second(
-        std::declval<Pairs>())(std::declval<T&>()))>>...>{};
-  }
+struct exactly {
+  template <class U, std::enable_if_t<std::is_same_v<std::remove_const_t<U>, T>, int> = 0>
+  operator U&() const;
 };
-
+template <class T, class = void>
+struct adl_exact_serialize : std::false_type {};
 template <class T>
-using reflected_members_t =
-    decltype(boost::hana::unpack(boost::hana::accessors<T>(), member_types_of<T>{}));
-
-/// sizeof of a struct holding exactly these members, in this order (the Itanium C++ ABI rule
-/// for standard-layout structs: each member at the next multiple of its alignment).
-template <class... M>
-constexpr std::size_t laid_out_size(type_list<M...>) {
-  std::size_t offset = 0;
-  std::size_t align = 1;
-  ((offset = (offset + alignof(M) - 1) / alignof(M) * alignof(M) + sizeof(M),
-    align = std::max<std::size_t>(align, alignof(M))),
-   ...);
-  const std::size_t size = (offset + align - 1) / align * align;
-  return size == 0 ? 1 : size;
-}
-
+struct adl_exact_serialize<T, std::void_t<decltype(serialize(std::declval<ProbeArchive&>(),
+                                                             std::declval<exactly<T>&>()))>> : std::true_type {};
+template <class T, class = void>
+struct adl_exact_save : std::false_type {};
 template <class T>
-inline constexpr bool reflected_size_matches =
-    laid_out_size(reflected_members_t<T>{}) == sizeof(T);
-
-namespace detail {
-template <class T>
-struct any_initializer {
-  template <class U, class = std::enable_if_t<!std::is_same_v<std::decay_t<U>, T>>>
-  constexpr operator U() const noexcept;  // never defined: used in unevaluated contexts only
-};
-
-template <class T, class Indices, class = void>
-struct brace_initializable : std::false_type {};
-template <class T, std::size_t... I>
-struct brace_initializable<T, std::index_sequence<I...>,
-                           std::void_t<decltype(T{(static_cast<void>(I), any_initializer<T>{})...})>>
+struct adl_exact_save<T, std::void_t<decltype(save(std::declval<ProbeArchive&>(), std::declval<exactly<T>&>()))>>
     : std::true_type {};
-
-template <class T, std::size_t N>
-constexpr std::size_t count_fields() {
-  if constexpr (N > 128) {
-    return N;  // give up: larger aggregates are not components
-  } else if constexpr (!brace_initializable<T, std::make_index_sequence<N + 1>>::value) {
-    return N;
-  } else {
-    return count_fields<T, N + 1>();
-  }
-}
-}  // namespace detail
-
-/// Number of initializers an aggregate accepts in braces (its fields, bases included).
 template <class T>
-inline constexpr std::size_t aggregate_field_count = detail::count_fields<T, 0>();
+inline constexpr bool adl_exact = adl_exact_serialize<T>::value || adl_exact_save<T>::value;
 
+template <class... C>
+struct first_class {
+  using type = void;
+};
+template <class First, class... Rest>
+struct first_class<First, Rest...> {
+  using type = std::conditional_t<std::is_void_v<First>, typename first_class<Rest...>::type, First>;
+};
+}  // namespace probe
+
+/// Marks a type serialized by a free function written for one of its base classes.
+struct free_function_of_a_base {};
+
+/// The class whose serialization cereal uses for T: T, a base class of T, or
+/// free_function_of_a_base; void when T has no serialization of its own.
 template <class T>
-constexpr bool reflected_count_matches() {
-  if constexpr (std::is_aggregate_v<T>) {
-    return aggregate_field_count<T> == reflected_members_t<T>::size;
-  } else {
-    return true;  // a class with constructors: only the size rule applies
-  }
-}
+using serialization_owner_t = std::conditional_t<
+    probe::member_serialize<T>::value || probe::member_serialize_v<T>::value || probe::member_save<T>::value ||
+        probe::member_save_v<T>::value || probe::member_load<T>::value || probe::member_load_v<T>::value,
+    // a member: the class that declared it (T when an overload set hides it from the probe)
+    std::conditional_t<
+        std::is_void_v<typename probe::first_class<typename probe::serialize_template_owner<T>::type,
+                                                   typename probe::save_template_owner<T>::type,
+                                                   typename probe::load_template_owner<T>::type,
+                                                   typename probe::serialize_owner<T>::type,
+                                                   typename probe::save_owner<T>::type>::type>,
+        T,
+        typename probe::first_class<typename probe::serialize_template_owner<T>::type,
+                                    typename probe::save_template_owner<T>::type,
+                                    typename probe::load_template_owner<T>::type,
+                                    typename probe::serialize_owner<T>::type,
+                                    typename probe::save_owner<T>::type>::type>,
+    std::conditional_t<has_own_serialization<T>,
+                       std::conditional_t<probe::adl_exact<T>, T, free_function_of_a_base>, void>>;
 
 // ---- the derived serialization ---------------------------------------------------------------
 

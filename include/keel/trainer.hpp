@@ -37,6 +37,7 @@
 #include <keel/loop/fit_loop.hpp>
 #include <keel/loop/requirements.hpp>
 #include <keel/loop/stop_conditions.hpp>
+#include <keel/model_check.hpp>
 #include <keel/model_state.hpp>
 #include <keel/optim/adam.hpp>
 #include <keel/policies.hpp>
@@ -64,9 +65,11 @@ class Trainer {
                 "keel::Trainer takes policies only: keel::model<M>, keel::optimizer<O>, "
                 "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>.");
 
-  using ModelArgument = typename detail::find_policy<detail::model_role, detail::no_policy, Policies...>::type;
+  using ModelPolicy = typename detail::find_policy<detail::model_role, detail::no_policy, Policies...>::policy;
+  using ModelArgument = typename ModelPolicy::type;
   static_assert(!std::is_same_v<ModelArgument, detail::no_policy>,
                 "keel::Trainer needs a model: add keel::model<YourModule> to its policies.");
+  static constexpr bool model_parameters_only = ModelPolicy::saves_parameters_only;
 
  public:
   using Module = module_impl_t<ModelArgument>;
@@ -82,13 +85,16 @@ class Trainer {
   static constexpr bool check_callbacks(std::tuple<C...>*) {
     return ((hooks::check_hooks<C>() && check_component_state<C, Format>()) && ... && true);
   }
-  static_assert(check_model<Module>());
+  // The compile-time guarantee, one role at a time (keel/state_check.hpp, keel/model_check.hpp).
+  static_assert(check_format<Format>());
+  static_assert(check_model_state<Module, Format, model_parameters_only>());
   static_assert(check_optimizer<Optimizer>());
+  static_assert(check_component_state<Optimizer, Format, typename state::detail::torch_optimizer_base<Optimizer>::type>());
   static_assert(check_scheduler<Scheduler>());
-  static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
   static_assert(check_component_state<Scheduler, Format>());
+  static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
 
-  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks>;
+  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only>;
   using Arguments = detail::ConstructorArgs<Module, Optimizer, Scheduler, Callbacks>;
 
  public:
@@ -174,7 +180,9 @@ class Trainer {
   Trainer(Arguments& arguments, TrainerOptions options)
       : state_(options, on_device(arguments.model(), options.device()), arguments.optimizer_options(),
                arguments.scheduler_options(), arguments.callbacks()),
-        saver_(state_) {}
+        saver_(state_) {
+    state::check_declarations(state_);
+  }
 
   /// Validates the options (no side effects), then applies the process-wide settings.
   static TrainerOptions prepare_process(TrainerOptions options) {

@@ -1,13 +1,6 @@
 // A hook that returns a value (as if returning true would stop training) is a near miss too:
 // keel's hooks return void and stop through Context::request_stop().
-#include <keel/keel.hpp>
-#include <torch/torch.h>
-
-struct Net : torch::nn::Module {
-  Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
-  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
-  torch::nn::Linear fc;
-};
+#include "net.hpp"
 
 struct Stopper {
 #ifdef KEEL_COMPILE_FAIL

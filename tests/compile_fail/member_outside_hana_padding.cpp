@@ -1,14 +1,7 @@
 // A member outside BOOST_HANA_DEFINE_STRUCT that hides in tail padding: sizeof is the same with
 // or without it (double + int pads to 16 bytes either way), so only the count of fields that
 // brace initialization accepts exposes it. The Trainer must refuse to compile.
-#include <keel/keel.hpp>
-#include <torch/torch.h>
-
-struct Net : torch::nn::Module {
-  Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
-  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
-  torch::nn::Linear fc;
-};
+#include "net.hpp"
 
 struct Tracker {
   BOOST_HANA_DEFINE_STRUCT(Tracker, (double, best), (int, wait));

@@ -1,12 +1,5 @@
 // A hook with a near-miss signature (no Context parameter) must not be silently ignored.
-#include <keel/keel.hpp>
-#include <torch/torch.h>
-
-struct Net : torch::nn::Module {
-  Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
-  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
-  torch::nn::Linear fc;
-};
+#include "net.hpp"
 
 struct Announcer {
 #ifdef KEEL_COMPILE_FAIL

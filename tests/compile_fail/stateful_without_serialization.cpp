@@ -1,13 +1,6 @@
 // A callback that holds data must say how its state is saved. Built as is, it does (a cereal
 // serialize); with KEEL_COMPILE_FAIL it does not, and the Trainer must refuse to compile.
-#include <keel/keel.hpp>
-#include <torch/torch.h>
-
-struct Net : torch::nn::Module {
-  Net() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
-  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
-  torch::nn::Linear fc;
-};
+#include "net.hpp"
 
 struct CountSteps {
   long steps = 0;

@@ -99,7 +99,7 @@ int run(const Flags& flags, Extra&&... extra) {
   SyntheticImages train(flags.dataset_size, 1234);
   SyntheticImages validation(64, 99);
   keel::seed_everything(flags.seed);
-  Trainer trainer(std::make_shared<SmallNetImpl>(),
+  Trainer trainer(std::make_shared<typename Trainer::Module>(),
                   keel::TrainerOptions()
                       .max_epochs(flags.epochs)
                       .max_steps(flags.max_steps)
@@ -145,7 +145,13 @@ int dispatch(const Flags& flags) {
                   keel::sched::CosineWarmupOptions(5, flags.total_steps).min_lr_ratio(0.1), probe,
                   keel::EarlyStopping("val_loss", 50));
   }
-  std::fprintf(stderr, "unknown --variant %s (sgd_step, adam_cosine, adamw_cosine)\n", flags.variant.c_str());
+  if (flags.variant == "declared_model") {  // a model with state beyond parameters and buffers
+    using T = keel::Trainer<keel::model<keel_test::StatefulNetImpl>, keel::optimizer<keel::optim::SGD>,
+                            keel::scheduler<keel::sched::StepDecay>, keel::callbacks<KillSwitch>>;
+    return run<T>(flags, torch::optim::SGDOptions(0.05).momentum(0.9), keel::sched::StepDecayOptions(7, 0.5));
+  }
+  std::fprintf(stderr, "unknown --variant %s (sgd_step, adam_cosine, adamw_cosine, declared_model)\n",
+               flags.variant.c_str());
   return 2;
 }
 

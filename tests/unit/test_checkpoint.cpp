@@ -26,9 +26,7 @@ struct OtherNetImpl : torch::nn::Module {
   torch::Tensor training_step(const keel::data::Example& b) {
     return extra(fc(torch::max_pool2d(conv(b.data), 2).flatten(1))).sum();
   }
-  torch::nn::Conv2d conv;
-  torch::nn::Linear fc;
-  torch::nn::Linear extra;
+  BOOST_HANA_DEFINE_STRUCT(OtherNetImpl, (torch::nn::Conv2d, conv), (torch::nn::Linear, fc), (torch::nn::Linear, extra));
 };
 
 /// A fresh, empty directory under the system temp directory.

@@ -90,6 +90,17 @@ TEST_CASE("exact resume across processes: AdamW, CosineWarmup, early stopping, a
   check_split("adamw_cosine", 30, 9, {"--drop-last", "--batch-size", "24"});
 }
 
+TEST_CASE("exact resume across processes: a model with declared state beyond its parameters and buffers") {
+  check_split("declared_model", 30, 17);
+  check_split("declared_model", 30, 13);
+  // The plain members travel in their own section.
+  const auto dir = fresh_directory("declared-model-sections");
+  digest_of(driver("declared_model", dir, 5, {"--save-every-steps", "5"}));
+  const auto container = keel::ckpt::read_container(dir / keel::ckpt::step_file_name(5));
+  REQUIRE(container.manifest.find("model.members") != nullptr);
+  CHECK(container.manifest.find("model.members")->type == "keel_test::StatefulNetImpl");
+}
+
 TEST_CASE("a kill inside a gradient-accumulation window replays from the last optimizer step") {
   // accumulate 3 over 13 batches: windows of 3, 3, 3, 3, 1 micro-batches, 5 steps per epoch.
   const std::vector<std::string> accumulate = {"--accumulate", "3", "--save-every-steps", "2"};

@@ -59,8 +59,6 @@ struct Empty {
 
 using keel::reflect::has_own_serialization;
 using keel::reflect::is_reflected;
-using keel::reflect::reflected_count_matches;
-using keel::reflect::reflected_size_matches;
 using keel::reflect::uses_reflected_serialize;
 using Format = keel::format::Binary;
 
@@ -73,13 +71,44 @@ static_assert(has_own_serialization<FreeSerialize>);
 static_assert(has_own_serialization<ReflectedWithOwnSerialize>);
 static_assert(uses_reflected_serialize<Reflected> && !uses_reflected_serialize<ReflectedWithOwnSerialize>);
 
-static_assert(reflected_size_matches<Reflected> && reflected_count_matches<Reflected>());
-static_assert(!reflected_size_matches<ReflectedWithHiddenMember>);
-static_assert(reflected_size_matches<ReflectedWithPaddingMember>, "hides in padding: size alone misses it");
-static_assert(!reflected_count_matches<ReflectedWithPaddingMember>(), "the field count catches it");
-static_assert(keel::reflect::aggregate_field_count<Reflected> == 3);
-static_assert(reflected_size_matches<ReflectedWithConstructor> && reflected_count_matches<ReflectedWithConstructor>());
-static_assert(reflected_size_matches<ReflectedWithEngine> && reflected_count_matches<ReflectedWithEngine>());
+using keel::layout::field_count_matches;
+using keel::layout::size_matches;
+using keel::layout::tail_matches;
+static_assert(size_matches<Reflected>() && tail_matches<Reflected>() && field_count_matches<Reflected>());
+static_assert(!size_matches<ReflectedWithHiddenMember>());
+static_assert(size_matches<ReflectedWithPaddingMember>(), "hides in padding: size alone misses it");
+static_assert(!field_count_matches<ReflectedWithPaddingMember>(), "the field count catches it");
+static_assert(keel::layout::aggregate_field_count<Reflected> == 3);
+static_assert(size_matches<ReflectedWithConstructor>() && tail_matches<ReflectedWithConstructor>());
+static_assert(size_matches<ReflectedWithEngine>() && tail_matches<ReflectedWithEngine>());
+
+// A non-aggregate hides a member in tail padding from sizeof, not from its data size.
+struct ConstructedWithFlag {
+  ConstructedWithFlag() {}
+  BOOST_HANA_DEFINE_STRUCT(ConstructedWithFlag, (double, total), (int, count));
+  bool flag = false;
+};
+static_assert(size_matches<ConstructedWithFlag>() && !tail_matches<ConstructedWithFlag>());
+static_assert(keel::layout::data_size<ConstructedWithFlag>() == 13);
+
+// A polymorphic class: its vptr is not a hidden member.
+struct Polymorphic {
+  virtual ~Polymorphic() = default;
+  BOOST_HANA_DEFINE_STRUCT(Polymorphic, (std::int64_t, steps), (int, wait));
+  void on_fit_start(keel::Context&) {}
+};
+static_assert(size_matches<Polymorphic>() && tail_matches<Polymorphic>());
+static_assert(keel::check_component_state<Polymorphic, Format>());
+
+// Where a serialization is declared: the class itself, or the base it inherits it from.
+struct DerivedSerialize : MemberSerialize {};
+static_assert(std::is_same_v<keel::reflect::serialization_owner_t<MemberSerialize>, MemberSerialize>);
+static_assert(std::is_same_v<keel::reflect::serialization_owner_t<DerivedSerialize>, MemberSerialize>);
+static_assert(std::is_same_v<keel::reflect::serialization_owner_t<MemberSaveLoad>, MemberSaveLoad>);
+static_assert(std::is_same_v<keel::reflect::serialization_owner_t<FreeSerialize>, FreeSerialize>);
+struct DerivedFree : FreeSerialize {};
+static_assert(std::is_same_v<keel::reflect::serialization_owner_t<DerivedFree>, keel::reflect::free_function_of_a_base>);
+static_assert(keel::check_component_state<DerivedSerialize, Format>(), "adds no data: the inherited serialize is whole");
 
 static_assert(keel::cereal_serializable<Reflected, Format>);
 static_assert(keel::cereal_serializable<MemberSerialize, Format>);
@@ -93,6 +122,7 @@ static_assert(keel::check_component_state<ReflectedWithEngine, Format>());
 static_assert(keel::check_component_state<MemberSaveLoad, Format>());
 static_assert(keel::check_component_state<keel::EarlyStopping, Format>());
 static_assert(keel::check_component_state<keel::sched::CosineWarmup, Format>());
+static_assert(keel::check_component_state<keel::optim::AdamW, Format, keel::optim::AdamW::torch_optimizer_base>());
 
 TEST_CASE("keel derives a named serialization from BOOST_HANA_DEFINE_STRUCT") {
   Reflected original{0.25, 7, "loss"};

@@ -42,7 +42,7 @@ struct LinearImpl : torch::nn::Module {
     return torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target);
   }
   keel::Metrics validation_step(const keel::data::Example&) { return {{"val_loss", 1.0}}; }
-  torch::nn::Linear fc;
+  BOOST_HANA_DEFINE_STRUCT(LinearImpl, (torch::nn::Linear, fc));
 };
 
 struct CountEvents {

@@ -30,7 +30,7 @@ fs::path fresh_directory(const std::string& name) {
 
 /// A linear classifier whose loss (or only its gradient) turns non-finite at chosen batches.
 struct PoisonedImpl : torch::nn::Module {
-  PoisonedImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  PoisonedImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))), batches_seen(0) {}
   torch::Tensor training_step(const keel::data::Example& b) {
     const auto loss = torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target);
     const std::int64_t batch = batches_seen++;
@@ -45,9 +45,11 @@ struct PoisonedImpl : torch::nn::Module {
   keel::Metrics validation_step(const keel::data::Example& b) {
     return {{"val_loss", torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target).item<double>()}};
   }
-  torch::nn::Linear fc;
-  std::vector<std::int64_t> nan_loss_at, nan_gradient_at, huge_gradient_at;
-  std::int64_t batches_seen = 0;
+  // The batches to poison are configuration, but they are plain members all the same, so they
+  // are declared (and saved in "model.members") with the counter that is the model's state.
+  BOOST_HANA_DEFINE_STRUCT(PoisonedImpl, (torch::nn::Linear, fc), (std::vector<std::int64_t>, nan_loss_at),
+                           (std::vector<std::int64_t>, nan_gradient_at), (std::vector<std::int64_t>, huge_gradient_at),
+                           (std::int64_t, batches_seen));
 };
 
 using Trainer = keel::Trainer<keel::model<PoisonedImpl>, keel::optimizer<keel::optim::SGD>>;

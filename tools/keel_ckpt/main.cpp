@@ -122,6 +122,10 @@ int info(const std::string& path, bool list_tensors) {
   std::printf("training set:      %s samples; %s intra-op threads\n", m.fact("train_size").c_str(),
               m.fact("threads").c_str());
   std::printf("state digest:      %s\n", keel::checkpoint_digest(*container).c_str());
+  for (const auto& [key, value] : m.fingerprint.entries())
+    if (key == "model.state" && value == "parameters only")
+      std::printf("model state:       parameters and buffers only (keel::parameters_only: the model's other "
+                  "members were not saved)\n");
   std::printf("sections:\n");
   std::printf("  %-14s %-40s %7s %12s  %s\n", "name", "type", "version", "bytes", "xxh3-64");
   for (const auto& s : m.sections)

@@ -34,6 +34,19 @@ struct index_in_tuple<T, std::tuple<Ts...>> {
   }();
 };
 
+/// Instantiated with the argument's type and the options types this Trainer takes, so that the
+/// compiler's "in instantiation of unexpected_argument<...>" line names all three.
+template <class Given, class ExpectedOptimizerOptions, class ExpectedSchedulerOptions>
+constexpr bool unexpected_argument() {
+  static_assert(always_false<Given>,
+                "keel::Trainer: a constructor argument matches no component. Pass any of: keel::TrainerOptions, the "
+                "model (std::shared_ptr<Impl> or its holder), the optimizer's options, the scheduler's options, a "
+                "callback of the Trainer. The instantiation line of this error names the argument's type (Given) "
+                "and the options types this Trainer's optimizer and scheduler take (ExpectedOptimizerOptions, "
+                "ExpectedSchedulerOptions).");
+  return false;
+}
+
 template <class Module, class Optimizer, class Scheduler, class Callbacks>
 class ConstructorArgs {
   using OptimizerOptions = typename Optimizer::Options;
@@ -103,10 +116,7 @@ class ConstructorArgs {
     } else if constexpr (index_in_tuple<A, Callbacks>::count == 1) {
       std::get<index_in_tuple<A, Callbacks>::value>(callbacks_) = std::forward<Arg>(arg);
     } else {
-      static_assert(always_false<A>,
-                    "keel::Trainer: a constructor argument matches no component. Pass any of: "
-                    "keel::TrainerOptions, the model (std::shared_ptr<Impl> or its holder), the "
-                    "optimizer's options, the scheduler's options, a callback of the Trainer.");
+      static_assert(unexpected_argument<A, OptimizerOptions, SchedulerOptions>());
     }
   }
 

@@ -71,6 +71,9 @@ class TorchOptimizer {
  public:
   using Options = typename Traits::Options;
   using TorchType = typename Traits::TorchType;
+  /// Its data is saved through state() (the section "optimizer"); a policy derived from it
+  /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
+  using torch_optimizer_base = TorchOptimizer;
 
   TorchOptimizer(const NamedParameters& params, Options options)
       : options_(std::move(options)), params_(params) {
@@ -218,19 +221,6 @@ class TorchOptimizer {
     fingerprint.add(prefix + "type", Traits::keel_name);
     for (const auto& [name, value] : Traits::hyper_parameters(options_))
       fingerprint.add(prefix + name, value);
-  }
-
-  template <class Archive>
-  void save(Archive& archive) const {
-    archive(cereal::make_nvp("state", state()));
-  }
-  template <class Archive>
-  void load(Archive& archive) {
-    OptimizerState loaded;
-    archive(cereal::make_nvp("state", loaded));
-    auto problems = check(loaded);
-    if (!problems.empty()) throw std::runtime_error("keel: " + problems.front());
-    apply(loaded);
   }
 
  private:

@@ -61,6 +61,13 @@ class CosineWarmup : public SchedulerBase<CosineWarmup> {
     fingerprint.add(prefix + "min_lr_ratio", options_.min_lr_ratio());
   }
 
+  /// The saved state is SchedulerBase's (steps, base learning rates); the options are
+  /// configuration, which the fingerprint checks at a resume.
+  template <class Archive>
+  void serialize(Archive& archive) {
+    SchedulerBase::serialize(archive);
+  }
+
  private:
   Options options_;
 };

@@ -41,6 +41,13 @@ class StepDecay : public SchedulerBase<StepDecay> {
     fingerprint.add(prefix + "gamma", options_.gamma());
   }
 
+  /// The saved state is SchedulerBase's (steps, base learning rates); the options are
+  /// configuration, which the fingerprint checks at a resume.
+  template <class Archive>
+  void serialize(Archive& archive) {
+    SchedulerBase::serialize(archive);
+  }
+
  private:
   Options options_;
 };

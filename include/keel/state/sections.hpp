@@ -14,7 +14,10 @@
 #include <keel/optim/torch_optimizer.hpp>
 #include <keel/rng.hpp>
 #include <keel/sched/scheduler_base.hpp>
+#include <keel/state/declared_members.hpp>
 #include <keel/state/section.hpp>
+#include <keel/model_check.hpp>
+#include <keel/reflect.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -167,18 +170,16 @@ struct SchedulerSection {
 
 /// "callback.<type>": a stateful callback's own serialization. Two callbacks of one type are
 /// told apart by "#<k>" (the second is "callback.<type>#1"). keel 0.1 and 0.2 named the
-/// section by position, "callback.<index>"; those files keep loading.
+/// section by position, "callback.<index>"; those files keep loading. Also "optimizer.members"
+/// for an optimizer policy of one's own with a serialize of its own.
 template <class C>
-struct CallbackSection {
+struct ComponentSection {
   C& live;
-  std::size_t index;       // position among all the Trainer's callbacks
-  std::size_t same_type;   // how many callbacks of this type come before it
+  std::string section_name;
+  std::string legacy;  // the name older keel versions gave the section, or empty
 
-  std::string name() const {
-    const std::string base = "callback." + keel::detail::component_name<C>();
-    return same_type == 0 ? base : base + "#" + std::to_string(same_type);
-  }
-  std::string legacy_name() const { return "callback." + std::to_string(index); }
+  std::string name() const { return section_name; }
+  std::string legacy_name() const { return legacy; }
   std::string type() const { return keel::detail::component_name<C>(); }
   bool accepts(const std::string& t) const { return t == type(); }
   std::uint32_t version() const { return layout_version<C>(); }
@@ -186,13 +187,33 @@ struct CallbackSection {
   const C& capture() const { return live; }
   C stage() const {
     if constexpr (std::is_copy_constructible_v<C>) {
-      return live;  // a copy keeps the callback's configuration (paths, thresholds)
+      return live;  // a copy keeps the component's configuration (paths, thresholds)
     } else {
       return C{};
     }
   }
   void check(const C&, LoadPlan&) const {}
   void commit(C&& saved) { live = std::move(saved); }
+};
+
+/// "model.members", "optimizer.members": the declared members of a model or an optimizer policy
+/// that are not saved otherwise, by value (keel/state/declared_members.hpp).
+template <class Live, template <class> class Keep>
+struct DeclaredMembersSection {
+  using Values = DeclaredValues<Live, Keep>;
+  Live& live;
+  const char* section_name;
+
+  std::string name() const { return section_name; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return keel::detail::component_name<Live>(); }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return layout_version<Live>(); }
+  std::uint32_t oldest_version() const { return 0; }
+  Values capture() const { return Values::capture(live); }
+  Values stage() const { return Values::capture(live); }  // the file's bytes overwrite every value
+  void check(const Values&, LoadPlan&) const {}
+  void commit(Values&& saved) { std::move(saved).apply(live); }
 };
 
 /// Stands for the process's own random generators (the live side of the "rng" section).
@@ -248,7 +269,11 @@ auto callback_section_at(std::tuple<C...>& callbacks) {
   if constexpr (std::is_empty_v<T>) {
     return std::tuple<>{};  // nothing to save
   } else {
-    return std::tuple<CallbackSection<T>>{CallbackSection<T>{std::get<I>(callbacks), I, same_type_before<I, C...>()}};
+    const std::size_t same_type = same_type_before<I, C...>();
+    const std::string name = "callback." + keel::detail::component_name<T>();
+    return std::tuple<ComponentSection<T>>{ComponentSection<T>{
+        std::get<I>(callbacks), same_type == 0 ? name : name + "#" + std::to_string(same_type),
+        "callback." + std::to_string(I)}};
   }
 }
 
@@ -265,15 +290,61 @@ std::size_t param_groups_of(O& optimizer) {
     return optimizer.group_count();
   }
 }
+
+template <class T>
+struct keep_every_member : std::true_type {};
+
+/// The model's "model.members" section, when its declaration has members saved by value.
+template <class Model>
+auto model_member_sections(Model& model) {
+  if constexpr (std::is_same_v<Model, ModelState>) {
+    return std::tuple<>{};  // offline: a user's section stays opaque
+  } else if constexpr (!reflect::is_reflected<Model> || !model_adds_data<Model>()) {
+    return std::tuple<>{};
+  } else if constexpr (DeclaredValues<Model, saved_by_value>::empty) {
+    return std::tuple<>{};  // only submodules and tensors: parameters and buffers hold them
+  } else {
+    return std::make_tuple(DeclaredMembersSection<Model, saved_by_value>{model, "model.members"});
+  }
+}
+
+template <class O, class = void>
+struct torch_optimizer_base {
+  using type = void;
+};
+template <class O>
+struct torch_optimizer_base<O, std::void_t<typename O::torch_optimizer_base>> {
+  using type = typename O::torch_optimizer_base;
+};
+
+/// The optimizer policy's "optimizer.members" section, for data that state() does not hold.
+template <class Optimizer>
+auto optimizer_member_sections(Optimizer& optimizer) {
+  using Base = typename torch_optimizer_base<Optimizer>::type;
+  if constexpr (std::is_same_v<Optimizer, optim::OptimizerState> || std::is_empty_v<Optimizer>) {
+    return std::tuple<>{};
+  } else if constexpr (!std::is_void_v<Base>) {
+    if constexpr (layout::adds_no_data<Optimizer, Base>()) {
+      return std::tuple<>{};  // all of it is in state()
+    } else {
+      return std::make_tuple(DeclaredMembersSection<Optimizer, keep_every_member>{optimizer, "optimizer.members"});
+    }
+  } else if constexpr (reflect::uses_reflected_serialize<Optimizer>) {
+    return std::make_tuple(DeclaredMembersSection<Optimizer, keep_every_member>{optimizer, "optimizer.members"});
+  } else {
+    return std::make_tuple(ComponentSection<Optimizer>{optimizer, "optimizer.members", ""});
+  }
+}
 }  // namespace detail
 
 /// THE LIST: every section of a checkpoint, in file order. Random streams come last.
 template <class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
 auto checkpoint_sections(LoopState& loop, Model& model, Optimizer& optimizer, Scheduler& scheduler,
                          std::tuple<Callbacks...>& callbacks, Generators& generators) {
-  return std::tuple_cat(std::make_tuple(LoopSection{loop}, ModelSection<Model>{model},
-                                        OptimizerSection<Optimizer>{optimizer},
-                                        SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
+  return std::tuple_cat(std::make_tuple(LoopSection{loop}, ModelSection<Model>{model}),
+                        detail::model_member_sections(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
+                        detail::optimizer_member_sections(optimizer),
+                        std::make_tuple(SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
                         detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),
                         std::make_tuple(RngSection<Generators>{generators}));
 }

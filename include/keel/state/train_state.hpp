@@ -8,7 +8,10 @@
 #include <keel/detail/type_name.hpp>
 #include <keel/fingerprint.hpp>
 #include <keel/hooks.hpp>
+#include <keel/error.hpp>
+#include <keel/layout.hpp>
 #include <keel/loop_state.hpp>
+#include <keel/model_check.hpp>
 #include <keel/state/sections.hpp>
 #include <keel/trainer_options.hpp>
 
@@ -32,7 +35,7 @@ struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(
     : std::true_type {};
 }  // namespace detail
 
-template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT>
+template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
 class TrainState {
  public:
   using Module = ModuleT;
@@ -84,6 +87,9 @@ class TrainState {
     Fingerprint f;
     f.add("format", format_name);
     f.add("model.type", keel::detail::type_name<Module>());
+    // The opt-out is part of the configuration: a checkpoint says that the model's members
+    // beyond its parameters and buffers were not saved (keel-ckpt info shows it).
+    if (ModelParametersOnly) f.add("model.state", "parameters only");
     optimizer.describe(f, "optimizer.");
     scheduler.describe(f, "scheduler.");
     std::string names;
@@ -115,5 +121,40 @@ class TrainState {
     (one(std::integral_constant<std::size_t, I>{}), ...);
   }
 };
+
+namespace detail {
+template <class T, class SavedBase>
+void add_layout_problems(const T& component, std::vector<std::string>& problems) {
+  if constexpr (!std::is_empty_v<T> && reflect::is_reflected<T> &&
+                (!std::is_void_v<SavedBase> || reflect::uses_reflected_serialize<T>)) {
+    if constexpr (std::is_same_v<layout::reflection_owner_t<T>, T>)
+      for (auto& p : layout::misplaced_members<T, SavedBase>(component, keel::detail::component_name<T>()))
+        problems.push_back(std::move(p));
+  }
+}
+}  // namespace detail
+
+/// The half of the guarantee that needs live objects, checked once when the Trainer is built,
+/// before any step: each declared member where its declaration puts it, each declared tensor
+/// and submodule of the model registered. Throws ConfigError listing every problem.
+template <class State>
+void check_declarations(const State& s) {
+  std::vector<std::string> problems = model_declaration_problems(*s.model, keel::detail::type_name<typename State::Module>());
+  using Optimizer = typename State::Optimizer;
+  using Base = typename detail::torch_optimizer_base<Optimizer>::type;
+  if constexpr (std::is_void_v<Base>) {
+    detail::add_layout_problems<Optimizer, void>(s.optimizer, problems);
+  } else if constexpr (!layout::adds_no_data<Optimizer, Base>()) {
+    detail::add_layout_problems<Optimizer, Base>(s.optimizer, problems);
+  }
+  detail::add_layout_problems<typename State::Scheduler, void>(s.scheduler, problems);
+  std::apply([&](const auto&... c) { (detail::add_layout_problems<std::decay_t<decltype(c)>, void>(c, problems), ...); },
+             s.callbacks);
+  if (!problems.empty()) {
+    std::string message;
+    for (const auto& p : problems) message += (message.empty() ? "" : "\n") + p;
+    throw ConfigError(message);
+  }
+}
 
 }  // namespace keel::state

@@ -1,0 +1,203 @@
+// The compile-time guarantee, one case per rule and role (keel/state_check.hpp,
+// keel/model_check.hpp). Built as is, every case is in its accepted form; built with
+// KEEL_COMPILE_FAIL=<n>, case n takes its refused form and the Trainer must not compile, with
+// the message CMakeLists.txt expects and an instantiation trace that names the user's type.
+#include "net.hpp"
+
+#include <cereal/types/vector.hpp>
+
+#ifndef KEEL_COMPILE_FAIL
+#define KEEL_COMPILE_FAIL 0
+#endif
+#define KEEL_BREAK(n) (KEEL_COMPILE_FAIL == n)
+
+// 1. The model: a plain data member that influences forward must be declared.
+struct CountingNet : torch::nn::Module {
+  CountingNet() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    ++calls;
+    return fc(b.data).sum() * static_cast<double>(calls);
+  }
+#if KEEL_BREAK(1)
+  torch::nn::Linear fc;
+  std::int64_t calls = 0;
+#else
+  BOOST_HANA_DEFINE_STRUCT(CountingNet, (torch::nn::Linear, fc), (std::int64_t, calls));
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<CountingNet>>) > 0);
+
+// 2. The model: a member outside the declaration.
+struct RunningNet : torch::nn::Module {
+  RunningNet() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum() * running; }
+  BOOST_HANA_DEFINE_STRUCT(RunningNet, (torch::nn::Linear, fc), (double, running));
+#if KEEL_BREAK(2)
+  double running_square = 0;
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<RunningNet>>) > 0);
+
+// 3. The optimizer policy: Lookahead's slow weights and step counter, on top of LibTorch's SGD.
+struct Lookahead : keel::optim::TorchOptimizer<keel::optim::SGDTraits> {
+  static constexpr const char* keel_name = "Lookahead";
+  using TorchOptimizer::TorchOptimizer;
+#if KEEL_BREAK(3)
+  std::vector<torch::Tensor> slow;
+  std::int64_t fast_steps = 0;
+#else
+  BOOST_HANA_DEFINE_STRUCT(Lookahead, (std::vector<torch::Tensor>, slow), (std::int64_t, fast_steps));
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::optimizer<Lookahead>>) > 0);
+
+// 4. The scheduler: keel's SchedulerBase serializes its own state; a derived class's member
+// is not part of it.
+class WarmRestarts : public keel::sched::SchedulerBase<WarmRestarts> {
+ public:
+  struct Options {};
+  WarmRestarts(torch::optim::Optimizer& optimizer, Options) : SchedulerBase(optimizer) {}
+  double factor(std::int64_t step) const { return 1.0 / static_cast<double>(1 + (step + restarts) % 10); }
+  void describe(keel::Fingerprint& f, const std::string& prefix) const { f.add(prefix + "type", "WarmRestarts"); }
+  std::int64_t restarts = 0;
+#if !KEEL_BREAK(4)
+  template <class Archive>
+  void serialize(Archive& archive) {
+    SchedulerBase::serialize(archive);
+    archive(cereal::make_nvp("restarts", restarts));
+  }
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::scheduler<WarmRestarts>>) > 0);
+
+// 5. A callback that inherits a base's declaration and adds a member in the base's tail
+// padding: sizeof does not change (the base has a constructor, so its padding is reused).
+struct BaseTracker {
+  BaseTracker() {}
+  BOOST_HANA_DEFINE_STRUCT(BaseTracker, (double, best), (int, wait));
+};
+struct FlaggingTracker : BaseTracker {
+#if KEEL_BREAK(5)
+  char flag = 0;
+#endif
+  void on_validation_end(keel::Context&) { ++wait; }
+};
+static_assert(sizeof(FlaggingTracker) == sizeof(BaseTracker), "the case relies on the tail padding");
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<FlaggingTracker>>) > 0);
+
+// 6. A non-aggregate (it has a constructor) with a bool after an int, in padding.
+struct Averager {
+  Averager() {}
+  BOOST_HANA_DEFINE_STRUCT(Averager, (double, total), (int, count));
+#if KEEL_BREAK(6)
+  bool reset_pending = false;
+#endif
+  void on_train_batch_end(keel::Context&) { ++count; }
+};
+static_assert(sizeof(Averager) == 16, "the case relies on the padding");
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<Averager>>) > 0);
+
+// 7. A final callback with a near-miss hook.
+struct Announcer final {
+#if KEEL_BREAK(7)
+  void on_train_epoch_end() {}
+#else
+  void on_train_epoch_end(keel::Context&) {}
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<Announcer>>) > 0);
+
+// 8. A final non-aggregate whose declared members leave tail padding cannot be measured.
+struct
+#if KEEL_BREAK(8)
+    Sealed final
+#else
+    Sealed
+#endif
+{
+  Sealed() {}
+  BOOST_HANA_DEFINE_STRUCT(Sealed, (double, best), (int, wait));
+  void on_validation_end(keel::Context&) { ++wait; }
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<Sealed>>) > 0);
+
+// 9. A checkpoint format without an extension.
+struct TextFormat {
+  static constexpr const char* keel_name = "TextFormat";
+  static constexpr std::uint32_t format_id = 7;
+#if !KEEL_BREAK(9)
+  static constexpr const char* extension = ".txtckpt";
+#endif
+  using output_archive = cereal::PortableBinaryOutputArchive;
+  using input_archive = keel::ckpt::BoundedInputArchive;
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::checkpoint<TextFormat>>) > 0);
+
+// 10. A checkpoint format with data.
+struct CountingFormat : keel::format::Binary {
+#if KEEL_BREAK(10)
+  int files_written = 0;
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::checkpoint<CountingFormat>>) > 0);
+
+// 11. A free serialize written for a base class; the derived callback adds a member.
+struct BaseStats {
+  std::int64_t seen = 0;
+};
+template <class Archive>
+void serialize(Archive& archive, BaseStats& stats) {
+  archive(cereal::make_nvp("seen", stats.seen));
+}
+struct Stats : BaseStats {
+  double mean = 0;
+  void on_train_batch_end(keel::Context&) { ++seen; }
+#if !KEEL_BREAK(11)
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("seen", seen), cereal::make_nvp("mean", mean));
+  }
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<Stats>>) > 0);
+
+// 12. A role given twice.
+using TwoSchedulers = keel::Trainer<keel::model<Net>, keel::scheduler<keel::sched::StepDecay>
+#if KEEL_BREAK(12)
+                                    , keel::scheduler<keel::sched::CosineWarmup>
+#endif
+                                    >;
+static_assert(sizeof(TwoSchedulers) > 0);
+
+// 13. A constructor argument of the wrong options type (the Trainer's optimizer is AdamW).
+void construct_with_options() {
+  keel::Trainer<keel::model<Net>> trainer(
+#if KEEL_BREAK(13)
+      torch::optim::SGDOptions(0.1)
+#else
+      torch::optim::AdamWOptions(0.1)
+#endif
+  );
+}
+
+// 14. A training_step that returns something other than a tensor.
+struct LossAndCount {
+  torch::Tensor loss;
+  std::int64_t count;
+};
+struct PairNet : torch::nn::Module {
+  PairNet() : fc(register_module("fc", torch::nn::Linear(2, 2))) {}
+#if KEEL_BREAK(14)
+  LossAndCount training_step(const keel::data::Example& b) { return {fc(b.data).sum(), 1}; }
+#else
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
+#endif
+  BOOST_HANA_DEFINE_STRUCT(PairNet, (torch::nn::Linear, fc));
+};
+struct Points {
+  std::size_t size() const { return 4; }
+  keel::data::Example get_batch(const std::vector<std::int64_t>& i) const {
+    return {torch::zeros({static_cast<std::int64_t>(i.size()), 2}), torch::zeros({static_cast<std::int64_t>(i.size())})};
+  }
+};
+void fit_pair_net(keel::Trainer<keel::model<PairNet>>& trainer, Points& points) { trainer.fit(points); }

@@ -1,0 +1,218 @@
+// The construction-time half of the compile-time guarantee, the new members sections, and the
+// documented limits (README.md, "What the guarantee covers, and what it cannot"). The refusals
+// that happen at compile time are in tests/compile_fail/.
+#include "support/synthetic.hpp"
+
+#include <keel/keel.hpp>
+
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+
+namespace fs = std::filesystem;
+
+namespace guarantee_test {
+
+using keel_test::StatefulNetImpl;
+using keel_test::SyntheticImages;
+
+fs::path fresh_file(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("keel-guarantee-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::remove(dir / name);
+  return dir / name;
+}
+
+keel::TrainerOptions quiet_options(std::int64_t steps) {
+  return keel::TrainerOptions().max_epochs(100).max_steps(steps).batch_size(16).seed(3).threads(1);
+}
+
+TEST_CASE("a model's declared plain members are saved in 'model.members' and come back on load") {
+  using T = keel::Trainer<keel::model<StatefulNetImpl>, keel::optimizer<keel::optim::SGD>>;
+  SyntheticImages data(64, 5);
+  keel::seed_everything(3);
+  T trained(quiet_options(6), torch::optim::SGDOptions(0.05));
+  trained.fit(data);
+  REQUIRE(trained.model()->calls == 6);
+  const auto path = fresh_file("stateful.ckpt");
+  trained.save_checkpoint(path);
+  CHECK(keel::ckpt::read_container(path).manifest.find("model.members") != nullptr);
+
+  T fresh(quiet_options(6), torch::optim::SGDOptions(0.05));
+  CHECK(fresh.model()->calls == 0);
+  fresh.load_checkpoint(path);
+  CHECK(fresh.model()->calls == 6);
+  CHECK(fresh.model()->running_mean == trained.model()->running_mean);
+  CHECK(fresh.model()->scale.item<float>() == trained.model()->scale.item<float>());
+  CHECK(fresh.state_digest() == trained.state_digest());
+}
+
+struct UnregisteredTensorNet : torch::nn::Module {
+  UnregisteredTensorNet() : fc(register_module("fc", torch::nn::Linear(64, 4))), shift(torch::zeros({4})) {}
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data.flatten(1)).add(shift).sum(); }
+  BOOST_HANA_DEFINE_STRUCT(UnregisteredTensorNet, (torch::nn::Linear, fc), (torch::Tensor, shift));
+};
+
+struct UnregisteredModuleNet : torch::nn::Module {
+  UnregisteredModuleNet() : fc(torch::nn::Linear(64, 4)) {}
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data.flatten(1)).sum(); }
+  BOOST_HANA_DEFINE_STRUCT(UnregisteredModuleNet, (torch::nn::Linear, fc));
+};
+
+TEST_CASE("a declared tensor or submodule that is not registered is refused before the first step") {
+  using keel::ConfigError;
+  CHECK_THROWS_WITH_AS(keel::Trainer<keel::model<UnregisteredTensorNet>>(quiet_options(1)),
+                       doctest::Contains("UnregisteredTensorNet's declared tensor 'shift' is not a registered "
+                                         "parameter or buffer"),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(keel::Trainer<keel::model<UnregisteredModuleNet>>(quiet_options(1)),
+                       doctest::Contains("UnregisteredModuleNet's declared submodule 'fc' is not registered"),
+                       ConfigError);
+}
+
+/// A member declared before the declaration, in the padding before `count`: sizeof and the data
+/// size are what the declared members predict, only the offsets differ.
+struct EarlyFlag {
+  EarlyFlag() {}
+  bool hidden = false;
+  BOOST_HANA_DEFINE_STRUCT(EarlyFlag, (char, mode), (int, count));
+  void on_optimizer_step_end(keel::Context&) { ++count; }
+};
+static_assert(keel::layout::size_matches<EarlyFlag>() && keel::layout::tail_matches<EarlyFlag>(),
+              "compile time cannot see this member: the test relies on it");
+
+TEST_CASE("a member hidden in padding before the declaration is refused when the Trainer is constructed") {
+  using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<EarlyFlag>>;
+  CHECK_THROWS_WITH_AS(T(quiet_options(1)),
+                       doctest::Contains("EarlyFlag's declared member 'mode' lies at byte 1 but would lie at byte 0"),
+                       keel::ConfigError);
+}
+
+/// A module that cannot be changed (think of a library's): plain members, no declaration.
+struct LibraryNet : torch::nn::Module {
+  LibraryNet() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data.flatten(1)).sum(); }
+  torch::nn::Linear fc;
+  int unsaved_setting = 1;
+};
+
+TEST_CASE("the parameters_only opt-out is written at the Trainer and recorded in each checkpoint") {
+  using T = keel::Trainer<keel::model<LibraryNet, keel::parameters_only>>;
+  T trainer(quiet_options(1));
+  const auto entries = trainer.fingerprint().entries();
+  bool recorded = false;
+  for (const auto& [key, value] : entries) recorded = recorded || (key == "model.state" && value == "parameters only");
+  CHECK(recorded);
+  const auto path = fresh_file("parameters-only.ckpt");
+  trainer.save_checkpoint(path);
+  const auto manifest = keel::ckpt::read_container(path).manifest;
+  CHECK(manifest.find("model.members") == nullptr);
+  CHECK(manifest.fingerprint.differences_from(trainer.fingerprint()).empty());
+  // A declared model's checkpoint carries no such entry.
+  keel::Trainer<keel::model<keel_test::SmallNetImpl>> declared(quiet_options(1));
+  const keel::Fingerprint declared_fingerprint = declared.fingerprint();
+  for (const auto& [key, value] : declared_fingerprint.entries()) CHECK(key != "model.state");
+}
+
+/// An optimizer policy with state of its own: LibTorch's SGD plus a count of its steps.
+struct CountingSGD : keel::optim::TorchOptimizer<keel::optim::SGDTraits> {
+  static constexpr const char* keel_name = "guarantee_test::CountingSGD";
+  CountingSGD(const keel::optim::NamedParameters& params, Options options)
+      : TorchOptimizer(params, std::move(options)), steps_taken(0) {}
+  void step() {
+    TorchOptimizer::step();
+    ++steps_taken;
+  }
+  BOOST_HANA_DEFINE_STRUCT(CountingSGD, (std::int64_t, steps_taken));
+};
+
+TEST_CASE("an optimizer policy's declared members are saved in 'optimizer.members'") {
+  using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<CountingSGD>>;
+  SyntheticImages data(64, 5);
+  T trained(quiet_options(4), torch::optim::SGDOptions(0.05));
+  trained.fit(data);
+  REQUIRE(trained.optimizer().steps_taken == 4);
+  const auto path = fresh_file("counting-sgd.ckpt");
+  trained.save_checkpoint(path);
+  CHECK(keel::ckpt::read_container(path).manifest.find("optimizer.members") != nullptr);
+  T fresh(quiet_options(4), torch::optim::SGDOptions(0.05));
+  fresh.load_checkpoint(path);
+  CHECK(fresh.optimizer().steps_taken == 4);
+}
+
+/// Every member declared, and a virtual destructor: the vptr is not a hidden member.
+struct PolymorphicCounter {
+  PolymorphicCounter() : steps(0), total(0.0) {}
+  virtual ~PolymorphicCounter() = default;
+  PolymorphicCounter(const PolymorphicCounter&) = default;
+  PolymorphicCounter& operator=(const PolymorphicCounter&) = default;
+  BOOST_HANA_DEFINE_STRUCT(PolymorphicCounter, (std::int64_t, steps), (double, total));
+  void on_optimizer_step_end(keel::Context&) {
+    ++steps;
+    total += 0.5;
+  }
+};
+
+TEST_CASE("a polymorphic callback whose members are all declared is accepted and saved") {
+  using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<PolymorphicCounter>>;
+  SyntheticImages data(64, 5);
+  T trained(quiet_options(3));
+  trained.fit(data);
+  const auto path = fresh_file("polymorphic.ckpt");
+  trained.save_checkpoint(path);
+  T fresh(quiet_options(3));
+  fresh.load_checkpoint(path);
+  CHECK(fresh.callback<PolymorphicCounter>().steps == 3);
+  CHECK(fresh.callback<PolymorphicCounter>().total == 1.5);
+}
+
+// ---- the documented limits: pinned, so that a change in them is noticed --------------------------
+
+/// A static data member is no part of any object: C++ offers no way to find it.
+struct StaticCounter {
+  static inline std::int64_t steps = 0;
+  void on_optimizer_step_end(keel::Context&) { ++steps; }
+};
+static_assert(std::is_empty_v<StaticCounter>, "to keel, a class with only static data holds nothing");
+
+TEST_CASE("limit: a static data member is not saved (README: what the guarantee cannot cover)") {
+  using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<StaticCounter>>;
+  SyntheticImages data(64, 5);
+  T trainer(quiet_options(2));
+  trainer.fit(data);
+  CHECK(StaticCounter::steps == 2);
+  const std::string digest = trainer.state_digest();
+  StaticCounter::steps = 1000;
+  CHECK(trainer.state_digest() == digest);
+}
+
+/// A hand-written serialize decides what is saved; it may leave out a member on purpose.
+struct SkipsOnPurpose {
+  std::int64_t saved = 0;
+  std::int64_t skipped = 0;
+  void on_optimizer_step_end(keel::Context&) {
+    ++saved;
+    ++skipped;
+  }
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("saved", saved));
+  }
+};
+
+TEST_CASE("limit: a member a hand-written serialize leaves out is not saved (README)") {
+  using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<SkipsOnPurpose>>;
+  SyntheticImages data(64, 5);
+  T trained(quiet_options(2));
+  trained.fit(data);
+  const auto path = fresh_file("skips.ckpt");
+  trained.save_checkpoint(path);
+  T fresh(quiet_options(2));
+  fresh.load_checkpoint(path);
+  CHECK(fresh.callback<SkipsOnPurpose>().saved == 2);
+  CHECK(fresh.callback<SkipsOnPurpose>().skipped == 0);
+}
+
+}  // namespace guarantee_test
