@@ -182,7 +182,10 @@ constexpr Prediction<sizeof...(A)> predict(Start start, type_list<A...>) {
 
 template <class T, class SavedBase = void>
 constexpr auto prediction() {
-  return predict(members_start<T, SavedBase>(), accessors_t<T>{});
+  auto p = predict(members_start<T, SavedBase>(), accessors_t<T>{});
+  const std::size_t align = alignof(T);  // an alignas on the class rounds its size up
+  p.size = (p.size + align - 1) / align * align;
+  return p;
 }
 
 /// sizeof(T) is what the declared members (and the vptr or saved base) add up to.
@@ -251,6 +254,25 @@ constexpr bool adds_no_data() {
     return sizeof(T) == sizeof(Base) && data_size<Base>() == sizeof(Base);
   } else {
     return sizeof(T) == sizeof(Base) && data_size<T>() == data_size<Base>();
+  }
+}
+
+/// Every measurement agrees with the declaration of T, or of the base whose declaration T
+/// inherits without adding data (the rules of keel/state_check.hpp, as one value for the
+/// reflected types saved inside a component).
+template <class T>
+constexpr bool declaration_is_whole() {
+  if constexpr (!declares_data_members<T>) {
+    return false;
+  } else {
+    using Declarer = reflection_owner_t<T>;
+    if constexpr (std::is_void_v<Declarer>) {
+      return false;
+    } else if constexpr (!std::is_same_v<Declarer, T>) {
+      return adds_no_data<T, Declarer>() && declaration_is_whole<Declarer>();
+    } else {
+      return size_matches<T>() && tail_matches<T>() && field_count_matches<T>();
+    }
   }
 }
 

@@ -11,6 +11,7 @@
 // serialization was declared (the class itself or a base) is found here.
 
 #include <boost/hana/accessors.hpp>
+#include <boost/hana/adapt_struct.hpp>
 #include <boost/hana/concept/struct.hpp>
 #include <boost/hana/define_struct.hpp>
 #include <boost/hana/first.hpp>
@@ -18,6 +19,8 @@
 #include <boost/hana/second.hpp>
 #include <boost/hana/string.hpp>
 #include <boost/hana/unpack.hpp>
+
+#include <keel/layout.hpp>
 
 #include <cereal/access.hpp>
 #include <cereal/cereal.hpp>
@@ -244,6 +247,10 @@ namespace cereal {
 template <class Archive, class T,
           std::enable_if_t<keel::reflect::uses_reflected_serialize<T>, int> = 0>
 void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& archive, T& object) {
+  static_assert(keel::layout::declaration_is_whole<T>(),
+                "keel [every member declared]: a type declared with BOOST_HANA_DEFINE_STRUCT and saved by keel (a "
+                "component, or a member of one) has a data member outside its declaration, which would not be "
+                "saved. Declare every data member, or write a cereal `serialize` of your own.");
   keel::reflect::serialize_members(archive, object);
 }
 }  // namespace cereal

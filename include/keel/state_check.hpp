@@ -66,9 +66,11 @@ namespace detail {
 template <class T, class Owner>
 constexpr bool check_own_serialization() {
   static_assert(!std::is_same_v<Owner, reflect::free_function_of_a_base>,
-                "keel [inherited serialization]: this component is serialized by a free function written for one of "
-                "its base classes, which cannot know the members the component adds. Write a `serialize` for the "
-                "component itself (calling the base's), or declare its members with BOOST_HANA_DEFINE_STRUCT.");
+                "keel [inherited serialization]: this component is serialized by a free function that does not take "
+                "exactly its type: one written for a base class, which cannot know the members the component adds "
+                "(or a template deduced from a class template, which keel cannot tell apart). Write a member "
+                "`serialize` for the component itself (calling the base's), or declare its members with "
+                "BOOST_HANA_DEFINE_STRUCT.");
   if constexpr (std::is_class_v<Owner> && !std::is_same_v<Owner, T> &&
                 !std::is_same_v<Owner, reflect::free_function_of_a_base>) {
     static_assert(layout::adds_no_data<T, Owner>(),
@@ -118,7 +120,9 @@ constexpr bool check_component_state() {
     return true;
   } else {
     using Owner = reflect::serialization_owner_t<T>;
-    constexpr bool own = !std::is_void_v<Owner>;
+    // What cereal itself accepts counts as a serialization (a `serialize` in namespace cereal,
+    // save_minimal...); the owner probe only refuses one inherited from a base.
+    constexpr bool own = !std::is_void_v<Owner> || (!reflect::is_reflected<T> && cereal_serializable<T, Format>);
     constexpr bool reflected = reflect::is_reflected<T>;
     static_assert(own || reflected,
                   "keel [state is saved]: this component holds data but has no serialization, so its state "

@@ -201,3 +201,56 @@ struct Points {
   }
 };
 void fit_pair_net(keel::Trainer<keel::model<PairNet>>& trainer, Points& points) { trainer.fit(points); }
+
+// 15. The model: a declared plain member that cereal cannot save.
+struct Histogram {
+  std::int64_t bins[4];
+};
+struct BinningNet : torch::nn::Module {
+  BinningNet() : fc(register_module("fc", torch::nn::Linear(2, 2))), counts() {}
+  torch::Tensor training_step(const keel::data::Example& b) { return fc(b.data).sum(); }
+#if KEEL_BREAK(15)
+  BOOST_HANA_DEFINE_STRUCT(BinningNet, (torch::nn::Linear, fc), (Histogram, counts));
+#else
+  BOOST_HANA_DEFINE_STRUCT(BinningNet, (torch::nn::Linear, fc), (std::vector<std::int64_t>, counts));
+#endif
+};
+static_assert(sizeof(keel::Trainer<keel::model<BinningNet>>) > 0);
+
+// 16. Declared members listed from two classes (a base's and the derived class's).
+struct BaseCounter {
+  std::int64_t seen = 0;
+};
+struct TwoLevelCounter : BaseCounter {
+  double mean = 0;
+  void on_train_batch_end(keel::Context&) { ++seen; }
+#if !KEEL_BREAK(16)
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("seen", seen), cereal::make_nvp("mean", mean));
+  }
+#endif
+};
+#if KEEL_BREAK(16)
+BOOST_HANA_ADAPT_STRUCT(TwoLevelCounter, seen, mean);
+#endif
+static_assert(sizeof(keel::Trainer<keel::model<Net>, keel::callbacks<TwoLevelCounter>>) > 0);
+
+// 17. A submodule class of the user's with a plain member: keel saves plain members of the model
+// class itself only.
+struct ScalerImpl : torch::nn::Module {
+  ScalerImpl() : weight(register_parameter("weight", torch::ones({2}))) {}
+  torch::Tensor forward(const torch::Tensor& x) { return x * weight; }
+#if KEEL_BREAK(17)
+  BOOST_HANA_DEFINE_STRUCT(ScalerImpl, (torch::Tensor, weight), (std::int64_t, calls));
+#else
+  BOOST_HANA_DEFINE_STRUCT(ScalerImpl, (torch::Tensor, weight));
+#endif
+};
+TORCH_MODULE(Scaler);
+struct ScaledNet : torch::nn::Module {
+  ScaledNet() : fc(register_module("fc", torch::nn::Linear(2, 2))), scaler(register_module("scaler", Scaler())) {}
+  torch::Tensor training_step(const keel::data::Example& b) { return scaler(fc(b.data)).sum(); }
+  BOOST_HANA_DEFINE_STRUCT(ScaledNet, (torch::nn::Linear, fc), (Scaler, scaler));
+};
+static_assert(sizeof(keel::Trainer<keel::model<ScaledNet>>) > 0);

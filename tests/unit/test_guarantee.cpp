@@ -1,6 +1,7 @@
 // The construction-time half of the compile-time guarantee, the new members sections, and the
 // documented limits (README.md, "What the guarantee covers, and what it cannot"). The refusals
 // that happen at compile time are in tests/compile_fail/.
+#include "support/process.hpp"
 #include "support/synthetic.hpp"
 
 #include <keel/keel.hpp>
@@ -110,6 +111,16 @@ TEST_CASE("the parameters_only opt-out is written at the Trainer and recorded in
   const auto manifest = keel::ckpt::read_container(path).manifest;
   CHECK(manifest.find("model.members") == nullptr);
   CHECK(manifest.fingerprint.differences_from(trainer.fingerprint()).empty());
+  // keel-ckpt info says so in words.
+  if (std::string(KEEL_CKPT_TOOL).empty()) {
+    MESSAGE("keel-ckpt not built (KEEL_BUILD_TOOLS=OFF): its info line is not checked");
+  } else {
+    const auto info = keel_test::run({KEEL_CKPT_TOOL, "info", path.string()});
+    INFO(info.output);
+    CHECK(info.exit_code == 0);
+    CHECK(info.output.find("model state:       parameters and buffers only (keel::parameters_only") != std::string::npos);
+    CHECK(info.output.find("model.state = parameters only") != std::string::npos);
+  }
   // A declared model's checkpoint carries no such entry.
   keel::Trainer<keel::model<keel_test::SmallNetImpl>> declared(quiet_options(1));
   const keel::Fingerprint declared_fingerprint = declared.fingerprint();
@@ -213,6 +224,57 @@ TEST_CASE("limit: a member a hand-written serialize leaves out is not saved (REA
   fresh.load_checkpoint(path);
   CHECK(fresh.callback<SkipsOnPurpose>().saved == 2);
   CHECK(fresh.callback<SkipsOnPurpose>().skipped == 0);
+}
+
+/// A member declared before a model's declaration, small enough for the tail padding after
+/// torch::nn::Module's last member (a bool): no measurement sees it.
+struct EarlyCounterNet : torch::nn::Module {
+  EarlyCounterNet() : fc(register_module("fc", torch::nn::Linear(64, 4))), rate(1.0) {}
+  std::int32_t batches_seen = 0;
+  torch::Tensor training_step(const keel::data::Example& b) {
+    ++batches_seen;
+    return fc(b.data.flatten(1)).sum() * rate;
+  }
+  BOOST_HANA_DEFINE_STRUCT(EarlyCounterNet, (torch::nn::Linear, fc), (double, rate));
+};
+static_assert(keel::layout::data_size<torch::nn::Module>() % 8 != 0, "torch::nn::Module ends in tail padding");
+
+TEST_CASE("limit: a small member before a model's declaration hides in torch::nn::Module's padding (README)") {
+  using T = keel::Trainer<keel::model<EarlyCounterNet>>;
+  SyntheticImages data(64, 5);
+  T trained(quiet_options(2));  // constructs: nothing sees the member
+  trained.fit(data);
+  REQUIRE(trained.model()->batches_seen == 2);
+  const auto path = fresh_file("early-counter.ckpt");
+  trained.save_checkpoint(path);
+  T fresh(quiet_options(2));
+  fresh.load_checkpoint(path);
+  CHECK(fresh.model()->batches_seen == 0);  // not saved: the documented limit
+}
+
+/// A registered parameter that the model also keeps in a vector: loading keeps the vector's
+/// tensors the registered ones (copied in place), so training goes on updating what forward uses.
+struct ListedNet : torch::nn::Module {
+  ListedNet() : weights{register_parameter("w0", torch::ones({64, 4})), register_parameter("w1", torch::ones({4}))} {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return (b.data.flatten(1).matmul(weights[0]) + weights[1]).pow(2).mean();
+  }
+  BOOST_HANA_DEFINE_STRUCT(ListedNet, (std::vector<torch::Tensor>, weights));
+};
+
+TEST_CASE("a loaded vector of tensors keeps aliasing the registered parameters") {
+  using T = keel::Trainer<keel::model<ListedNet>, keel::optimizer<keel::optim::SGD>>;
+  SyntheticImages data(64, 5);
+  T trained(quiet_options(2), torch::optim::SGDOptions(0.01));
+  trained.fit(data);
+  const auto path = fresh_file("listed.ckpt");
+  trained.save_checkpoint(path);
+  T fresh(quiet_options(2), torch::optim::SGDOptions(0.01));
+  fresh.load_checkpoint(path);
+  const auto params = fresh.model()->named_parameters();
+  CHECK(fresh.model()->weights[0].is_same(params["w0"]));
+  CHECK(fresh.model()->weights[1].is_same(params["w1"]));
+  CHECK(torch::equal(fresh.model()->weights[0], trained.model()->weights[0]));
 }
 
 }  // namespace guarantee_test

@@ -7,16 +7,45 @@
 #include <keel/layout.hpp>
 
 #include <cereal/cereal.hpp>
+#include <torch/types.h>
 
 #include <array>
 #include <cstddef>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace keel::state {
 
 namespace detail {
+/// Puts a loaded value into a member. A tensor of the same shape and dtype is copied into the
+/// member's own tensor, which keeps its device and every alias of it (a tensor the module also
+/// holds as a registered parameter stays that parameter); any other tensor goes onto the
+/// member's device.
+template <class V>
+void assign_value(V& member, V&& loaded) {
+  member = std::move(loaded);
+}
+inline void assign_value(torch::Tensor& member, torch::Tensor&& loaded) {
+  if (member.defined() && loaded.defined() && member.sizes() == loaded.sizes() &&
+      member.scalar_type() == loaded.scalar_type()) {
+    torch::NoGradGuard no_grad;
+    member.copy_(loaded);
+  } else if (member.defined() && loaded.defined()) {
+    member = loaded.to(member.device());
+  } else {
+    member = std::move(loaded);
+  }
+}
+inline void assign_value(std::vector<torch::Tensor>& member, std::vector<torch::Tensor>&& loaded) {
+  if (member.size() != loaded.size()) {
+    member = std::move(loaded);
+    return;
+  }
+  for (std::size_t i = 0; i < member.size(); ++i) assign_value(member[i], std::move(loaded[i]));
+}
+
 template <class T, template <class> class Keep, std::size_t... I>
 constexpr std::size_t kept_count(std::index_sequence<I...>) {
   return (std::size_t{0} + ... + (Keep<layout::member_type_at<T, I>>::value ? 1 : 0));
@@ -57,9 +86,9 @@ class DeclaredValues {
     out.for_each_index([&](auto j) { std::get<j>(out.values_) = object.*pointer<j>(); });
     return out;
   }
-  /// Moves the values into the object's members.
+  /// Moves the values into the object's members (tensors in place, see assign_value).
   void apply(T& object) && {
-    for_each_index([&](auto j) { object.*pointer<j>() = std::move(std::get<j>(values_)); });
+    for_each_index([&](auto j) { detail::assign_value(object.*pointer<j>(), std::move(std::get<j>(values_))); });
   }
 
   template <class Archive>

@@ -294,10 +294,11 @@ std::size_t param_groups_of(O& optimizer) {
 template <class T>
 struct keep_every_member : std::true_type {};
 
-/// The model's "model.members" section, when its declaration has members saved by value.
-template <class Model>
+/// The model's "model.members" section, when its declaration has members saved by value (and
+/// the Trainer did not opt the model out with keel::parameters_only).
+template <bool ParametersOnly, class Model>
 auto model_member_sections(Model& model) {
-  if constexpr (std::is_same_v<Model, ModelState>) {
+  if constexpr (std::is_same_v<Model, ModelState> || ParametersOnly) {
     return std::tuple<>{};  // offline: a user's section stays opaque
   } else if constexpr (!reflect::is_reflected<Model> || !model_adds_data<Model>()) {
     return std::tuple<>{};
@@ -338,11 +339,11 @@ auto optimizer_member_sections(Optimizer& optimizer) {
 }  // namespace detail
 
 /// THE LIST: every section of a checkpoint, in file order. Random streams come last.
-template <class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
+template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
 auto checkpoint_sections(LoopState& loop, Model& model, Optimizer& optimizer, Scheduler& scheduler,
                          std::tuple<Callbacks...>& callbacks, Generators& generators) {
   return std::tuple_cat(std::make_tuple(LoopSection{loop}, ModelSection<Model>{model}),
-                        detail::model_member_sections(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
+                        detail::model_member_sections<ModelParametersOnly>(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
                         detail::optimizer_member_sections(optimizer),
                         std::make_tuple(SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
                         detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),

@@ -42,6 +42,7 @@ class TrainState {
   using Optimizer = OptimizerT;
   using Scheduler = SchedulerT;
   using Callbacks = CallbacksT;
+  static constexpr bool model_parameters_only = ModelParametersOnly;
 
   TrainState(TrainerOptions options_in, std::shared_ptr<Module> model_in,
              typename Optimizer::Options optimizer_options, typename Scheduler::Options scheduler_options,
@@ -80,7 +81,7 @@ class TrainState {
   }
 
   /// Every section of a checkpoint, bound to this state (keel/state/sections.hpp).
-  auto sections() { return checkpoint_sections(loop, *model, optimizer, scheduler, callbacks, generators); }
+  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, *model, optimizer, scheduler, callbacks, generators); }
 
   /// The configuration that must match for a resume.
   Fingerprint fingerprint(const std::string& format_name) const {
@@ -127,8 +128,10 @@ template <class T, class SavedBase>
 void add_layout_problems(const T& component, std::vector<std::string>& problems) {
   if constexpr (!std::is_empty_v<T> && reflect::is_reflected<T> &&
                 (!std::is_void_v<SavedBase> || reflect::uses_reflected_serialize<T>)) {
-    if constexpr (std::is_same_v<layout::reflection_owner_t<T>, T>)
-      for (auto& p : layout::misplaced_members<T, SavedBase>(component, keel::detail::component_name<T>()))
+    using Declarer = layout::reflection_owner_t<T>;  // T, or the base whose declaration T inherits
+    if constexpr (!std::is_void_v<Declarer>)
+      for (auto& p : layout::misplaced_members<Declarer, SavedBase>(static_cast<const Declarer&>(component),
+                                                                    keel::detail::component_name<T>()))
         problems.push_back(std::move(p));
   }
 }
@@ -139,7 +142,9 @@ void add_layout_problems(const T& component, std::vector<std::string>& problems)
 /// and submodule of the model registered. Throws ConfigError listing every problem.
 template <class State>
 void check_declarations(const State& s) {
-  std::vector<std::string> problems = model_declaration_problems(*s.model, keel::detail::type_name<typename State::Module>());
+  std::vector<std::string> problems;
+  if constexpr (!State::model_parameters_only)
+    problems = model_declaration_problems(*s.model, keel::detail::type_name<typename State::Module>());
   using Optimizer = typename State::Optimizer;
   using Base = typename detail::torch_optimizer_base<Optimizer>::type;
   if constexpr (std::is_void_v<Base>) {
