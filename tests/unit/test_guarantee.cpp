@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -30,24 +31,38 @@ keel::TrainerOptions quiet_options(std::int64_t steps) {
   return keel::TrainerOptions().max_epochs(100).max_steps(steps).batch_size(16).seed(3).threads(1);
 }
 
-TEST_CASE("a model's declared plain members are saved in 'model.members' and come back on load") {
-  using T = keel::Trainer<keel::model<StatefulNetImpl>, keel::optimizer<keel::optim::SGD>>;
+/// A Trainer trained for some steps and saved, and a second one, built from the same arguments,
+/// that loaded the checkpoint.
+template <class T>
+struct Reloaded {
+  std::unique_ptr<T> trained;
+  std::unique_ptr<T> fresh;
+  fs::path path;
+};
+template <class T, class... Args>
+Reloaded<T> train_save_reload(const std::string& file, std::int64_t steps, const Args&... args) {
   SyntheticImages data(64, 5);
   keel::seed_everything(3);
-  T trained(quiet_options(6), torch::optim::SGDOptions(0.05));
-  trained.fit(data);
-  REQUIRE(trained.model()->calls == 6);
-  const auto path = fresh_file("stateful.ckpt");
-  trained.save_checkpoint(path);
-  CHECK(keel::ckpt::read_container(path).manifest.find("model.members") != nullptr);
+  Reloaded<T> out{std::make_unique<T>(quiet_options(steps), args...), nullptr, fresh_file(file)};
+  out.trained->fit(data);
+  out.trained->save_checkpoint(out.path);
+  out.fresh = std::make_unique<T>(quiet_options(steps), args...);
+  out.fresh->load_checkpoint(out.path);
+  return out;
+}
 
-  T fresh(quiet_options(6), torch::optim::SGDOptions(0.05));
-  CHECK(fresh.model()->calls == 0);
-  fresh.load_checkpoint(path);
-  CHECK(fresh.model()->calls == 6);
-  CHECK(fresh.model()->running_mean == trained.model()->running_mean);
-  CHECK(fresh.model()->scale.item<float>() == trained.model()->scale.item<float>());
-  CHECK(fresh.state_digest() == trained.state_digest());
+TEST_CASE("a model's declared plain members are saved in 'model.members' and come back on load") {
+  using T = keel::Trainer<keel::model<StatefulNetImpl>, keel::optimizer<keel::optim::SGD>>;
+  const auto reloaded = train_save_reload<T>("stateful.ckpt", 6, torch::optim::SGDOptions(0.05));
+  const auto& trained = reloaded.trained;
+  const auto& fresh = reloaded.fresh;
+  const auto& path = reloaded.path;
+  REQUIRE(trained->model()->calls == 6);
+  CHECK(keel::ckpt::read_container(path).manifest.find("model.members") != nullptr);
+  CHECK(fresh->model()->calls == 6);
+  CHECK(fresh->model()->running_mean == trained->model()->running_mean);
+  CHECK(fresh->model()->scale.item<float>() == trained->model()->scale.item<float>());
+  CHECK(fresh->state_digest() == trained->state_digest());
 }
 
 struct UnregisteredTensorNet : torch::nn::Module {
@@ -141,16 +156,13 @@ struct CountingSGD : keel::optim::TorchOptimizer<keel::optim::SGDTraits> {
 
 TEST_CASE("an optimizer policy's declared members are saved in 'optimizer.members'") {
   using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<CountingSGD>>;
-  SyntheticImages data(64, 5);
-  T trained(quiet_options(4), torch::optim::SGDOptions(0.05));
-  trained.fit(data);
-  REQUIRE(trained.optimizer().steps_taken == 4);
-  const auto path = fresh_file("counting-sgd.ckpt");
-  trained.save_checkpoint(path);
+  const auto reloaded = train_save_reload<T>("counting-sgd.ckpt", 4, torch::optim::SGDOptions(0.05));
+  const auto& trained = reloaded.trained;
+  const auto& fresh = reloaded.fresh;
+  const auto& path = reloaded.path;
+  REQUIRE(trained->optimizer().steps_taken == 4);
   CHECK(keel::ckpt::read_container(path).manifest.find("optimizer.members") != nullptr);
-  T fresh(quiet_options(4), torch::optim::SGDOptions(0.05));
-  fresh.load_checkpoint(path);
-  CHECK(fresh.optimizer().steps_taken == 4);
+  CHECK(fresh->optimizer().steps_taken == 4);
 }
 
 /// Every member declared, and a virtual destructor: the vptr is not a hidden member.
@@ -168,15 +180,9 @@ struct PolymorphicCounter {
 
 TEST_CASE("a polymorphic callback whose members are all declared is accepted and saved") {
   using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<PolymorphicCounter>>;
-  SyntheticImages data(64, 5);
-  T trained(quiet_options(3));
-  trained.fit(data);
-  const auto path = fresh_file("polymorphic.ckpt");
-  trained.save_checkpoint(path);
-  T fresh(quiet_options(3));
-  fresh.load_checkpoint(path);
-  CHECK(fresh.callback<PolymorphicCounter>().steps == 3);
-  CHECK(fresh.callback<PolymorphicCounter>().total == 1.5);
+  const auto reloaded = train_save_reload<T>("polymorphic.ckpt", 3);
+  CHECK(reloaded.fresh->callback<PolymorphicCounter>().steps == 3);
+  CHECK(reloaded.fresh->callback<PolymorphicCounter>().total == 1.5);
 }
 
 // ---- the documented limits: pinned, so that a change in them is noticed --------------------------
@@ -215,15 +221,9 @@ struct SkipsOnPurpose {
 
 TEST_CASE("limit: a member a hand-written serialize leaves out is not saved (README)") {
   using T = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::callbacks<SkipsOnPurpose>>;
-  SyntheticImages data(64, 5);
-  T trained(quiet_options(2));
-  trained.fit(data);
-  const auto path = fresh_file("skips.ckpt");
-  trained.save_checkpoint(path);
-  T fresh(quiet_options(2));
-  fresh.load_checkpoint(path);
-  CHECK(fresh.callback<SkipsOnPurpose>().saved == 2);
-  CHECK(fresh.callback<SkipsOnPurpose>().skipped == 0);
+  const auto reloaded = train_save_reload<T>("skips.ckpt", 2);
+  CHECK(reloaded.fresh->callback<SkipsOnPurpose>().saved == 2);
+  CHECK(reloaded.fresh->callback<SkipsOnPurpose>().skipped == 0);
 }
 
 /// A member declared before a model's declaration, small enough for the tail padding after
@@ -241,15 +241,9 @@ static_assert(keel::layout::data_size<torch::nn::Module>() % 8 != 0, "torch::nn:
 
 TEST_CASE("limit: a small member before a model's declaration hides in torch::nn::Module's padding (README)") {
   using T = keel::Trainer<keel::model<EarlyCounterNet>>;
-  SyntheticImages data(64, 5);
-  T trained(quiet_options(2));  // constructs: nothing sees the member
-  trained.fit(data);
-  REQUIRE(trained.model()->batches_seen == 2);
-  const auto path = fresh_file("early-counter.ckpt");
-  trained.save_checkpoint(path);
-  T fresh(quiet_options(2));
-  fresh.load_checkpoint(path);
-  CHECK(fresh.model()->batches_seen == 0);  // not saved: the documented limit
+  const auto reloaded = train_save_reload<T>("early-counter.ckpt", 2);  // constructs: nothing sees the member
+  REQUIRE(reloaded.trained->model()->batches_seen == 2);
+  CHECK(reloaded.fresh->model()->batches_seen == 0);  // not saved: the documented limit
 }
 
 /// A registered parameter that the model also keeps in a vector: loading keeps the vector's
@@ -264,17 +258,12 @@ struct ListedNet : torch::nn::Module {
 
 TEST_CASE("a loaded vector of tensors keeps aliasing the registered parameters") {
   using T = keel::Trainer<keel::model<ListedNet>, keel::optimizer<keel::optim::SGD>>;
-  SyntheticImages data(64, 5);
-  T trained(quiet_options(2), torch::optim::SGDOptions(0.01));
-  trained.fit(data);
-  const auto path = fresh_file("listed.ckpt");
-  trained.save_checkpoint(path);
-  T fresh(quiet_options(2), torch::optim::SGDOptions(0.01));
-  fresh.load_checkpoint(path);
-  const auto params = fresh.model()->named_parameters();
-  CHECK(fresh.model()->weights[0].is_same(params["w0"]));
-  CHECK(fresh.model()->weights[1].is_same(params["w1"]));
-  CHECK(torch::equal(fresh.model()->weights[0], trained.model()->weights[0]));
+  const auto reloaded = train_save_reload<T>("listed.ckpt", 2, torch::optim::SGDOptions(0.01));
+  const auto& fresh = *reloaded.fresh->model();
+  const auto params = fresh.named_parameters();
+  CHECK(fresh.weights[0].is_same(params["w0"]));
+  CHECK(fresh.weights[1].is_same(params["w1"]));
+  CHECK(torch::equal(fresh.weights[0], reloaded.trained->model()->weights[0]));
 }
 
 }  // namespace guarantee_test
