@@ -3,6 +3,8 @@
 // final `state_digest` is the same.
 //
 //   fashion_mnist --model cnn --epochs 2 --ckpt-dir runs/fashion-mnist
+//   fashion_mnist --epochs 4 --resume-changed auto     train a finished run for longer (a fork)
+//   fashion_mnist --init-from FILE --ckpt-dir DIR      a new run from FILE's weights
 
 #include "fashion_mnist_data.hpp"
 #include "models.hpp"
@@ -35,6 +37,10 @@ struct Flags {
   std::int64_t accumulate = 1;
   std::int64_t save_every_steps = 200;
   std::string resume = "auto";
+  std::string resume_changed;  // auto or a checkpoint file: resume, allowing configuration changes
+  std::string extend = "rescale";
+  std::string init_from;
+  bool init_non_strict = false;
   std::int64_t validation_size = 5000;
   std::int64_t log_every = 50;
   std::string log_dir = "runs/fashion-mnist/logs";
@@ -74,8 +80,19 @@ int train(const Flags& flags) {
   } else {
     module = std::make_shared<Module>();
   }
+  keel::TrainerOptions options;
+  if (!flags.resume_changed.empty()) {
+    // A fork: the whole state, then this run's configuration (every change is printed and
+    // recorded in the lineage). A file is only the starting point: once this run has
+    // checkpoints of its own, the same command resumes them.
+    options.resume("auto").allow_changes({"*"}).schedule_extension(keel::ScheduleExtension::parse(flags.extend));
+    if (flags.resume_changed != "auto") options.fork_from(flags.resume_changed);
+  } else {
+    options.resume(flags.resume);
+  }
+  if (!flags.init_from.empty()) options.init_from(flags.init_from).init_strict(!flags.init_non_strict);
   Trainer trainer(module,
-                  keel::TrainerOptions()
+                  options
                       .max_epochs(flags.epochs)
                       .max_steps(flags.max_steps)
                       .batch_size(flags.batch_size)
@@ -84,7 +101,6 @@ int train(const Flags& flags) {
                       .threads(flags.threads)
                       .checkpoint_dir(flags.ckpt_dir)
                       .save_every_steps(flags.save_every_steps)
-                      .resume(flags.resume)
                       .validation_batch_size(1000)
                       .workers(flags.workers)
                       .continue_on_save_error(flags.continue_on_save_error)
@@ -145,6 +161,18 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--resume", flags.resume, "auto, never, or a checkpoint file")->capture_default_str();
+  app.add_option("--resume-changed", flags.resume_changed,
+                 "auto or a checkpoint file: resume even though flags changed the configuration (--epochs, --lr...): "
+                 "a fork, printed and recorded in the checkpoints' lineage");
+  app.add_option("--extend", flags.extend,
+                 "with --resume-changed, the learning-rate schedule of the longer run: rescale (the schedule of the "
+                 "new length from the current step), append_cosine[(PEAK)] or append_constant[(LEVEL)] (the old "
+                 "schedule to its end, then a new phase)")
+      ->capture_default_str();
+  app.add_option("--init-from", flags.init_from,
+                 "start a new run from this checkpoint's weights (only when --ckpt-dir has no checkpoint yet)");
+  app.add_flag("--init-non-strict", flags.init_non_strict,
+               "with --init-from, take the tensors that match and list the others (another --model, say)");
   app.add_option("--validation-size", flags.validation_size, "training samples held out for validation")
       ->capture_default_str();
   app.add_option("--workers", flags.workers, "threads loading batches ahead (results do not depend on it)")

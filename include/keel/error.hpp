@@ -29,8 +29,10 @@ class ConfigError : public Error {
 /// only the first, so that one failed resume tells the whole story.
 class CheckpointError : public Error {
  public:
-  CheckpointError(std::string path, std::vector<std::string> problems)
-      : Error(format(path, problems)), path_(std::move(path)), problems_(std::move(problems)) {}
+  /// `hint`, when not empty, says how to proceed; it follows the list of problems.
+  CheckpointError(std::string path, std::vector<std::string> problems, const std::string& hint = {})
+      : Error(format(path, problems) + (hint.empty() ? "" : "\n" + hint)), path_(std::move(path)),
+        problems_(std::move(problems)) {}
 
   const std::string& path() const noexcept { return path_; }
   const std::vector<std::string>& problems() const noexcept { return problems_; }

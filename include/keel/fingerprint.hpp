@@ -18,6 +18,17 @@
 
 namespace keel {
 
+/// One configuration entry that differs between a checkpoint and a run ("(absent)" where one
+/// of them lacks it); a fork records each in the run's lineage.
+struct ConfigChange {
+  std::string key, before, after;
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("key", key), cereal::make_nvp("before", before), cereal::make_nvp("after", after));
+  }
+};
+
 class Fingerprint {
  public:
   using Entry = std::pair<std::string, std::string>;
@@ -43,23 +54,30 @@ class Fingerprint {
 
   const std::vector<Entry>& entries() const noexcept { return entries_; }
 
+  static constexpr const char* absent = "(absent)";
+
+  /// Every entry that differs between `saved` (from a checkpoint, "before") and this run.
+  std::vector<ConfigChange> changes_from(const Fingerprint& saved) const {
+    std::vector<ConfigChange> out;
+    for (const auto& [key, value] : saved.entries_) {
+      const Entry* mine = find(key);
+      if (!mine || mine->second != value) out.push_back({key, value, mine ? mine->second : absent});
+    }
+    for (const auto& [key, value] : entries_)
+      if (!saved.find(key)) out.push_back({key, absent, value});
+    return out;
+  }
+
   /// One line per difference between `saved` (from a checkpoint) and this run.
   std::vector<std::string> differences_from(const Fingerprint& saved) const {
     std::vector<std::string> out;
-    for (const auto& [key, value] : saved.entries_) {
-      const Entry* mine = find(key);
-      if (!mine)
-        out.push_back("configuration '" + key + "' is '" + value +
-                      "' in the checkpoint but absent in this run");
-      else if (mine->second != value)
-        out.push_back("configuration '" + key + "' is '" + value + "' in the checkpoint but '" +
-                      mine->second + "' in this run");
-    }
-    for (const auto& [key, value] : entries_)
-      if (!saved.find(key))
-        out.push_back("configuration '" + key + "' is '" + value +
-                      "' in this run but absent in the checkpoint");
+    for (const auto& change : changes_from(saved)) out.push_back(describe(change));
     return out;
+  }
+  static std::string describe(const ConfigChange& c) {
+    if (c.after == absent) return "configuration '" + c.key + "' is '" + c.before + "' in the checkpoint but absent in this run";
+    if (c.before == absent) return "configuration '" + c.key + "' is '" + c.after + "' in this run but absent in the checkpoint";
+    return "configuration '" + c.key + "' is '" + c.before + "' in the checkpoint but '" + c.after + "' in this run";
   }
 
   const Entry* find(const std::string& key) const {

@@ -44,7 +44,9 @@
 #include <keel/process_settings.hpp>
 #include <keel/sched/constant.hpp>
 #include <keel/state/checkpoint_io.hpp>
+#include <keel/state/fork.hpp>
 #include <keel/state/train_state.hpp>
+#include <keel/state/warm_start.hpp>
 #include <keel/state_check.hpp>
 #include <keel/trainer_options.hpp>
 
@@ -150,6 +152,15 @@ class Trainer {
     return found->first;
   }
 
+  /// Starts this (new) run from a checkpoint's weights, or weights and optimizer state, as
+  /// TrainerOptions::init_mode and init_strict say; recorded in the lineage. fit() does this
+  /// itself for TrainerOptions::init_from when there is nothing to resume. Throws
+  /// CheckpointError listing every problem, with nothing changed.
+  void warm_start(const ckpt::fs::path& path) {
+    state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
+    state_.view.lr = state_.optimizer.lr(0);
+  }
+
   /// A hex digest of the whole training state: every byte a checkpoint would hold (weights,
   /// buffers, optimizer, scheduler, loop and data position, random streams, callbacks). Two
   /// runs print the same digest exactly when their checkpoints would be identical.
@@ -169,6 +180,8 @@ class Trainer {
     return std::get<C>(state_.callbacks);
   }
   const LoopState& loop() const noexcept { return state_.loop; }
+  /// The forks and warm starts this run descends from (keel/lineage.hpp).
+  const Lineage& lineage() const noexcept { return state_.lineage; }
   /// Checkpoints not written because of an I/O error (only with continue_on_save_error).
   std::int64_t failed_saves() const noexcept { return saver_.failed_saves(); }
   const TrainerOptions& options() const noexcept { return state_.options; }
@@ -223,28 +236,37 @@ class Trainer {
     loop::fit(state_, saver_, signals, train, validation, sampler);
   }
 
-  /// TrainerOptions::resume, once per Trainer (at the first fit).
+  /// TrainerOptions::resume (and init_from when there is nothing to resume), once per Trainer
+  /// (at the first fit).
   void resume_as_configured() {
     if (resume_handled_) return;
     resume_handled_ = true;
     const std::string& resume = state_.options.resume();
-    if (resume == "never") return;
     std::optional<ckpt::fs::path> from;
     if (resume == "auto") {
       from = resume_latest(state_.options.checkpoint_dir());
-    } else {
+      if (!from && !state_.options.fork_from().empty()) {
+        load_checkpoint(state_.options.fork_from());
+        from = state_.options.fork_from();
+      }
+    } else if (resume != "never") {
       load_checkpoint(resume);
       from = resume;
     }
     if (from)
       notice("resumed from " + from->string() + " (epoch " + std::to_string(state_.loop.epoch) + ", step " +
              std::to_string(state_.loop.global_step) + ")");
+    else if (!state_.options.init_from().empty())
+      warm_start(state_.options.init_from());
   }
 
-  /// Applies a verified container to the whole state, or nothing.
+  /// Applies a verified container to the whole state, or nothing; then a fork's changes.
   void apply(const ckpt::Container& container, const std::string& path) {
-    const auto loaded = state::load_checkpoint<Format>(state_, container, path);
+    auto loaded = state::load_checkpoint<Format>(state_, container, path);
     loaded_train_size_ = loaded.train_size;
+    if (!loaded.changes.empty())
+      state::apply_fork(state_, std::move(loaded.changes), path, container.manifest.fingerprint, fingerprint());
+    state::follow_lineage(state_);
     state_.view.lr = state_.optimizer.lr(0);
     state_.view.checkpoint_path = path;
     saver_.loaded();

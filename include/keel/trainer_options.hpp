@@ -2,6 +2,7 @@
 // TrainerOptions: the loop's settings, with LibTorch-style fluent setters.
 
 #include <keel/error.hpp>
+#include <keel/lineage.hpp>
 
 #include <torch/arg.h>
 #include <torch/types.h>
@@ -63,6 +64,27 @@ struct TrainerOptions {
   /// At the start of fit(): "never", "auto" (the newest valid checkpoint in checkpoint_dir,
   /// if any) or the path of a checkpoint file.
   TORCH_ARG(std::string, resume) = "never";
+  /// Configuration entries a resume may change (a fork): fingerprint keys ("scheduler.total_steps"),
+  /// prefixes ending in '*' ("scheduler.*"), or "*" for any. Empty (the default): a resume with
+  /// another configuration is refused. keel prints each change once and records it in the run's
+  /// lineage; some changes are refused even so (another model or optimizer type, the data
+  /// order in the middle of an epoch).
+  TORCH_ARG(std::vector<std::string>, allow_changes);
+  /// With resume("auto"): when checkpoint_dir holds no checkpoint yet, continue the run of this
+  /// checkpoint file instead (its whole state; a fork where allow_changes lets the configuration
+  /// differ). Restarted with the same options, the run resumes its own newest checkpoint.
+  TORCH_ARG(std::string, fork_from);
+  /// At a fork that changes the scheduler's configuration: what the schedule does from the fork
+  /// on (keel::ScheduleExtension::rescale, append_constant, append_cosine).
+  TORCH_ARG(ScheduleExtension, schedule_extension);
+  /// Warm start: a checkpoint whose weights (or weights and optimizer state, init_mode) start a
+  /// new run, when there is nothing to resume (resume "never", or "auto" with no checkpoint).
+  TORCH_ARG(std::string, init_from);
+  /// What init_from takes: InitFrom::weights (default) or InitFrom::weights_and_optimizer.
+  TORCH_ARG(InitFrom, init_mode) = InitFrom::weights;
+  /// init_from with every tensor matching by name, shape and dtype (default); false takes the
+  /// tensors that match and lists the others (missing, unexpected, another shape).
+  TORCH_ARG(bool, init_strict) = true;
   /// Batch size for validation (0: batch_size).
   TORCH_ARG(std::int64_t, validation_batch_size) = 0;
   /// Signals that stop training gracefully while fit() runs: the step in progress finishes, a
@@ -118,6 +140,23 @@ struct TrainerOptions {
       throw ConfigError("keel::TrainerOptions: resume is empty; use \"never\", \"auto\" or a checkpoint path");
     if (resume_ == "auto" && checkpoint_dir_.empty())
       throw ConfigError("keel::TrainerOptions: resume \"auto\" needs a checkpoint_dir to look in");
+    for (const auto& pattern : allow_changes_)
+      if (pattern.empty())
+        throw ConfigError("keel::TrainerOptions: allow_changes holds an empty entry; use keys such as "
+                          "\"scheduler.total_steps\", prefixes such as \"scheduler.*\", or \"*\"");
+    if (!init_from_.empty() && resume_ != "never" && resume_ != "auto")
+      throw ConfigError("keel::TrainerOptions: init_from(\"" + init_from_ + "\") starts a new run, but resume(\"" +
+                        resume_ + "\") continues one; use resume(\"auto\") (warm start unless the run has a "
+                        "checkpoint of its own) or resume(\"never\")");
+    if (!fork_from_.empty() && resume_ != "auto")
+      throw ConfigError("keel::TrainerOptions: fork_from(\"" + fork_from_ + "\") needs resume(\"auto\") (the run's "
+                        "own checkpoints come first), not resume(\"" + resume_ + "\")");
+    if (!fork_from_.empty() && !init_from_.empty())
+      throw ConfigError("keel::TrainerOptions: set fork_from (continue a run) or init_from (a new run from its "
+                        "weights), not both");
+    if (!init_from_.empty() && !init_strict_ && init_mode_ == InitFrom::weights_and_optimizer)
+      throw ConfigError("keel::TrainerOptions: init_strict(false) takes some tensors and skips others, which "
+                        "the optimizer state cannot follow; use InitFrom::weights with init_strict(false)");
   }
 
  private:

@@ -3,6 +3,7 @@
 // micro-batch, and prints `state_digest=<hex>` at the end.
 //
 //   resume_driver --variant adamw_cosine --max-steps 40 --ckpt-dir DIR [--resume auto] ...
+//   resume_driver ... --resume auto --fork-from FILE --allow-changes 'scheduler.*' --extend append_cosine
 
 #include "../support/synthetic.hpp"
 
@@ -17,6 +18,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -92,7 +94,26 @@ struct Flags {
   bool drop_last = false;
   bool shuffle = true;
   std::uint64_t seed = 7;
+  // Forks and warm starts (README "Train longer, fork, fine-tune"):
+  std::string allow_changes;  // comma-separated patterns
+  std::string fork_from;
+  std::string extend = "rescale";
+  std::string init_from;
+  std::string init_mode = "weights";  // or "optimizer"
+  bool init_non_strict = false;
 };
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size() && !text.empty()) {
+    const auto comma = text.find(',', start);
+    out.push_back(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
 
 template <class Trainer, class... Extra>
 int run(const Flags& flags, Extra&&... extra) {
@@ -112,7 +133,14 @@ int run(const Flags& flags, Extra&&... extra) {
                       .checkpoint_dir(flags.ckpt_dir)
                       .save_every_steps(flags.save_every_steps)
                       .keep_last(0)
-                      .resume(flags.resume),
+                      .resume(flags.resume)
+                      .allow_changes(split_commas(flags.allow_changes))
+                      .fork_from(flags.fork_from)
+                      .schedule_extension(keel::ScheduleExtension::parse(flags.extend))
+                      .init_from(flags.init_from)
+                      .init_mode(flags.init_mode == "optimizer" ? keel::InitFrom::weights_and_optimizer
+                                                                : keel::InitFrom::weights)
+                      .init_strict(!flags.init_non_strict),
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
@@ -164,6 +192,7 @@ int main(int argc, char** argv) {
     std::string key = argv[i];
     if (key == "--drop-last") { flags.drop_last = true; continue; }
     if (key == "--no-shuffle") { flags.shuffle = false; continue; }
+    if (key == "--init-non-strict") { flags.init_non_strict = true; continue; }
     if (key.rfind("--", 0) != 0 || i + 1 >= argc) {
       std::fprintf(stderr, "bad argument '%s'\n", key.c_str());
       return 2;
@@ -186,6 +215,11 @@ int main(int argc, char** argv) {
   text("--ckpt-dir", flags.ckpt_dir);
   text("--resume", flags.resume);
   text("--save-to", flags.save_to);
+  text("--allow-changes", flags.allow_changes);
+  text("--fork-from", flags.fork_from);
+  text("--extend", flags.extend);
+  text("--init-from", flags.init_from);
+  text("--init-mode", flags.init_mode);
   number("--max-steps", flags.max_steps);
   number("--epochs", flags.epochs);
   number("--save-every-steps", flags.save_every_steps);

@@ -68,7 +68,7 @@ TEST_CASE("a checkpoint holds every section, verifies, and digests like the trai
   for (const auto& s : container.manifest.sections) names.push_back(s.name);
   // Callback sections are named after the callback's type (keel 0.2 and before: "callback.0").
   CHECK(names ==
-        std::vector<std::string>{"loop", "model", "optimizer", "scheduler", "callback.keel::EarlyStopping", "rng"});
+        std::vector<std::string>{"loop", "lineage", "model", "optimizer", "scheduler", "callback.keel::EarlyStopping", "rng"});
   CHECK(container.manifest.find("optimizer")->type == "keel::optim::AdamW");
   CHECK(container.manifest.find("callback.keel::EarlyStopping")->type == "keel::EarlyStopping");
   CHECK(container.manifest.find("callback.keel::EarlyStopping")->version == 1);

@@ -13,7 +13,9 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
+#include <string>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -244,7 +246,79 @@ TEST_CASE("a resume with another configuration is refused and names the differen
   const auto refused = run(driver("adamw_cosine", dir, 10, {"--resume", "auto", "--seed", "8"}));
   CHECK(refused.exit_code == 3);
   CHECK(refused.output.find("configuration 'data.seed' is '7' in the checkpoint but '8' in this run") != std::string::npos);
+  // ... and says how to go on: allow the change (a fork), or start a new run.
+  CHECK(refused.output.find("allow_changes({\"data.seed\"})") != std::string::npos);
+  CHECK(refused.output.find("--resume never") != std::string::npos);
   CHECK(keel::ckpt::list_checkpoints(dir).front().global_step == 5);  // nothing was overwritten
+}
+
+// Train longer: a finished 2-epoch run (13 steps per epoch, a 26-step schedule) extended to 4
+// epochs (52 steps) from its last checkpoint, once per schedule extension.
+std::vector<std::string> extension(const fs::path& dir, const fs::path& base, const std::string& mode,
+                                   std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"--epochs",         "4", "--total-steps", "52", "--resume", "auto",
+                                   "--fork-from",      base.string(), "--allow-changes", "scheduler.*",
+                                   "--extend",         mode, "--save-every-steps", "5"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return driver("adamw_cosine", dir, 0, args);
+}
+
+TEST_CASE("a finished run extended to more epochs, killed twice and resumed, equals the uninterrupted extension") {
+  const auto base_dir = fresh_directory("extend-base");
+  digest_of(driver("adamw_cosine", base_dir, 0, {"--epochs", "2", "--total-steps", "26"}));
+  const auto base = base_dir / keel::ckpt::step_file_name(26);
+  REQUIRE(fs::exists(base));
+  std::set<std::string> digests;
+  for (const std::string mode : {"rescale", "append_cosine", "append_constant(0.2)"}) {
+    CAPTURE(mode);
+    const auto whole_dir = fresh_directory("extend-whole");
+    const auto killed_dir = fresh_directory("extend-killed");
+    const auto whole = run(extension(whole_dir, base, mode));
+    INFO(whole.output);
+    REQUIRE(whole.exit_code == 0);
+    CHECK(whole.output.find("schedule extension " + keel::ScheduleExtension::parse(mode).name() + ", 1 change") !=
+          std::string::npos);
+    CHECK(whole.output.find("scheduler.total_steps: 26 -> 52") != std::string::npos);
+    digests.insert(value_of(whole.output, "state_digest").value_or(""));
+    // Killed before the fork's first checkpoint (the restart forks again), then after some of
+    // its checkpoints (the restart resumes the fork's own), then run to the end.
+    for (const char* at : {"28", "45"}) {
+      const auto killed = run(extension(killed_dir, base, mode, {"--kill-at-batch", at}));
+      INFO(killed.output);
+      REQUIRE(killed.signal == SIGKILL);
+    }
+    const auto resumed = run(extension(killed_dir, base, mode));
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(resumed.output.find("keel: resumed from " + killed_dir.string()) != std::string::npos);  // its own
+    CHECK(resumed.output.find("forked from") == std::string::npos);
+    CHECK(value_of(resumed.output, "state_digest") == value_of(whole.output, "state_digest"));
+    CHECK(file_bytes(killed_dir / keel::ckpt::step_file_name(52)) == file_bytes(whole_dir / keel::ckpt::step_file_name(52)));
+  }
+  CHECK(digests.size() == 3);  // the three extensions train differently
+}
+
+TEST_CASE("keel-ckpt info shows the lineage of a run forked twice") {
+  const auto dir = fresh_directory("lineage");
+  digest_of(driver("adamw_cosine", dir, 0, {"--epochs", "2", "--total-steps", "26"}));
+  digest_of(driver("adamw_cosine", dir, 0,
+                   {"--epochs", "3", "--total-steps", "39", "--resume", "auto", "--allow-changes", "scheduler.*",
+                    "--extend", "append_cosine(0.5)"}));
+  digest_of(driver("adamw_cosine", dir, 0,
+                   {"--epochs", "4", "--total-steps", "52", "--seed", "9", "--resume", "auto", "--allow-changes", "*"}));
+  const auto info = run({KEEL_CKPT_TOOL, "info", (dir / keel::ckpt::step_file_name(52)).string()});
+  INFO(info.output);
+  REQUIRE(info.exit_code == 0);
+  for (const auto& line : std::vector<std::string>
+       {"  1. forked from '" + (dir / keel::ckpt::step_file_name(26)).string() +
+            "' at step 26 (epoch 2), schedule extension append_cosine(0.5), 1 change\n"
+            "     scheduler.total_steps: 26 -> 39\n",
+        "  2. forked from '" + (dir / keel::ckpt::step_file_name(39)).string() +
+            "' at step 39 (epoch 3), schedule extension rescale, 2 changes\n"}) {
+    CHECK(info.output.find(line) != std::string::npos);
+  }
+  CHECK(info.output.find("     data.seed: 7 -> 9\n") != std::string::npos);
+  CHECK(info.output.find("     scheduler.total_steps: 39 -> 52\n") != std::string::npos);
 }
 
 TEST_CASE("a resume with another thread count warns that it is no longer bitwise") {

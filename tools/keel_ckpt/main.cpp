@@ -126,6 +126,23 @@ int info(const std::string& path, bool list_tensors) {
     if (key == "model.state" && value == "parameters only")
       std::printf("model state:       parameters and buffers only (keel::parameters_only: the model's other "
                   "members were not saved)\n");
+  {
+    std::vector<std::string> ignored;
+    const auto parsed = parse(*container, ignored);
+    if (!parsed.has("lineage")) {
+      std::printf("lineage:           (unreadable)\n");
+    } else if (parsed.state.lineage.entries.empty()) {
+      std::printf("lineage:           none (no fork or warm start)\n");
+    } else {
+      std::printf("lineage:           oldest first\n");
+      int n = 0;
+      for (const auto& entry : parsed.state.lineage.entries) {
+        const auto lines = entry.describe();
+        std::printf("  %d. %s\n", ++n, lines.front().c_str());
+        for (std::size_t i = 1; i < lines.size(); ++i) std::printf("   %s\n", lines[i].c_str());  // under the headline
+      }
+    }
+  }
   std::printf("sections:\n");
   std::printf("  %-14s %-40s %7s %12s  %s\n", "name", "type", "version", "bytes", "xxh3-64");
   for (const auto& s : m.sections)

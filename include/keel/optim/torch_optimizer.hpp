@@ -216,6 +216,18 @@ class TorchOptimizer {
     }
   }
 
+  /// A fork changed the optimizer's configuration: every param group takes the configured
+  /// hyper-parameters again, except the learning rate, which the scheduler sets.
+  void reconfigure() {
+    for (auto& group : optimizer_->param_groups()) {
+      const double lr = group.options().get_lr();
+      Traits::set_hyper_parameters(static_cast<Options&>(group.options()), Traits::hyper_parameters(options_));
+      group.options().set_lr(lr);
+    }
+  }
+  /// The learning rate the optimizer was configured with (the schedule's base).
+  double configured_lr() const { return options_.lr(); }
+
   /// Configuration that must match for a resume: the type and the initial hyper-parameters.
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {
     fingerprint.add(prefix + "type", Traits::keel_name);

@@ -12,6 +12,9 @@ class Constant : public SchedulerBase<Constant> {
 
   explicit Constant(torch::optim::Optimizer& optimizer, Options = {}) : SchedulerBase(optimizer) {}
   double factor(std::int64_t) const { return 1.0; }
+  static double factor_of(const Options&, std::int64_t) { return 1.0; }
+  static std::int64_t end_of(const Options&) { return -1; }
+  static Options options_from(const SavedConfig&) { return {}; }
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {
     fingerprint.add(prefix + "type", keel_name);
   }

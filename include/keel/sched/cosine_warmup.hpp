@@ -43,15 +43,24 @@ class CosineWarmup : public SchedulerBase<CosineWarmup> {
     apply();
   }
 
-  double factor(std::int64_t step) const {
-    const auto warmup = options_.warmup_steps();
-    const auto total = options_.total_steps();
-    const double floor = options_.min_lr_ratio();
+  double factor(std::int64_t step) const { return factor_of(options_, step); }
+
+  static double factor_of(const Options& options, std::int64_t step) {
+    const auto warmup = options.warmup_steps();
+    const auto total = options.total_steps();
+    const double floor = options.min_lr_ratio();
     if (step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
     if (step >= total) return floor;
     const double progress =
         static_cast<double>(step - warmup) / static_cast<double>(total - warmup);
     return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  }
+  /// The schedule ends at total_steps (a fork may append a phase after it).
+  static std::int64_t end_of(const Options& options) { return options.total_steps(); }
+  /// The options describe() recorded (a fork's lineage keeps them).
+  static Options options_from(const SavedConfig& config) {
+    return Options(config.integer("warmup_steps"), config.integer("total_steps"))
+        .min_lr_ratio(config.real("min_lr_ratio"));
   }
 
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {

@@ -3,15 +3,26 @@
 // step count, so keel's schedulers are its own: the learning rate after `step` optimizer steps
 // is a closed-form function of (base_lr, step), never an accumulated product, so a resumed
 // run computes the very same doubles as an uninterrupted one.
+//
+// A fork that appends a phase to the schedule (keel::ScheduleExtension, recorded in the run's
+// lineage) puts segments before that function: the old configuration until its end, then the
+// new phase. follow(lineage) rebuilds them from the loaded lineage, so they are never saved
+// twice and a resumed extension computes the same doubles too.
 
+#include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
+#include <keel/lineage.hpp>
 
 #include <cereal/types/vector.hpp>
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -28,6 +39,18 @@ struct SchedulerState {
     archive(cereal::make_nvp("step", step), cereal::make_nvp("base_lrs", base_lrs));
   }
 };
+
+/// Whether scheduler S can append a phase at a fork: it reads its options back from its
+/// fingerprint entries and computes its factor and its end from options alone:
+///   static Options options_from(const keel::SavedConfig&);
+///   static double factor_of(const Options&, std::int64_t step);
+///   static std::int64_t end_of(const Options&);   // the step where the schedule ends, or -1
+template <class S, class = void>
+struct can_append : std::false_type {};
+template <class S>
+struct can_append<S, std::void_t<decltype(S::factor_of(S::options_from(std::declval<const SavedConfig&>()), std::int64_t{})),
+                                 decltype(S::end_of(std::declval<const typename S::Options&>()))>>
+    : std::true_type {};
 
 /// Holds a reference to the optimizer, the base learning rates of its groups and the number
 /// of steps taken; Derived supplies `double factor(std::int64_t step) const`.
@@ -50,8 +73,41 @@ class SchedulerBase {
   std::int64_t steps() const noexcept { return state_.step; }
   const std::vector<double>& base_lrs() const noexcept { return state_.base_lrs; }
   /// Learning rate of `group` after `step` optimizer steps.
-  double lr_at(std::int64_t step, std::size_t group = 0) const {
-    return state_.base_lrs.at(group) * static_cast<const Derived&>(*this).factor(step);
+  double lr_at(std::int64_t step, std::size_t group = 0) const { return state_.base_lrs.at(group) * factor_at(step); }
+
+  /// The factor after `step` steps: a segment appended by a fork, or Derived's configuration.
+  double factor_at(std::int64_t step) const {
+    for (const auto& segment : segments_)
+      if (step < segment.until) return segment.factor(step);
+    return static_cast<const Derived&>(*this).factor(step);
+  }
+
+  /// A fork changed the optimizer's learning rate: the schedule scales the new one.
+  void set_base_lrs(std::vector<double> base_lrs) {
+    state_.base_lrs = std::move(base_lrs);
+    apply();
+  }
+
+  /// Rebuilds the segments that the lineage's forks appended (see ScheduleExtension), then
+  /// writes the learning rate for the current step. A rescale forgets the segments before it.
+  void follow(const Lineage& lineage) {
+    segments_.clear();
+    for (const auto& entry : lineage.entries) {
+      if (entry.kind != LineageEntry::Kind::fork) continue;
+      if (entry.extension.kind == ScheduleExtension::Kind::rescale) {
+        segments_.clear();
+        continue;
+      }
+      if constexpr (can_append<Derived>::value) {
+        append_phase(entry);
+      } else {
+        throw ConfigError(std::string("keel: the run's lineage appends a phase to its schedule, which ") +
+                          Derived::keel_name +
+                          " cannot do (it needs static options_from, factor_of and end_of); resume with a keel "
+                          "scheduler or fork with ScheduleExtension::rescale()");
+      }
+    }
+    apply();
   }
 
   template <class Archive>
@@ -68,8 +124,49 @@ class SchedulerBase {
   }
 
  private:
+  struct Segment {
+    std::int64_t until;                           // applies to steps before this one
+    std::function<double(std::int64_t)> factor;
+  };
+
+  /// One fork with ScheduleExtension append_constant or append_cosine: the schedule so far
+  /// (the segments before, then the configuration the checkpoint had) until that
+  /// configuration's end, then the new phase until the new configuration's end.
+  void append_phase(const LineageEntry& fork) {
+    using Options = typename Derived::Options;
+    const Options before = Derived::options_from(SavedConfig(fork.scheduler_before, "scheduler."));
+    const Options after = Derived::options_from(SavedConfig(fork.scheduler_after, "scheduler."));
+    std::function<double(std::int64_t)> old = [earlier = segments_, before](std::int64_t s) {
+      for (const auto& segment : earlier)
+        if (s < segment.until) return segment.factor(s);
+      return Derived::factor_of(before, s);
+    };
+    const std::int64_t old_end = Derived::end_of(before);
+    const std::int64_t begin = std::max(old_end < 0 ? fork.step : old_end, fork.step);
+    const std::int64_t new_end = Derived::end_of(after);
+    const double level = fork.extension.level;
+    Segment phase{std::numeric_limits<std::int64_t>::max(), nullptr};
+    if (fork.extension.kind == ScheduleExtension::Kind::append_constant) {
+      const double value = level >= 0.0 ? level : (begin > 0 ? old(begin - 1) : 1.0);
+      phase.factor = [value](std::int64_t) { return value; };
+    } else {
+      if (new_end < 0)
+        throw ConfigError(std::string("keel: append_cosine needs a schedule with an end, and ") + Derived::keel_name +
+                          " has none; fork with append_constant or rescale");
+      const double floor = Derived::factor_of(after, new_end);
+      const double span = static_cast<double>(std::max<std::int64_t>(new_end - begin, 1));
+      phase.until = new_end;
+      phase.factor = [=](std::int64_t s) {
+        return floor + (level - floor) * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(s - begin) / span));
+      };
+    }
+    segments_ = {Segment{begin, std::move(old)}};
+    if (phase.until > begin) segments_.push_back(std::move(phase));
+  }
+
   std::reference_wrapper<torch::optim::Optimizer> optimizer_;
   SchedulerState state_;
+  std::vector<Segment> segments_;  // configuration derived from the lineage; never saved
 };
 
 }  // namespace keel::sched

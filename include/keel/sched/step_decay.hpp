@@ -31,8 +31,15 @@ class StepDecay : public SchedulerBase<StepDecay> {
     apply();
   }
 
-  double factor(std::int64_t step) const {
-    return std::pow(options_.gamma(), static_cast<double>(step / options_.step_size()));
+  double factor(std::int64_t step) const { return factor_of(options_, step); }
+
+  static double factor_of(const Options& options, std::int64_t step) {
+    return std::pow(options.gamma(), static_cast<double>(step / options.step_size()));
+  }
+  /// Decays for ever: no end (append_cosine is refused; append_constant starts at the fork).
+  static std::int64_t end_of(const Options&) { return -1; }
+  static Options options_from(const SavedConfig& config) {
+    return Options(config.integer("step_size"), config.real("gamma"));
   }
 
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {

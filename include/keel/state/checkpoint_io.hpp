@@ -9,6 +9,7 @@
 #include <keel/log.hpp>
 #include <keel/loop/nonfinite.hpp>
 #include <keel/machine.hpp>
+#include <keel/state/fork.hpp>
 #include <keel/state/section.hpp>
 #include <keel/version.hpp>
 
@@ -66,6 +67,7 @@ std::string state_digest(State& s) {
 /// What a load learned beyond the sections.
 struct Loaded {
   std::optional<std::int64_t> train_size;  ///< of the run that wrote it, checked when fit starts
+  std::vector<ConfigChange> changes;       ///< a fork's configuration changes (allowed), else empty
 };
 
 namespace detail {
@@ -79,24 +81,29 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 /// Restores `s` from a verified container, or nothing: every section is parsed into a staging
 /// object and checked against the live state first; on any problem, one CheckpointError lists
 /// them all and `s` is unchanged. Random streams are restored last (the list ends with them).
+/// Configuration differences are refused unless allowed (plan_fork); allowed ones come back in
+/// Loaded::changes, for the caller to apply (apply_fork) once the state is loaded.
 template <class Format, class State>
 Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::string& path) {
   LoadPlan plan;
   if (container.manifest.format != Format::keel_name)
     plan.problem(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
                  Format::keel_name);
-  plan.problems_from(s.fingerprint(Format::keel_name).differences_from(container.manifest.fingerprint));
+  auto fork = plan_fork<typename State::Optimizer, typename State::Scheduler>(s.fingerprint(Format::keel_name),
+                                                                            container.manifest, s.options);
+  plan.problems_from(std::move(fork.refused));
   auto sections = s.sections();
   auto staged = stage_sections<Format>(container, sections, plan);
 
   Loaded loaded;
+  loaded.changes = std::move(fork.changes);
   const std::string train_size = container.manifest.fact("train_size");
   std::int64_t size = 0;
   if (!train_size.empty() && !detail::parse_count(train_size, size))
     plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
   if (size > 0) loaded.train_size = size;
 
-  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems);
+  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems, fork.hint);
   for (auto& line : machine_differences(container.manifest.facts))
     plan.warnings.push_back(std::move(line));
   for (const auto& line : plan.warnings) warn(path + ": " + line);

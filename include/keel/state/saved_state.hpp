@@ -18,13 +18,14 @@ namespace keel::state {
 /// sections every keel checkpoint has. Callback sections stay opaque.
 struct SavedState {
   LoopState loop;
+  Lineage lineage;
   ModelState model;
   optim::OptimizerState optimizer;
   sched::SchedulerState scheduler;
   std::tuple<> callbacks;
   RngState rng;
 
-  auto sections() { return checkpoint_sections(loop, model, optimizer, scheduler, callbacks, rng); }
+  auto sections() { return checkpoint_sections(loop, lineage, model, optimizer, scheduler, callbacks, rng); }
 };
 
 }  // namespace keel::state

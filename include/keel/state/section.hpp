@@ -9,6 +9,8 @@
 //   stage()                 a fresh object to parse the file's bytes into
 //   check(staged, plan)     every reason the staged value cannot be applied
 //   commit(staged)          apply it (only once every section checked out)
+//   absent_is_empty         (optional, static) a file without the section reads as stage():
+//                           state that older keel versions did not write
 //
 // write_sections(), stage_sections() and commit_sections() iterate a tuple of entries; they
 // hold no knowledge of any particular section.
@@ -59,6 +61,12 @@ template <class T, class = void>
 struct declares_keel_version : std::false_type {};
 template <class T>
 struct declares_keel_version<T, std::void_t<decltype(T::keel_version)>> : std::true_type {};
+
+template <class Entry, class = void>
+struct absent_is_empty : std::false_type {};
+template <class Entry>
+struct absent_is_empty<Entry, std::void_t<decltype(Entry::absent_is_empty)>>
+    : std::bool_constant<Entry::absent_is_empty> {};
 }  // namespace detail
 
 /// The layout version of a component's section: its `static constexpr std::uint32_t
@@ -141,6 +149,13 @@ auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPla
   using Saved = std::decay_t<decltype(entry.stage())>;
   Staged<Saved> staged;
   const ckpt::SectionInfo* found = find_section(container.manifest, entry);
+  if constexpr (detail::absent_is_empty<Entry>::value) {
+    if (!found) {
+      staged.value.emplace(entry.stage());  // written by a keel without this section
+      plan.staged.push_back(entry.name());
+      return staged;
+    }
+  }
   const ckpt::SectionInfo* info =
       checked_header(found, found && entry.accepts(found->type),
                      ExpectedSection{entry.name(), entry.type(), entry.version(), entry.oldest_version()}, plan, offline);

@@ -9,6 +9,7 @@
 // without the program that wrote them.
 
 #include <keel/detail/type_name.hpp>
+#include <keel/lineage.hpp>
 #include <keel/loop_state.hpp>
 #include <keel/model_state.hpp>
 #include <keel/optim/torch_optimizer.hpp>
@@ -216,6 +217,24 @@ struct DeclaredMembersSection {
   void commit(Values&& saved) { std::move(saved).apply(live); }
 };
 
+/// "lineage": the forks and warm starts the run descends from (keel/lineage.hpp). Files of
+/// keel 0.2 have none: they read as a run without forks.
+struct LineageSection {
+  static constexpr bool absent_is_empty = true;
+  Lineage& live;
+
+  std::string name() const { return "lineage"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return "keel::Lineage"; }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return Lineage::keel_version; }
+  std::uint32_t oldest_version() const { return 1; }
+  const Lineage& capture() const { return live; }
+  Lineage stage() const { return {}; }
+  void check(const Lineage&, LoadPlan&) const {}
+  void commit(Lineage&& saved) { live = std::move(saved); }
+};
+
 /// Stands for the process's own random generators (the live side of the "rng" section).
 struct ProcessGenerators {};
 
@@ -340,9 +359,9 @@ auto optimizer_member_sections(Optimizer& optimizer) {
 
 /// THE LIST: every section of a checkpoint, in file order. Random streams come last.
 template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
-auto checkpoint_sections(LoopState& loop, Model& model, Optimizer& optimizer, Scheduler& scheduler,
+auto checkpoint_sections(LoopState& loop, Lineage& lineage, Model& model, Optimizer& optimizer, Scheduler& scheduler,
                          std::tuple<Callbacks...>& callbacks, Generators& generators) {
-  return std::tuple_cat(std::make_tuple(LoopSection{loop}, ModelSection<Model>{model}),
+  return std::tuple_cat(std::make_tuple(LoopSection{loop}, LineageSection{lineage}, ModelSection<Model>{model}),
                         detail::model_member_sections<ModelParametersOnly>(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
                         detail::optimizer_member_sections(optimizer),
                         std::make_tuple(SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),

@@ -69,6 +69,7 @@ class TrainState {
   Scheduler scheduler;
   Callbacks callbacks;
   LoopState loop;
+  Lineage lineage;                // the forks and warm starts this run descends from
   LoopView view;
   Context context;
   ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
@@ -81,7 +82,7 @@ class TrainState {
   }
 
   /// Every section of a checkpoint, bound to this state (keel/state/sections.hpp).
-  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, *model, optimizer, scheduler, callbacks, generators); }
+  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, lineage, *model, optimizer, scheduler, callbacks, generators); }
 
   /// The configuration that must match for a resume.
   Fingerprint fingerprint(const std::string& format_name) const {

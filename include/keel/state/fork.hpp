@@ -1,0 +1,186 @@
+#pragma once
+// Forks: a resume whose configuration differs from the checkpoint's. Refused unless the run
+// allows the changed entries (TrainerOptions::allow_changes); some changes are refused even
+// then, with the reason (plan_fork). An allowed fork loads the whole state, then applies the
+// new configuration and records the fork in the run's lineage (apply_fork).
+
+#include <keel/checkpoint/container.hpp>
+#include <keel/detail/type_name.hpp>
+#include <keel/fingerprint.hpp>
+#include <keel/lineage.hpp>
+#include <keel/log.hpp>
+#include <keel/sched/scheduler_base.hpp>
+#include <keel/trainer_options.hpp>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace keel::state {
+
+namespace detail {
+template <class O, class = void>
+struct can_reconfigure : std::false_type {};
+template <class O>
+struct can_reconfigure<O, std::void_t<decltype(std::declval<O&>().reconfigure())>> : std::true_type {};
+
+template <class S, class = void>
+struct can_rebase : std::false_type {};
+template <class S>
+struct can_rebase<S, std::void_t<decltype(std::declval<S&>().set_base_lrs(std::vector<double>{}))>> : std::true_type {};
+
+template <class S, class = void>
+struct follows_lineage : std::false_type {};
+template <class S>
+struct follows_lineage<S, std::void_t<decltype(std::declval<S&>().follow(std::declval<const Lineage&>()))>>
+    : std::true_type {};
+
+inline bool starts_with(const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; }
+}  // namespace detail
+
+/// Whether `key` matches an allow_changes entry: the key itself, a prefix ending in '*', or "*".
+inline bool change_allowed(const std::vector<std::string>& patterns, const std::string& key) {
+  for (const auto& p : patterns) {
+    if (p == "*" || p == key) return true;
+    if (!p.empty() && p.back() == '*' && detail::starts_with(key, p.substr(0, p.size() - 1))) return true;
+  }
+  return false;
+}
+
+/// The configuration entries of `fingerprint` under `prefix`.
+inline std::vector<Fingerprint::Entry> entries_under(const Fingerprint& fingerprint, const std::string& prefix) {
+  std::vector<Fingerprint::Entry> out;
+  for (const auto& entry : fingerprint.entries())
+    if (detail::starts_with(entry.first, prefix)) out.push_back(entry);
+  return out;
+}
+
+/// How a resume treats the differences between its configuration and the checkpoint's.
+struct ForkPlan {
+  std::vector<ConfigChange> changes;  ///< allowed: the fork applies them
+  std::vector<std::string> refused;   ///< problems, each with its reason
+  std::string hint;                   ///< how to proceed, when a change was only not allowed
+};
+
+/// Sorts the differences into allowed changes and refusals. `Optimizer` and `Scheduler` are the
+/// live policies (whether they can take a new configuration).
+template <class Optimizer, class Scheduler>
+ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const TrainerOptions& options) {
+  ForkPlan plan;
+  const std::string batch = saved.fact("batch_in_epoch");
+  const bool mid_epoch = !batch.empty() && batch != "0";
+  std::vector<std::string> not_allowed;
+  for (auto& change : live.changes_from(saved.fingerprint)) {
+    const std::string& key = change.key;
+    const std::string line = Fingerprint::describe(change);
+    if (!change_allowed(options.allow_changes(), key)) {
+      plan.refused.push_back(line);
+      not_allowed.push_back(key);
+    } else if (key == "format" || key == "model.state") {
+      plan.refused.push_back(line + ": a resume keeps the checkpoint's " +
+                             (key == "format" ? "format" : "kind of model state") + ", even when changes are allowed");
+    } else if (key == "model.type") {
+      plan.refused.push_back(line + ": another model cannot continue this run; to start a new run from the "
+                                    "tensors that match, use init_from with init_strict(false)");
+    } else if (key == "optimizer.type") {
+      plan.refused.push_back(line + ": another optimizer cannot take over this optimizer's state; to keep the "
+                                    "weights only, start a new run with init_from (InitFrom::weights)");
+    } else if (key == "callbacks" || key == "scheduler.type") {
+      plan.refused.push_back(line + ": the state of the old " + (key == "callbacks" ? "callbacks" : "scheduler") +
+                             " cannot carry over to another type; start a new run with init_from");
+    } else if (detail::starts_with(key, "data.") && mid_epoch) {
+      plan.refused.push_back(line + ": the data order may change only at an epoch boundary, and the checkpoint "
+                                    "is at batch " + batch + " of its epoch; fork from an epoch's last checkpoint");
+    } else if (detail::starts_with(key, "optimizer.") && !detail::can_reconfigure<Optimizer>::value) {
+      plan.refused.push_back(line + ": " + keel::detail::component_name<Optimizer>() +
+                             " cannot take a new configuration (it has no reconfigure())");
+    } else if (key == "optimizer.lr" && !detail::can_rebase<Scheduler>::value) {
+      plan.refused.push_back(line + ": " + keel::detail::component_name<Scheduler>() +
+                             " cannot scale another learning rate (it has no set_base_lrs())");
+    } else if (detail::starts_with(key, "scheduler.") &&
+               options.schedule_extension().kind != ScheduleExtension::Kind::rescale &&
+               !sched::can_append<Scheduler>::value) {
+      plan.refused.push_back(line + ": " + keel::detail::component_name<Scheduler>() +
+                             " cannot append a phase (" + options.schedule_extension().name() +
+                             "); fork with ScheduleExtension::rescale()");
+    } else {
+      plan.changes.push_back(std::move(change));
+    }
+  }
+  // An appended phase needs the new schedule to end somewhere; checked before anything loads.
+  if constexpr (sched::can_append<Scheduler>::value) {
+    bool scheduler_changed = false;
+    for (const auto& c : plan.changes) scheduler_changed |= detail::starts_with(c.key, "scheduler.");
+    if (scheduler_changed && options.schedule_extension().kind == ScheduleExtension::Kind::append_cosine) {
+      const auto entries = entries_under(live, "scheduler.");
+      try {
+        if (Scheduler::end_of(Scheduler::options_from(SavedConfig(entries, "scheduler."))) < 0)
+          plan.refused.push_back(std::string("schedule extension append_cosine needs a schedule with an end, and ") +
+                                 keel::detail::component_name<Scheduler>() +
+                                 " has none; fork with append_constant or rescale");
+      } catch (const ConfigError& e) {
+        plan.refused.push_back(e.what());
+      }
+    }
+  }
+  if (!not_allowed.empty()) {
+    std::string keys;
+    for (const auto& k : not_allowed) keys += (keys.empty() ? "\"" : ", \"") + k + "\"";
+    plan.hint =
+        "A resume continues the same run, so its configuration must match. To continue from this checkpoint with "
+        "the new configuration (a fork, recorded in the run's lineage), allow the changes: "
+        "TrainerOptions().allow_changes({" + keys + "}) (the Fashion-MNIST example: --resume-changed auto). To "
+        "start a new run instead: resume(\"never\") (--resume never) or another checkpoint_dir.";
+  }
+  return plan;
+}
+
+/// After a fork's checkpoint was loaded: records the fork in the lineage and applies the new
+/// configuration where loading put the old one back (optimizer hyper-parameters, the
+/// schedule's base learning rates, the data seed). A stop request of the old run (early
+/// stopping) is dropped: the fork is asked to train on.
+template <class State>
+void apply_fork(State& s, std::vector<ConfigChange> changes, const std::string& source,
+                const Fingerprint& saved, const Fingerprint& live) {
+  LineageEntry fork;
+  fork.kind = LineageEntry::Kind::fork;
+  fork.source = source;
+  fork.step = s.loop.global_step;
+  fork.epoch = s.loop.epoch;
+  fork.changes = std::move(changes);
+  fork.extension = s.options.schedule_extension();
+  fork.scheduler_before = entries_under(saved, "scheduler.");
+  fork.scheduler_after = entries_under(live, "scheduler.");
+
+  bool optimizer_changed = false, seed_changed = false;
+  [[maybe_unused]] bool lr_changed = false;
+  for (const auto& c : fork.changes) {
+    optimizer_changed |= detail::starts_with(c.key, "optimizer.");
+    lr_changed |= c.key == "optimizer.lr";
+    seed_changed |= c.key == "data.seed";
+  }
+  // (plan_fork refused these changes for components that cannot take them)
+  if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) {
+    if (optimizer_changed) s.optimizer.reconfigure();
+    if constexpr (detail::can_rebase<typename State::Scheduler>::value) {
+      if (lr_changed) s.scheduler.set_base_lrs(std::vector<double>(s.optimizer.group_count(), s.optimizer.configured_lr()));
+    }
+  }
+  if (seed_changed) s.loop.data_seed = s.options.seed();
+  s.loop.stop_requested = false;
+
+  std::string message;
+  for (const auto& line : fork.describe()) message += (message.empty() ? "" : "\n") + line;
+  notice(message);
+  s.lineage.entries.push_back(std::move(fork));
+}
+
+/// Derives the schedule from the lineage (after every load and fork).
+template <class State>
+void follow_lineage(State& s) {
+  if constexpr (detail::follows_lineage<typename State::Scheduler>::value) s.scheduler.follow(s.lineage);
+}
+
+}  // namespace keel::state
