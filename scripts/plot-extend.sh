@@ -7,17 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/extend-lr.png}
 
-scripts/install-deps.sh
-if ! command -v gnuplot >/dev/null; then
-  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends gnuplot-nox
-fi
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DKEEL_BUILD_TESTS=OFF >/dev/null
-cmake --build build/release --target fashion_mnist
-
-work=$(mktemp -d)
-[[ -n "${KEEP_WORK:-}" ]] && echo "keeping $work"
-trap '[[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"' EXIT
+source scripts/plot-setup.sh
 run() {  # directory max-steps extra-flags...
   local dir=$1 steps=$2
   shift 2
@@ -37,16 +27,16 @@ done
 mkdir -p "$(dirname "$out")"
 train_lr() { echo "\"$1/logs/metrics.csv\" every ::1 using 1:(strcol(3) eq \"train\" && \$1 $2 ? \$5 : NaN)"; }
 gnuplot <<PLOT
-set terminal pngcairo size 900,450 font ",11"
+set terminal pngcairo size 900,500 font ",11" noenhanced
 set output "$out"
 set datafile separator ","
 set title "Fashion-MNIST MLP: a 300-step run (CosineWarmup) extended to 600 steps, one line per --extend"
 set xlabel "optimizer step"
 set ylabel "learning rate"
-set key top right
+set key below
 set grid
 set arrow from 300, graph 0 to 300, graph 1 nohead dashtype 3 lc rgb "#888888"
-set label "fork: --resume-changed auto" at 300, graph 0.92 offset 0.5,0
+set label "fork: --resume-changed auto --extend ..." at 300, graph 0.95 offset 0.5,0
 plot $(train_lr "$work/base" "<= 300") with lines lw 4 lc rgb "#444444" title "the 300-step run", \
      $(train_lr "$work/rescale" "> 300") with lines lw 2 lc rgb "#1f77b4" title "rescale (default)", \
      $(train_lr "$work/append_cosine" "> 300") with lines lw 2 lc rgb "#d62728" title "append_cosine", \

@@ -7,17 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/resume-loss.png}
 
-scripts/install-deps.sh
-if ! command -v gnuplot >/dev/null; then
-  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends gnuplot-nox
-fi
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DKEEL_BUILD_TESTS=OFF >/dev/null
-cmake --build build/release --target fashion_mnist
-
-work=$(mktemp -d)
-[[ -n "${KEEP_WORK:-}" ]] && echo "keeping $work"
-trap '[[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"' EXIT
+source scripts/plot-setup.sh
 run() {  # directory; exec, so that a background run's $! is the trainer itself
   exec build/release/examples/fashion_mnist --model cnn --max-steps 600 --epochs 1 --save-every-steps 100 \
     --log-every 10 --threads 2 --progress off --ckpt-dir "$1/ckpt" --log-dir "$1/logs" --resume auto

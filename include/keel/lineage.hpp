@@ -105,7 +105,9 @@ struct LineageEntry {
     std::vector<std::string> lines;
     const std::string where = "'" + source + "' at step " + std::to_string(step) + " (epoch " + std::to_string(epoch) + ")";
     if (kind == Kind::fork) {
-      lines.push_back("forked from " + where + ", schedule extension " + extension.name() + ", " +
+      const std::string schedule =
+          scheduler_before == scheduler_after ? "schedule unchanged" : "schedule extension " + extension.name();
+      lines.push_back("forked from " + where + ", " + schedule + ", " +
                       std::to_string(changes.size()) + (changes.size() == 1 ? " change" : " changes"));
       for (const auto& c : changes) lines.push_back("  " + c.key + ": " + c.before + " -> " + c.after);
     } else {

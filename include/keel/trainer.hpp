@@ -54,6 +54,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -244,10 +245,15 @@ class Trainer {
     const std::string& resume = state_.options.resume();
     std::optional<ckpt::fs::path> from;
     if (resume == "auto") {
-      from = resume_latest(state_.options.checkpoint_dir());
-      if (!from && !state_.options.fork_from().empty()) {
-        load_checkpoint(state_.options.fork_from());
-        from = state_.options.fork_from();
+      const auto& start = state_.options.fork_from();
+      auto found = ckpt::newest_valid_checkpoint(state_.options.checkpoint_dir(), Format::extension);
+      if (found) {
+        check_run_owns(found->first, found->second);
+        apply(found->second, found->first.string());
+        from = found->first;
+      } else if (!start.empty()) {
+        load_checkpoint(start);
+        from = start;
       }
     } else if (resume != "never") {
       load_checkpoint(resume);
@@ -260,13 +266,28 @@ class Trainer {
       warm_start(state_.options.init_from());
   }
 
+  /// With fork_from or init_from, the checkpoint that resume("auto") found must be this run's:
+  /// one whose lineage starts from that file (or, for fork_from, the file itself). Otherwise
+  /// the directory belongs to another run, and resuming it would silently ignore the option.
+  void check_run_owns(const ckpt::fs::path& found, const ckpt::Container& container) const {
+    const auto& options = state_.options;
+    const std::string& start = !options.fork_from().empty() ? options.fork_from() : options.init_from();
+    if (start.empty()) return;
+    std::error_code ignored;
+    if (!options.fork_from().empty() && ckpt::fs::equivalent(found, start, ignored)) return;
+    for (const auto& entry : state::read_lineage<Format>(container).entries)
+      if (entry.source == start) return;
+    throw ConfigError("keel: checkpoint_dir '" + options.checkpoint_dir() + "' holds checkpoints of another run (newest: " +
+                      found.string() + ") that did not start from '" + start +
+                      "'; give this run a checkpoint directory of its own (the Fashion-MNIST example: --ckpt-dir)");
+  }
+
   /// Applies a verified container to the whole state, or nothing; then a fork's changes.
   void apply(const ckpt::Container& container, const std::string& path) {
     auto loaded = state::load_checkpoint<Format>(state_, container, path);
     loaded_train_size_ = loaded.train_size;
-    if (!loaded.changes.empty())
-      state::apply_fork(state_, std::move(loaded.changes), path, container.manifest.fingerprint, fingerprint());
-    state::follow_lineage(state_);
+    if (loaded.fork) state::apply_fork(state_, std::move(*loaded.fork));
+    state::follow_lineage(state_);  // checked by load_checkpoint: it does not throw
     state_.view.lr = state_.optimizer.lr(0);
     state_.view.checkpoint_path = path;
     saver_.loaded();

@@ -171,6 +171,34 @@ TEST_CASE("append_cosine and append_constant keep the old schedule to its end, t
     REQUIRE(again->lineage().entries.size() == 2);
     for (std::int64_t s = 0; s < 16; ++s) CHECK(again->scheduler().lr_at(s) == lrs[static_cast<std::size_t>(s)]);
     for (std::int64_t s = 16; s < 40; ++s) CHECK(again->scheduler().lr_at(s) == doctest::Approx(1e-3).epsilon(1e-15));
+    const std::string digest = again->state_digest();
+    again.reset();
+
+    // Restarted, the twice-forked run follows both phases and ends where it ended.
+    auto again_restarted = make(options(dir, 6).resume("auto").allow_changes({"scheduler.*"}), 24);
+    again_restarted->fit(data);
+    CHECK(again_restarted->state_digest() == digest);
+    for (std::int64_t s = 0; s < 16; ++s) CHECK(again_restarted->scheduler().lr_at(s) == lrs[static_cast<std::size_t>(s)]);
+    CHECK(again_restarted->scheduler().lr_at(30) == doctest::Approx(1e-3).epsilon(1e-15));
+    again_restarted.reset();
+
+    // A third fork that changes only the learning rate keeps the schedule's shape...
+    keel::seed_everything(3);
+    auto lr_only = std::make_unique<T>(std::make_shared<SmallNetImpl>(),
+                                       options(dir, 7).resume("auto").allow_changes({"optimizer.lr"}).schedule_extension(
+                                           keel::ScheduleExtension::rescale()),
+                                       torch::optim::AdamWOptions(2e-2).weight_decay(0.01), CosineWarmupOptions(2, 24));
+    lr_only->fit(data);
+    for (std::int64_t s = 0; s < 16; ++s) CHECK(lr_only->scheduler().lr_at(s) == doctest::Approx(2 * lrs[static_cast<std::size_t>(s)]).epsilon(1e-15));
+    CHECK(lr_only->scheduler().lr_at(30) == doctest::Approx(2e-3).epsilon(1e-15));
+    CHECK(lr_only->lineage().entries.back().describe().front().find("schedule unchanged") != std::string::npos);
+    lr_only.reset();
+
+    // ... and a rescale that changes the schedule forgets the phases: a 40-step schedule from the start.
+    auto rescaled = make(options(dir, 10).resume("auto").allow_changes({"*"}), 40, 2e-2);
+    rescaled->fit(data);
+    for (std::int64_t s = 0; s <= 40; ++s)
+      CHECK(rescaled->scheduler().lr_at(s) == doctest::Approx(2e-2 * CosineWarmup::factor_of(CosineWarmupOptions(2, 40), s)).epsilon(1e-15));
   }
   SUBCASE("append_constant: the lr the old schedule ended with") {
     const auto dir = fresh_directory("append-constant");
@@ -269,6 +297,29 @@ TEST_CASE("changes that cannot make sense are refused even when allowed, with th
     }
     CHECK(other.loop().global_step == 0);
   }
+  SUBCASE("AMSGrad switched on") {
+    keel::seed_everything(3);
+    T other(std::make_shared<SmallNetImpl>(), options(dir, 4).allow_changes({"*"}),
+            torch::optim::AdamWOptions(1e-2).weight_decay(0.01).amsgrad(true), CosineWarmupOptions(2, 8));
+    try {
+      other.load_checkpoint(file);
+      FAIL("loaded");
+    } catch (const keel::CheckpointError& e) {
+      CHECK(std::string(e.what()).find("AMSGrad changes which state Adam keeps per parameter") != std::string::npos);
+    }
+  }
+  SUBCASE("fork_from, with a checkpoint directory that holds another run") {
+    const auto elsewhere = fresh_directory("guard-elsewhere");
+    finished_run(elsewhere, data);  // the directory's own run
+    auto other = make(options(elsewhere, 4).resume("auto").fork_from(file.string()).allow_changes({"*"}), 16);
+    try {
+      other->fit(data);
+      FAIL("trained");
+    } catch (const keel::ConfigError& e) {
+      CHECK(std::string(e.what()).find("holds checkpoints of another run") != std::string::npos);
+    }
+    CHECK(other->loop().global_step == 0);
+  }
   SUBCASE("a checkpoint that fails verification") {
     const auto damaged = dir / "damaged.ckpt";
     fs::copy_file(file, damaged);
@@ -314,8 +365,14 @@ TEST_CASE("a warm start takes the weights, or weights and optimizer state, and s
     CHECK(fresh->lineage().entries.front().step == 8);
   }
   SUBCASE("weights and optimizer state") {
-    auto fresh = make(options(fresh_directory("warm-optimizer"), 1).init_mode(keel::InitFrom::weights_and_optimizer), 4, 5e-3);
+    keel::seed_everything(3);
+    auto fresh = std::make_unique<T>(std::make_shared<SmallNetImpl>(),
+                                     options(fresh_directory("warm-optimizer"), 1).init_mode(keel::InitFrom::weights_and_optimizer),
+                                     torch::optim::AdamWOptions(5e-3).weight_decay(0.2), CosineWarmupOptions(2, 4));
     fresh->warm_start(file);
+    // The checkpoint's per-parameter state, this run's hyper-parameters.
+    const auto& group = fresh->optimizer().torch_optimizer().param_groups().front();
+    CHECK(static_cast<const torch::optim::AdamWOptions&>(group.options()).weight_decay() == 0.2);
     const auto theirs = base->optimizer().state();
     const auto mine = fresh->optimizer().state();
     REQUIRE(mine.params.size() == theirs.params.size());

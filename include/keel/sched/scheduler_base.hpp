@@ -89,26 +89,15 @@ class SchedulerBase {
   }
 
   /// Rebuilds the segments that the lineage's forks appended (see ScheduleExtension), then
-  /// writes the learning rate for the current step. A rescale forgets the segments before it.
+  /// writes the learning rate for the current step. A fork that left the scheduler's
+  /// configuration as it was leaves the schedule too; a rescale forgets the segments before it.
+  /// Throws ConfigError (and changes nothing) when the lineage asks for what this scheduler
+  /// cannot do; check_lineage() asks the same without applying anything.
   void follow(const Lineage& lineage) {
-    segments_.clear();
-    for (const auto& entry : lineage.entries) {
-      if (entry.kind != LineageEntry::Kind::fork) continue;
-      if (entry.extension.kind == ScheduleExtension::Kind::rescale) {
-        segments_.clear();
-        continue;
-      }
-      if constexpr (can_append<Derived>::value) {
-        append_phase(entry);
-      } else {
-        throw ConfigError(std::string("keel: the run's lineage appends a phase to its schedule, which ") +
-                          Derived::keel_name +
-                          " cannot do (it needs static options_from, factor_of and end_of); resume with a keel "
-                          "scheduler or fork with ScheduleExtension::rescale()");
-      }
-    }
+    segments_ = segments_for(lineage);
     apply();
   }
+  void check_lineage(const Lineage& lineage) const { (void)segments_for(lineage); }
 
   template <class Archive>
   void serialize(Archive& archive) {
@@ -129,14 +118,34 @@ class SchedulerBase {
     std::function<double(std::int64_t)> factor;
   };
 
+  std::vector<Segment> segments_for(const Lineage& lineage) const {
+    std::vector<Segment> segments;
+    for (const auto& entry : lineage.entries) {
+      if (entry.kind != LineageEntry::Kind::fork || entry.scheduler_before == entry.scheduler_after) continue;
+      if (entry.extension.kind == ScheduleExtension::Kind::rescale) {
+        segments.clear();
+        continue;
+      }
+      if constexpr (can_append<Derived>::value) {
+        segments = append_phase(std::move(segments), entry);
+      } else {
+        throw ConfigError(std::string("keel: the run's lineage appends a phase to its schedule, which ") +
+                          Derived::keel_name +
+                          " cannot do (it needs static options_from, factor_of and end_of); fork with "
+                          "ScheduleExtension::rescale()");
+      }
+    }
+    return segments;
+  }
+
   /// One fork with ScheduleExtension append_constant or append_cosine: the schedule so far
-  /// (the segments before, then the configuration the checkpoint had) until that
-  /// configuration's end, then the new phase until the new configuration's end.
-  void append_phase(const LineageEntry& fork) {
+  /// (`earlier`, then the configuration the checkpoint had) until that configuration's end,
+  /// then the new phase until the new configuration's end.
+  static std::vector<Segment> append_phase(std::vector<Segment> earlier, const LineageEntry& fork) {
     using Options = typename Derived::Options;
     const Options before = Derived::options_from(SavedConfig(fork.scheduler_before, "scheduler."));
     const Options after = Derived::options_from(SavedConfig(fork.scheduler_after, "scheduler."));
-    std::function<double(std::int64_t)> old = [earlier = segments_, before](std::int64_t s) {
+    std::function<double(std::int64_t)> old = [earlier = std::move(earlier), before](std::int64_t s) {
       for (const auto& segment : earlier)
         if (s < segment.until) return segment.factor(s);
       return Derived::factor_of(before, s);
@@ -151,17 +160,19 @@ class SchedulerBase {
       phase.factor = [value](std::int64_t) { return value; };
     } else {
       if (new_end < 0)
-        throw ConfigError(std::string("keel: append_cosine needs a schedule with an end, and ") + Derived::keel_name +
-                          " has none; fork with append_constant or rescale");
+        throw ConfigError(std::string("keel: schedule extension append_cosine needs a schedule with an end, and ") +
+                          Derived::keel_name + " has none; fork with append_constant or rescale");
+      const double peak = level >= 0.0 ? level : 1.0;
       const double floor = Derived::factor_of(after, new_end);
       const double span = static_cast<double>(std::max<std::int64_t>(new_end - begin, 1));
       phase.until = new_end;
       phase.factor = [=](std::int64_t s) {
-        return floor + (level - floor) * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(s - begin) / span));
+        return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(s - begin) / span));
       };
     }
-    segments_ = {Segment{begin, std::move(old)}};
-    if (phase.until > begin) segments_.push_back(std::move(phase));
+    std::vector<Segment> out{Segment{begin, std::move(old)}};
+    if (phase.until > begin) out.push_back(std::move(phase));
+    return out;
   }
 
   std::reference_wrapper<torch::optim::Optimizer> optimizer_;

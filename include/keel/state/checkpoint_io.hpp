@@ -11,11 +11,14 @@
 #include <keel/machine.hpp>
 #include <keel/state/fork.hpp>
 #include <keel/state/section.hpp>
+#include <keel/state/sections.hpp>
 #include <keel/version.hpp>
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -67,7 +70,7 @@ std::string state_digest(State& s) {
 /// What a load learned beyond the sections.
 struct Loaded {
   std::optional<std::int64_t> train_size;  ///< of the run that wrote it, checked when fit starts
-  std::vector<ConfigChange> changes;       ///< a fork's configuration changes (allowed), else empty
+  std::optional<LineageEntry> fork;        ///< a fork (allowed configuration changes), for apply_fork
 };
 
 namespace detail {
@@ -81,8 +84,8 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 /// Restores `s` from a verified container, or nothing: every section is parsed into a staging
 /// object and checked against the live state first; on any problem, one CheckpointError lists
 /// them all and `s` is unchanged. Random streams are restored last (the list ends with them).
-/// Configuration differences are refused unless allowed (plan_fork); allowed ones come back in
-/// Loaded::changes, for the caller to apply (apply_fork) once the state is loaded.
+/// Configuration differences are refused unless allowed (plan_fork); an allowed fork comes back
+/// in Loaded::fork, for the caller to apply (apply_fork) once the state is loaded.
 template <class Format, class State>
 Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::string& path) {
   LoadPlan plan;
@@ -95,8 +98,23 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
   auto sections = s.sections();
   auto staged = stage_sections<Format>(container, sections, plan);
 
+  // The lineage the run will have (the file's, plus this fork) must be one the scheduler can
+  // follow: checked here, before anything is applied.
   Loaded loaded;
-  loaded.changes = std::move(fork.changes);
+  static_assert(std::is_same_v<std::tuple_element_t<0, decltype(sections)>, LoopSection> &&
+                std::is_same_v<std::tuple_element_t<1, decltype(sections)>, LineageSection>);
+  const auto& staged_loop = std::get<0>(staged).value;
+  const auto& staged_lineage = std::get<1>(staged).value;
+  if (staged_loop && staged_lineage) {
+    Lineage future = *staged_lineage;
+    if (!fork.changes.empty()) {
+      loaded.fork = fork_entry(std::move(fork.changes), path, staged_loop->global_step, staged_loop->epoch,
+                               container.manifest.fingerprint, s.fingerprint(Format::keel_name),
+                               s.options.schedule_extension());
+      future.entries.push_back(*loaded.fork);
+    }
+    plan.problems_from(schedule_problems(s.scheduler, future));
+  }
   const std::string train_size = container.manifest.fact("train_size");
   std::int64_t size = 0;
   if (!train_size.empty() && !detail::parse_count(train_size, size))

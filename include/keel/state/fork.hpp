@@ -5,6 +5,7 @@
 // new configuration and records the fork in the run's lineage (apply_fork).
 
 #include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/parse_section.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/fingerprint.hpp>
 #include <keel/lineage.hpp>
@@ -70,7 +71,7 @@ template <class Optimizer, class Scheduler>
 ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const TrainerOptions& options) {
   ForkPlan plan;
   const std::string batch = saved.fact("batch_in_epoch");
-  const bool mid_epoch = !batch.empty() && batch != "0";
+  const bool mid_epoch = batch != "0";  // (a file without the fact counts as mid-epoch)
   std::vector<std::string> not_allowed;
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
@@ -87,6 +88,9 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     } else if (key == "optimizer.type") {
       plan.refused.push_back(line + ": another optimizer cannot take over this optimizer's state; to keep the "
                                     "weights only, start a new run with init_from (InitFrom::weights)");
+    } else if (key == "optimizer.amsgrad") {
+      plan.refused.push_back(line + ": AMSGrad changes which state Adam keeps per parameter; start a new run "
+                                    "from the weights with init_from (InitFrom::weights)");
     } else if (key == "callbacks" || key == "scheduler.type") {
       plan.refused.push_back(line + ": the state of the old " + (key == "callbacks" ? "callbacks" : "scheduler") +
                              " cannot carry over to another type; start a new run with init_from");
@@ -109,22 +113,6 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
       plan.changes.push_back(std::move(change));
     }
   }
-  // An appended phase needs the new schedule to end somewhere; checked before anything loads.
-  if constexpr (sched::can_append<Scheduler>::value) {
-    bool scheduler_changed = false;
-    for (const auto& c : plan.changes) scheduler_changed |= detail::starts_with(c.key, "scheduler.");
-    if (scheduler_changed && options.schedule_extension().kind == ScheduleExtension::Kind::append_cosine) {
-      const auto entries = entries_under(live, "scheduler.");
-      try {
-        if (Scheduler::end_of(Scheduler::options_from(SavedConfig(entries, "scheduler."))) < 0)
-          plan.refused.push_back(std::string("schedule extension append_cosine needs a schedule with an end, and ") +
-                                 keel::detail::component_name<Scheduler>() +
-                                 " has none; fork with append_constant or rescale");
-      } catch (const ConfigError& e) {
-        plan.refused.push_back(e.what());
-      }
-    }
-  }
   if (!not_allowed.empty()) {
     std::string keys;
     for (const auto& k : not_allowed) keys += (keys.empty() ? "\"" : ", \"") + k + "\"";
@@ -137,23 +125,42 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   return plan;
 }
 
-/// After a fork's checkpoint was loaded: records the fork in the lineage and applies the new
-/// configuration where loading put the old one back (optimizer hyper-parameters, the
-/// schedule's base learning rates, the data seed). A stop request of the old run (early
-/// stopping) is dropped: the fork is asked to train on.
-template <class State>
-void apply_fork(State& s, std::vector<ConfigChange> changes, const std::string& source,
-                const Fingerprint& saved, const Fingerprint& live) {
+/// The lineage entry of a fork from `saved` (a checkpoint's configuration) at a position.
+inline LineageEntry fork_entry(std::vector<ConfigChange> changes, const std::string& source, std::int64_t step,
+                               std::int64_t epoch, const Fingerprint& saved, const Fingerprint& live,
+                               const ScheduleExtension& extension) {
   LineageEntry fork;
   fork.kind = LineageEntry::Kind::fork;
   fork.source = source;
-  fork.step = s.loop.global_step;
-  fork.epoch = s.loop.epoch;
+  fork.step = step;
+  fork.epoch = epoch;
   fork.changes = std::move(changes);
-  fork.extension = s.options.schedule_extension();
+  fork.extension = extension;
   fork.scheduler_before = entries_under(saved, "scheduler.");
   fork.scheduler_after = entries_under(live, "scheduler.");
+  return fork;
+}
 
+/// Why `scheduler` cannot follow `lineage` (an appended phase it cannot compute), checked before
+/// anything of a checkpoint is applied.
+template <class Scheduler>
+std::vector<std::string> schedule_problems(const Scheduler& scheduler, const Lineage& lineage) {
+  if constexpr (detail::follows_lineage<Scheduler>::value) {
+    try {
+      scheduler.check_lineage(lineage);
+    } catch (const ConfigError& e) {
+      return {e.what()};
+    }
+  }
+  return {};
+}
+
+/// After a fork's checkpoint was loaded: applies the new configuration where loading put the
+/// old one back (optimizer hyper-parameters, the schedule's base learning rates, the data seed)
+/// and records the fork in the lineage. A stop request of the old run (early stopping) is
+/// dropped: the fork is asked to train on.
+template <class State>
+void apply_fork(State& s, LineageEntry fork) {
   bool optimizer_changed = false, seed_changed = false;
   [[maybe_unused]] bool lr_changed = false;
   for (const auto& c : fork.changes) {
@@ -175,6 +182,20 @@ void apply_fork(State& s, std::vector<ConfigChange> changes, const std::string& 
   for (const auto& line : fork.describe()) message += (message.empty() ? "" : "\n") + line;
   notice(message);
   s.lineage.entries.push_back(std::move(fork));
+}
+
+/// A checkpoint's lineage, read on its own (empty when the file has none or it does not parse).
+template <class Format>
+Lineage read_lineage(const ckpt::Container& container) {
+  Lineage lineage;
+  if (const ckpt::SectionInfo* info = container.manifest.find("lineage")) {
+    try {
+      ckpt::parse_section<Format>(container, *info, lineage);
+    } catch (const std::exception&) {
+      lineage = {};
+    }
+  }
+  return lineage;
 }
 
 /// Derives the schedule from the lineage (after every load and fork).

@@ -91,15 +91,24 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
       problems.push_back("holds the state of optimizer " + (theirs ? theirs->second : std::string("(none)")) +
                          ", which " + (mine ? mine->second : std::string("this run's optimizer")) +
                          " cannot take over; use InitFrom::weights");
+    } else if (const auto* amsgrad = live.find("optimizer.amsgrad");
+               amsgrad && container.manifest.fingerprint.find("optimizer.amsgrad") &&
+               container.manifest.fingerprint.find("optimizer.amsgrad")->second != amsgrad->second) {
+      problems.push_back("holds optimizer state with optimizer.amsgrad " +
+                         container.manifest.fingerprint.find("optimizer.amsgrad")->second + " and this run has " +
+                         amsgrad->second + ": AMSGrad changes which state Adam keeps; use InitFrom::weights");
     } else {
       detail::parse_named<Format>(container, path, "optimizer", optimizer);
       for (auto& p : s.optimizer.check(optimizer)) problems.push_back(std::move(p));
     }
   }
+  const bool tensors_differ = options.init_strict() && !skipped.empty();
   if (!problems.empty())
     throw CheckpointError(path, problems,
-                          options.init_strict() ? "init_strict(false) takes the tensors that match and lists the others."
-                                                : std::string());
+                          tensors_differ && !with_optimizer
+                              ? "init_strict(false) (the Fashion-MNIST example: --init-non-strict) takes the tensors "
+                                "that match and lists the others."
+                              : std::string());
 
   {
     torch::NoGradGuard no_grad;
