@@ -371,6 +371,37 @@ TEST_CASE("the example's digest does not depend on the worker count, also across
   CHECK(value_of(last.output, "state_digest") == reference);
 }
 
+TEST_CASE("the example trains longer with --resume-changed and starts from weights with --init-from") {
+  const std::string example = KEEL_FASHION_MNIST_EXAMPLE;
+  REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
+  auto args = [&](const fs::path& dir, int max_steps, std::vector<std::string> extra) {
+    std::vector<std::string> argv{example, "--model", "mlp", "--max-steps", std::to_string(max_steps), "--epochs", "1",
+                                  "--threads", "2", "--ckpt-dir", dir.string(), "--progress", "off",
+                                  "--log-dir", (dir / "logs").string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  };
+  const auto dir = fresh_directory("example-fork");
+  REQUIRE(run(args(dir, 40, {})).exit_code == 0);
+  const auto refused = run(args(dir, 80, {}));
+  CHECK(refused.exit_code == 3);
+  CHECK(refused.output.find("--resume-changed auto") != std::string::npos);
+  const auto longer = run(args(dir, 80, {"--resume-changed", "auto", "--extend", "append_cosine(0.5)"}));
+  INFO(longer.output);
+  REQUIRE(longer.exit_code == 0);
+  CHECK(longer.output.find("schedule extension append_cosine(0.5), 2 changes") != std::string::npos);
+  CHECK(value_of(longer.output, "state_digest"));
+
+  const auto tuned = fresh_directory("example-init");
+  const auto warm = run(args(tuned, 10, {"--init-from", (dir / "last.ckpt").string(), "--mlp-hidden", "128",
+                                         "--init-non-strict"}));
+  INFO(warm.output);
+  REQUIRE(warm.exit_code == 0);
+  CHECK(warm.output.find("weights only, non-strict, 3 skipped") != std::string::npos);
+  CHECK(warm.output.find("skipped parameter 'fc2.weight': shape [10, 256] in the checkpoint, [10, 128] in the model") !=
+        std::string::npos);
+}
+
 /// The rows of a metrics.csv: the step and loss columns of each line after the header.
 std::vector<std::pair<std::string, std::string>> step_and_loss_rows(const fs::path& csv) {
   std::ifstream in(csv);
