@@ -53,13 +53,22 @@ struct ModelState {
     return state;
   }
 
-  /// Every difference from the module: missing, unexpected, wrong shape or dtype.
-  std::vector<std::string> check(const torch::nn::Module& module) const {
-    std::vector<std::string> problems;
-    compare("parameter", parameters, module.named_parameters(true), problems);
-    compare("buffer", buffers, module.named_buffers(true), problems);
-    return problems;
+  /// How the saved tensors line up with a module's: those that fit it (same name, shape and
+  /// dtype) and one line for every difference (missing, unexpected, wrong shape or dtype).
+  struct Fit {
+    std::vector<const NamedTensor*> parameters;
+    std::vector<const NamedTensor*> buffers;
+    std::vector<std::string> differences;
+  };
+  Fit fit(const torch::nn::Module& module) const {
+    Fit out;
+    compare("parameter", parameters, module.named_parameters(true), out.differences, out.parameters);
+    compare("buffer", buffers, module.named_buffers(true), out.differences, out.buffers);
+    return out;
   }
+
+  /// Every difference from the module: missing, unexpected, wrong shape or dtype.
+  std::vector<std::string> check(const torch::nn::Module& module) const { return fit(module).differences; }
 
   /// Copies the values into the module (onto its device); call only after check() passed.
   void apply(torch::nn::Module& module) const {
@@ -78,7 +87,7 @@ struct ModelState {
  private:
   static void compare(const std::string& kind, const std::vector<NamedTensor>& saved,
                       const torch::OrderedDict<std::string, torch::Tensor>& live,
-                      std::vector<std::string>& problems) {
+                      std::vector<std::string>& problems, std::vector<const NamedTensor*>& fits) {
     std::set<std::string> seen;
     for (const auto& item : saved) {
       if (!seen.insert(item.name).second) {
@@ -106,6 +115,8 @@ struct ModelState {
                            (dtype_name(target->scalar_type()) ? dtype_name(target->scalar_type())
                                                               : c10::toString(target->scalar_type())) +
                            " in the model");
+      else
+        fits.push_back(&item);
     }
     for (const auto& item : live)
       if (!seen.count(item.key()))

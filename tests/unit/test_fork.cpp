@@ -442,9 +442,9 @@ TEST_CASE("a strict warm start refuses any mismatch; a non-strict one takes what
     FAIL("loaded");
   } catch (const keel::CheckpointError& e) {
     const std::string message = e.what();
-    CHECK(message.find("model parameter 'fc.weight': shape [4, 96] in the checkpoint, [5, 96] in the model") != std::string::npos);
-    CHECK(message.find("model parameter 'extra.weight': missing from the checkpoint") != std::string::npos);
-    CHECK(message.find("model buffer 'bn.running_mean': unexpected") != std::string::npos);
+    CHECK(message.find("model parameter 'fc.weight' has shape [4, 96] in the checkpoint but [5, 96] in the model") != std::string::npos);
+    CHECK(message.find("model parameter 'extra.weight' is missing from the checkpoint") != std::string::npos);
+    CHECK(message.find("unexpected model buffer 'bn.running_mean' in the checkpoint") != std::string::npos);
     CHECK(message.find("init_strict(false)") != std::string::npos);
   }
   CHECK(keel::bitwise_equal(strict.model()->conv->weight, before));  // nothing taken
@@ -460,10 +460,10 @@ TEST_CASE("a strict warm start refuses any mismatch; a non-strict one takes what
   CHECK(skipped.size() == 9);  // fc's 2 (shape), extra's 2 (missing), bn's 2 parameters and 3 buffers (unexpected)
   std::string all;
   for (const auto& s : skipped) all += s + "\n";
-  CHECK(all.find("parameter 'fc.bias': shape [4] in the checkpoint, [5] in the model") != std::string::npos);
-  CHECK(all.find("parameter 'bn.weight': unexpected (this model has no such parameter)") != std::string::npos);
-  CHECK(all.find("buffer 'bn.num_batches_tracked': unexpected") != std::string::npos);
-  CHECK(all.find("parameter 'extra.bias': missing from the checkpoint") != std::string::npos);
+  CHECK(all.find("model parameter 'fc.bias' has shape [4] in the checkpoint but [5] in the model") != std::string::npos);
+  CHECK(all.find("unexpected model parameter 'bn.weight' in the checkpoint (this model has no such parameter)") != std::string::npos);
+  CHECK(all.find("unexpected model buffer 'bn.num_batches_tracked'") != std::string::npos);
+  CHECK(all.find("model parameter 'extra.bias' is missing from the checkpoint") != std::string::npos);
   partial.fit(data);  // and it trains
   CHECK(partial.loop().global_step == 4);
 }

@@ -398,7 +398,7 @@ TEST_CASE("the example trains longer with --resume-changed and starts from weigh
   INFO(warm.output);
   REQUIRE(warm.exit_code == 0);
   CHECK(warm.output.find("weights only, non-strict, 3 skipped") != std::string::npos);
-  CHECK(warm.output.find("skipped parameter 'fc2.weight': shape [10, 256] in the checkpoint, [10, 128] in the model") !=
+  CHECK(warm.output.find("skipped model parameter 'fc2.weight' has shape [10, 256] in the checkpoint but [10, 128] in the model") !=
         std::string::npos);
 }
 

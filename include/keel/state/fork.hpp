@@ -105,7 +105,8 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
                              " cannot scale another learning rate (it has no set_base_lrs())");
     } else if (detail::starts_with(key, "scheduler.") &&
                options.schedule_extension().kind != ScheduleExtension::Kind::rescale &&
-               !sched::can_append<Scheduler>::value) {
+               !sched::can_append<Scheduler>::value && !detail::follows_lineage<Scheduler>::value) {
+      // (a scheduler that follows the lineage says it itself, in the check before loading)
       plan.refused.push_back(line + ": " + keel::detail::component_name<Scheduler>() +
                              " cannot append a phase (" + options.schedule_extension().name() +
                              "); fork with ScheduleExtension::rescale()");

@@ -15,42 +15,12 @@
 #include <keel/state/checkpoint_io.hpp>
 #include <keel/state/fork.hpp>
 
-#include <set>
 #include <string>
 #include <vector>
 
 namespace keel::state {
 
 namespace detail {
-/// The saved tensors of one kind that fit `live`, and a line for each that does not.
-inline std::vector<const NamedTensor*> matching(const std::string& kind, const std::vector<NamedTensor>& saved,
-                                                const torch::OrderedDict<std::string, torch::Tensor>& live,
-                                                std::vector<std::string>& skipped) {
-  std::vector<const NamedTensor*> out;
-  std::set<std::string> seen;
-  for (const auto& item : saved) {
-    seen.insert(item.name);
-    const torch::Tensor* target = live.find(item.name);
-    if (!target) {
-      skipped.push_back(kind + " '" + item.name + "': unexpected (this model has no such " + kind + ")");
-    } else if (!item.tensor.defined() || !target->defined()) {
-      if (item.tensor.defined() != target->defined())
-        skipped.push_back(kind + " '" + item.name + "': defined in only one of checkpoint and model");
-    } else if (item.tensor.sizes() != target->sizes()) {
-      skipped.push_back(kind + " '" + item.name + "': shape " + shape_string(item.tensor.sizes()) +
-                        " in the checkpoint, " + shape_string(target->sizes()) + " in the model");
-    } else if (item.tensor.scalar_type() != target->scalar_type()) {
-      skipped.push_back(kind + " '" + item.name + "': dtype " + c10::toString(item.tensor.scalar_type()) +
-                        " in the checkpoint, " + c10::toString(target->scalar_type()) + " in the model");
-    } else {
-      out.push_back(&item);
-    }
-  }
-  for (const auto& item : live)
-    if (!seen.count(item.key())) skipped.push_back(kind + " '" + item.key() + "': missing from the checkpoint");
-  return out;
-}
-
 template <class Format, class T>
 void parse_named(const ckpt::Container& container, const std::string& path, const char* name, T& value) {
   const ckpt::SectionInfo* info = container.manifest.find(name);
@@ -76,11 +46,10 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
 
   ModelState saved;
   detail::parse_named<Format>(container, path, "model", saved);
-  std::vector<std::string> skipped;
-  auto params = detail::matching("parameter", saved.parameters, s.model->named_parameters(true), skipped);
-  auto buffers = detail::matching("buffer", saved.buffers, s.model->named_buffers(true), skipped);
+  auto fit = saved.fit(*s.model);  // the check a resume makes, and what does fit
+  std::vector<std::string> skipped = std::move(fit.differences);
   if (options.init_strict())
-    for (const auto& line : skipped) problems.push_back("model " + line);
+    for (const auto& line : skipped) problems.push_back(line);
 
   optim::OptimizerState optimizer;
   if (with_optimizer) {
@@ -113,9 +82,9 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
   {
     torch::NoGradGuard no_grad;
     auto live_params = s.model->named_parameters(true);
-    for (const auto* item : params) live_params[item->name].copy_(item->tensor);
+    for (const auto* item : fit.parameters) live_params[item->name].copy_(item->tensor);
     auto live_buffers = s.model->named_buffers(true);
-    for (const auto* item : buffers) live_buffers[item->name].copy_(item->tensor);
+    for (const auto* item : fit.buffers) live_buffers[item->name].copy_(item->tensor);
   }
   if (with_optimizer) {
     // The checkpoint's per-parameter state; this run's hyper-parameters and scheduled lr.
