@@ -11,6 +11,7 @@
 #include <keel/serialize_random.hpp>
 #include <keel/hash.hpp>
 #include <keel/fingerprint.hpp>
+#include <keel/monitor.hpp>
 #include <keel/loop_state.hpp>
 #include <keel/context.hpp>
 #include <keel/hooks.hpp>
@@ -21,9 +22,19 @@
 #include <keel/rng.hpp>
 #include <keel/optim/sgd.hpp>
 #include <keel/optim/adam.hpp>
+#include <keel/optim/rmsprop.hpp>
+#include <keel/optim/adagrad.hpp>
 #include <keel/sched/constant.hpp>
 #include <keel/sched/step_decay.hpp>
 #include <keel/sched/cosine_warmup.hpp>
+#include <keel/sched/step_lr.hpp>
+#include <keel/sched/exponential_lr.hpp>
+#include <keel/sched/cosine_annealing.hpp>
+#include <keel/sched/linear_lr.hpp>
+#include <keel/sched/one_cycle_lr.hpp>
+#include <keel/sched/lambda_lr.hpp>
+#include <keel/sched/sequential.hpp>
+#include <keel/sched/reduce_lr_on_plateau.hpp>
 #include <keel/data/sampler.hpp>
 #include <keel/data/dataset.hpp>
 #include <keel/checkpoint/file_io.hpp>

@@ -12,6 +12,7 @@
 #include <keel/loop/evaluation.hpp>
 #include <keel/loop/nonfinite.hpp>
 #include <keel/loop/optimizer_step.hpp>
+#include <keel/loop/scheduler_steps.hpp>
 #include <keel/loop/stop_conditions.hpp>
 #include <keel/serialize_tensor.hpp>
 
@@ -24,16 +25,20 @@
 
 namespace keel::loop {
 
-/// Ends an epoch: validation (if a validation set is given), hooks, counters, the epoch save.
+/// Ends an epoch: validation (if a validation set is given), hooks, the scheduler's epoch
+/// step, counters, the epoch save.
 template <class State, class Saver, class ValidationSet>
 void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
   if constexpr (!std::is_same_v<ValidationSet, NoValidation>) {
     if (validation) {
-      evaluate(s, *validation, /*with_hooks=*/true);
+      const Metrics metrics = evaluate(s, *validation, /*with_hooks=*/true);
+      scheduler_after_validation(s.scheduler, metrics);
       saver.after_validation();
     }
   }
   s.dispatch(event::on_train_epoch_end{});
+  scheduler_at_epoch_end(s.scheduler);
+  s.view.lr = s.optimizer.lr(0);
   ++s.loop.epoch;
   s.loop.batch_in_epoch = 0;
   saver.after_epoch();

@@ -5,16 +5,26 @@
 
 #include <keel/data/sampler.hpp>
 #include <keel/hooks.hpp>
+#include <keel/detail/type_name.hpp>
+#include <keel/error.hpp>
 #include <keel/loop/epoch_loop.hpp>
+#include <keel/loop/scheduler_steps.hpp>
 #include <keel/loop/stop_conditions.hpp>
 
 #include <exception>
+#include <string>
 
 namespace keel::loop {
 
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
          const data::EpochSampler& sampler) {
+  if constexpr (scheduler_needs_validation<typename State::Scheduler>()) {
+    if (!validation)
+      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name<typename State::Scheduler>() +
+                        " steps on validation metrics, and fit() was given no validation set; pass one "
+                        "(trainer.fit(train, validation))");
+  }
   s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {
     s.dispatch(event::on_fit_start{});

@@ -40,6 +40,12 @@ struct SchedulerState {
   }
 };
 
+/// Whether a scheduler section of `type` holds a SchedulerState (what keel-ckpt reads): every
+/// keel scheduler derived from SchedulerBase; ReduceLROnPlateau keeps a history of its own.
+inline bool saves_scheduler_state(const std::string& type) {
+  return type.rfind("keel::sched::", 0) == 0 && type != "keel::sched::ReduceLROnPlateau";
+}
+
 /// Whether scheduler S can append a phase at a fork: it reads its options back from its
 /// fingerprint entries and computes its factor and its end from options alone:
 ///   static Options options_from(const keel::SavedConfig&);
@@ -52,28 +58,63 @@ struct can_append<S, std::void_t<decltype(S::factor_of(S::options_from(std::decl
                                  decltype(S::end_of(std::declval<const typename S::Options&>()))>>
     : std::true_type {};
 
+/// When a scheduler advances: after every optimizer step (keel's default; Lightning's
+/// interval="step") or once at the end of every epoch, after validation (PyTorch's habit of
+/// calling scheduler.step() once per epoch; Lightning's interval="epoch").
+enum class Interval { step, epoch };
+inline const char* interval_name(Interval interval) { return interval == Interval::step ? "step" : "epoch"; }
+
+namespace detail {
+template <class S, class = void>
+struct computes_learning_rate : std::false_type {};
+template <class S>
+struct computes_learning_rate<
+    S, std::void_t<decltype(double(std::declval<const S&>().learning_rate(std::int64_t{}, double{})))>>
+    : std::true_type {};
+}  // namespace detail
+
 /// Holds a reference to the optimizer, the base learning rates of its groups and the number
-/// of steps taken; Derived supplies `double factor(std::int64_t step) const`.
+/// of steps taken (in the scheduler's Interval). Derived supplies either
+///   double factor(std::int64_t step) const                  lr = base_lr * factor(step)
+///   double learning_rate(std::int64_t step, double base_lr) const   lr itself (an absolute
+///                                                           floor such as eta_min, PyTorch's formula)
 template <class Derived>
 class SchedulerBase {
  public:
   /// Layout version of the saved state (the checkpoint section's version).
   static constexpr std::uint32_t keel_version = 1;
 
-  explicit SchedulerBase(torch::optim::Optimizer& optimizer) : optimizer_(optimizer) {
+  explicit SchedulerBase(torch::optim::Optimizer& optimizer, Interval interval = Interval::step)
+      : optimizer_(optimizer), interval_(interval) {
     for (const auto& group : optimizer.param_groups()) state_.base_lrs.push_back(group.options().get_lr());
   }
 
-  /// Call after every optimizer step.
+  /// The loop calls it after every optimizer step; advances a scheduler of Interval::step.
   void step() {
-    ++state_.step;
-    apply();
+    if (interval_ == Interval::step) advance();
   }
+  /// The loop calls it at the end of every epoch (after validation); advances a scheduler of
+  /// Interval::epoch.
+  void on_epoch_end() {
+    if (interval_ == Interval::epoch) advance();
+  }
+  Interval interval() const noexcept { return interval_; }
 
+  /// Steps taken, in the scheduler's interval (optimizer steps or epochs).
   std::int64_t steps() const noexcept { return state_.step; }
   const std::vector<double>& base_lrs() const noexcept { return state_.base_lrs; }
-  /// Learning rate of `group` after `step` optimizer steps.
-  double lr_at(std::int64_t step, std::size_t group = 0) const { return state_.base_lrs.at(group) * factor_at(step); }
+  /// Learning rate of `group` after `step` steps.
+  double lr_at(std::int64_t step, std::size_t group = 0) const { return lr_for(step, state_.base_lrs.at(group)); }
+  /// Learning rate after `step` steps of a group whose base learning rate is `base_lr`.
+  double lr_for(std::int64_t step, double base_lr) const {
+    for (const auto& segment : segments_)
+      if (step < segment.until) return base_lr * segment.factor(step);
+    if constexpr (detail::computes_learning_rate<Derived>::value) {
+      return static_cast<const Derived&>(*this).learning_rate(step, base_lr);
+    } else {
+      return base_lr * static_cast<const Derived&>(*this).factor(step);
+    }
+  }
 
   /// The factor after `step` steps: a segment appended by a fork, or Derived's configuration.
   double factor_at(std::int64_t step) const {
@@ -105,6 +146,15 @@ class SchedulerBase {
   }
 
  protected:
+  void advance() {
+    ++state_.step;
+    apply();
+  }
+  /// Adds "interval" to a scheduler's fingerprint (schedulers with an Interval option).
+  void describe_interval(Fingerprint& fingerprint, const std::string& prefix) const {
+    fingerprint.add(prefix + "interval", interval_name(interval_));
+  }
+
   /// Writes the learning rate for the current step into every param group.
   void apply() {
     auto& groups = optimizer_.get().param_groups();
@@ -176,6 +226,7 @@ class SchedulerBase {
   }
 
   std::reference_wrapper<torch::optim::Optimizer> optimizer_;
+  Interval interval_;  // configuration (each Derived's describe() records it)
   SchedulerState state_;
   std::vector<Segment> segments_;  // configuration derived from the lineage; never saved
 };

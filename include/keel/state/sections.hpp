@@ -150,7 +150,7 @@ struct SchedulerSection {
   }
   bool accepts(const std::string& t) const {
     if constexpr (offline) {
-      return t.rfind("keel::sched::", 0) == 0;  // a user's scheduler has a layout of its own
+      return sched::saves_scheduler_state(t);  // others (a user's) have a layout of their own
     } else {
       return t == type();
     }
