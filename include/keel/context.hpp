@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -24,6 +25,7 @@ using Metrics = std::map<std::string, double>;
 struct LoopView {
   torch::Tensor loss;          ///< latest micro-batch loss, then the step's mean loss (detached)
   double lr = 0.0;             ///< learning rate of the first param group
+  double grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< before clipping (NaN: no clipping)
   Metrics metrics;             ///< of the latest validation run
   Metrics batch_metrics;       ///< of the validation batch just processed
   std::int64_t batch_size = 0;  ///< samples in the latest training micro-batch
@@ -55,6 +57,9 @@ class Context {
   const torch::Tensor& loss() const noexcept { return view_.loss; }
   /// Learning rate of the first parameter group.
   double lr() const noexcept { return view_.lr; }
+  /// Global norm of the gradients of the latest optimizer step, before clipping; NaN when no
+  /// clipping is configured (TrainerOptions::clip_grad_norm, clip_grad_value).
+  double grad_norm() const noexcept { return view_.grad_norm; }
   /// Metrics of the latest validation run.
   const Metrics& metrics() const noexcept { return view_.metrics; }
   /// Metrics of the validation batch just processed (on_validation_batch_end).

@@ -7,8 +7,11 @@
 //   keel/state/checkpoint_io.hpp    writing, digesting and the all-or-nothing loading of that list
 //   keel/state/train_state.hpp      the components, the loop's position, the fingerprint
 //   keel/loop/fit_loop.hpp          epochs until a stop condition, exception hooks
-//   keel/loop/epoch_loop.hpp        micro-batches and accumulation windows, the epoch's end
-//   keel/loop/optimizer_step.hpp    check, step or skip, zero_grad, scheduler
+//   keel/loop/epoch_loop.hpp        micro-batches and accumulation windows, when to validate,
+//                                   the epoch's end
+//   keel/loop/optimizer_step.hpp    check, clip, step or skip, zero_grad, scheduler
+//   keel/loop/gradient_clipping.hpp clip by norm or value, the norm before clipping
+//   keel/loop/scheduler_steps.hpp   the scheduler's epoch and validation steps
 //   keel/loop/evaluation.hpp        validation
 //   keel/loop/nonfinite.hpp         NaN/Inf checks
 //   keel/loop/checkpoint_saver.hpp  when to save, the I/O-error policy, rotation, the lock
@@ -116,7 +119,8 @@ class Trainer {
   void fit(TrainSet& train) {
     fit_impl<TrainSet, loop::NoValidation>(train, nullptr);
   }
-  /// Trains on `train`, validating on `validation` at the end of each epoch.
+  /// Trains on `train`, validating on `validation` at the end of each epoch (or as
+  /// TrainerOptions::validate_every_epochs and validate_every_steps say).
   template <class TrainSet, class ValidationSet>
   void fit(TrainSet& train, ValidationSet& validation) {
     fit_impl(train, &validation);

@@ -87,6 +87,20 @@ struct TrainerOptions {
   TORCH_ARG(bool, init_strict) = true;
   /// Batch size for validation (0: batch_size).
   TORCH_ARG(std::int64_t, validation_batch_size) = 0;
+  /// Validate every this many optimizer steps as well (0: only at epoch ends). Its metrics reach
+  /// callbacks, loggers, keep_best and ReduceLROnPlateau like an epoch's.
+  TORCH_ARG(std::int64_t, validate_every_steps) = 0;
+  /// Validate at the end of every this many epochs (0: never at epoch ends). An epoch whose last
+  /// optimizer step was just validated (validate_every_steps) is not validated twice.
+  TORCH_ARG(std::int64_t, validate_every_epochs) = 1;
+  /// Clip the gradients' global norm to this value before each optimizer step (0: off), after
+  /// accumulation; the norm before clipping reaches callbacks (Context::grad_norm) and logs.
+  TORCH_ARG(double, clip_grad_norm) = 0.0;
+  /// The norm clip_grad_norm measures: 2 (Euclidean), 1, or infinity (largest entry).
+  TORCH_ARG(double, clip_grad_norm_type) = 2.0;
+  /// Clamp every gradient entry to [-value, value] before each optimizer step (0: off); the
+  /// global 2-norm before clamping is reported as with clip_grad_norm.
+  TORCH_ARG(double, clip_grad_value) = 0.0;
   /// Signals that stop training gracefully while fit() runs: the step in progress finishes, a
   /// checkpoint is written, and fit() throws keel::Interrupted (exit_status() = 128 + signal).
   /// Empty: keel installs no handler.
@@ -130,6 +144,17 @@ struct TrainerOptions {
       throw ConfigError("keel::TrainerOptions: keep_best(" + std::to_string(keep_best_) +
                         ") needs monitor(\"<validation metric>\"), e.g. monitor(\"val_loss\")");
     non_negative("validation_batch_size", validation_batch_size_);
+    non_negative("validate_every_steps", validate_every_steps_);
+    non_negative("validate_every_epochs", validate_every_epochs_);
+    if (!(clip_grad_norm_ >= 0.0))
+      throw ConfigError("keel::TrainerOptions: clip_grad_norm must be >= 0 (0: off), got " + std::to_string(clip_grad_norm_));
+    if (!(clip_grad_value_ >= 0.0))
+      throw ConfigError("keel::TrainerOptions: clip_grad_value must be >= 0 (0: off), got " + std::to_string(clip_grad_value_));
+    if (clip_grad_norm_ > 0.0 && clip_grad_value_ > 0.0)
+      throw ConfigError("keel::TrainerOptions: set clip_grad_norm or clip_grad_value, not both");
+    if (!(clip_grad_norm_type_ > 0.0))
+      throw ConfigError("keel::TrainerOptions: clip_grad_norm_type must be positive (2, 1, or infinity), got " +
+                        std::to_string(clip_grad_norm_type_));
     non_negative("threads", threads_);
     non_negative("workers", workers_);
     non_negative("prefetch_batches", prefetch_batches_);

@@ -1,6 +1,7 @@
 #pragma once
 // keel::MetricsLogger: plottable logs, metrics.csv and metrics.jsonl, one row per logged
-// optimizer step (step, epoch, loss, lr, samples/s) and one per validation (its metrics).
+// optimizer step (step, epoch, loss, lr, samples/s; in metrics.jsonl also grad_norm, the norm
+// before clipping, when gradients are clipped) and one per validation (its metrics).
 //
 // After a resume every step appears exactly once. The number of rows written is part of the
 // logger's saved state, and the files are flushed to the kernel before each checkpoint; when a
@@ -89,7 +90,9 @@ class MetricsLogger {
     for (std::size_t i = 0; i < columns_.size(); ++i) csv += ",";
     write_row(csv, "{\"step\": " + std::to_string(ctx.global_step()) + ", \"epoch\": " + std::to_string(ctx.epoch()) +
                        ", \"phase\": \"train\", \"loss\": " + json_number(loss) + ", \"lr\": " + json_number(ctx.lr()) +
-                       ", \"samples_per_sec\": " + json_number(throughput) + "}");
+                       ", \"samples_per_sec\": " + json_number(throughput) +
+                       (std::isnan(ctx.grad_norm()) ? std::string() : ", \"grad_norm\": " + json_number(ctx.grad_norm())) +
+                       "}");
   }
 
   void on_validation_end(Context& ctx) {

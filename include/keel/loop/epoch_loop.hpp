@@ -15,6 +15,7 @@
 #include <keel/loop/scheduler_steps.hpp>
 #include <keel/loop/stop_conditions.hpp>
 #include <keel/serialize_tensor.hpp>
+#include <keel/trainer_options.hpp>
 
 #include <torch/types.h>
 
@@ -25,17 +26,32 @@
 
 namespace keel::loop {
 
-/// Ends an epoch: validation (if a validation set is given), hooks, the scheduler's epoch
-/// step, counters, the epoch save.
+/// A validation run in the loop: the metrics reach callbacks (through the hooks), the scheduler
+/// and the saver (keep_best).
+template <class State, class Saver, class ValidationSet>
+void validate(State& s, Saver& saver, ValidationSet* validation) {
+  if constexpr (!std::is_same_v<ValidationSet, NoValidation>) {
+    if (!validation) return;
+    const Metrics metrics = evaluate(s, *validation, /*with_hooks=*/true);
+    scheduler_after_validation(s.scheduler, metrics);
+    saver.after_validation();
+  }
+}
+
+/// Whether the optimizer step just taken is one that validate_every_steps validates after.
+/// Computed from the loop's saved position, so a resumed run decides as the uninterrupted one.
+inline bool step_validation_due(const LoopState& loop, const TrainerOptions& options) {
+  const auto every = options.validate_every_steps();
+  return every > 0 && loop.global_step > 0 && loop.global_step % every == 0;
+}
+
+/// Ends an epoch: validation (every validate_every_epochs epochs, unless the epoch's last step
+/// was just validated), hooks, the scheduler's epoch step, counters, the epoch save.
 template <class State, class Saver, class ValidationSet>
 void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
-  if constexpr (!std::is_same_v<ValidationSet, NoValidation>) {
-    if (validation) {
-      const Metrics metrics = evaluate(s, *validation, /*with_hooks=*/true);
-      scheduler_after_validation(s.scheduler, metrics);
-      saver.after_validation();
-    }
-  }
+  const auto every = s.options.validate_every_epochs();
+  if (every > 0 && (s.loop.epoch + 1) % every == 0 && !step_validation_due(s.loop, s.options))
+    validate(s, saver, validation);
   s.dispatch(event::on_train_epoch_end{});
   scheduler_at_epoch_end(s.scheduler);
   s.view.lr = s.optimizer.lr(0);
@@ -88,6 +104,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
 
     if (s.loop.micro_batch == window) {
       optimizer_step(s, nonfinite, window, window_loss);
+      if (step_validation_due(s.loop, s.options)) validate(s, saver, validation);
       saver.after_step(/*epoch_ends=*/s.loop.batch_in_epoch == batches);
     }
   }

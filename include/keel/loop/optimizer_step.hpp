@@ -1,14 +1,17 @@
 #pragma once
-// The end of an accumulation window: check the window for non-finite values, step the
-// optimizer (or skip the step), zero the gradients, advance the scheduler and the counters.
+// The end of an accumulation window: check the window for non-finite values, clip the
+// gradients, step the optimizer (or skip the step), zero the gradients, advance the scheduler
+// and the counters.
 
 #include <keel/hooks.hpp>
+#include <keel/loop/gradient_clipping.hpp>
 #include <keel/log.hpp>
 #include <keel/loop/nonfinite.hpp>
 
 #include <torch/types.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace keel::loop {
@@ -19,9 +22,11 @@ template <class State>
 void optimizer_step(State& s, NonFiniteWatch& nonfinite, std::int64_t window, const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
   if (const std::string bad = nonfinite.check_window(s.loop); bad.empty()) {
+    s.view.grad_norm = clip_gradients(*s.model, s.options);
     s.optimizer.step();
   } else {
     // skip_step: the step counts (the schedule and the data stay aligned) but applies nothing.
+    s.view.grad_norm = std::numeric_limits<double>::quiet_NaN();
     ++s.loop.skipped_steps;
     warn("step " + std::to_string(s.loop.global_step + 1) + " skipped: non-finite " + bad + " (" +
          std::to_string(s.loop.skipped_steps) + " skipped so far)");

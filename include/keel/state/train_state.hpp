@@ -108,6 +108,15 @@ class TrainState {
     f.add("data.shuffle", options.shuffle());
     f.add("data.drop_last", options.drop_last());
     f.add("data.seed", options.seed());
+    // Loop settings that change the results, recorded only when set (files of runs without
+    // them keep resuming).
+    if (options.clip_grad_norm() > 0.0) {
+      f.add("loop.clip_grad_norm", options.clip_grad_norm());
+      f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
+    }
+    if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
+    if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
+    if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
     for (const auto& [key, value] : options.config()) f.add("user." + key, value);
     return f;
   }

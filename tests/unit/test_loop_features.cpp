@@ -1,0 +1,176 @@
+// Loop features in one process: gradient clipping (by norm, by value, the norm reported),
+// validation every N steps and every N epochs, schedulers that step per epoch or on
+// validation metrics, and the optimizers RMSprop and Adagrad in a Trainer.
+#include "support/synthetic.hpp"
+
+#include <keel/keel.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+namespace loop_features_test {
+
+using keel_test::SyntheticImages;
+
+/// A linear model without randomness or batch statistics: an SGD step moves the weights by
+/// exactly lr times the (clipped) gradient.
+struct LinearImpl : torch::nn::Module {
+  LinearImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return 30.0 * torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target);  // large gradients
+  }
+  keel::Metrics validation_step(const keel::data::Example& b) {
+    return {{"val_loss", torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target).item<double>()}};
+  }
+  BOOST_HANA_DEFINE_STRUCT(LinearImpl, (torch::nn::Linear, fc));
+};
+
+/// Records, per optimizer step, the reported norm and how far the parameters moved.
+struct StepProbe {
+  std::vector<double> norms, moved_norm, moved_max;
+  std::vector<torch::Tensor> before;  // not state: refilled at every step start
+  template <class A>
+  void serialize(A& a) {
+    a(norms, moved_norm, moved_max);
+  }
+  void on_optimizer_step_start(keel::Context& ctx) {
+    before.clear();
+    for (const auto& p : ctx.model().parameters()) before.push_back(p.detach().clone());
+  }
+  void on_optimizer_step_end(keel::Context& ctx) {
+    norms.push_back(ctx.grad_norm());
+    double squares = 0.0, largest = 0.0;
+    const auto params = ctx.model().parameters();
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const auto delta = (params[i].detach() - before[i]).to(torch::kFloat64);
+      squares += delta.pow(2).sum().item<double>();
+      largest = std::max(largest, delta.abs().max().item<double>());
+    }
+    moved_norm.push_back(std::sqrt(squares));
+    moved_max.push_back(largest);
+  }
+};
+
+using Clipped = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<StepProbe>>;
+
+TEST_CASE("clip_grad_norm bounds the step and reports the norm before clipping") {
+  SyntheticImages data(64, 3);
+  const double lr = 0.01, max_norm = 0.5;
+  Clipped trainer(keel::TrainerOptions().max_epochs(10).max_steps(6).batch_size(16).accumulate(2).clip_grad_norm(max_norm),
+                  torch::optim::SGDOptions(lr));
+  trainer.fit(data);
+  const auto& probe = trainer.callback<StepProbe>();
+  REQUIRE(probe.norms.size() == 6);
+  for (std::size_t i = 0; i < probe.norms.size(); ++i) {
+    CAPTURE(i);
+    CHECK(probe.norms[i] > max_norm);  // the gradients are large: every step was clipped
+    CHECK(probe.moved_norm[i] / lr == doctest::Approx(max_norm).epsilon(1e-3));
+  }
+  // Without clipping no norm is computed, and the step is the whole gradient.
+  Clipped plain(keel::TrainerOptions().max_steps(1).batch_size(16), torch::optim::SGDOptions(lr));
+  plain.fit(data);
+  CHECK(std::isnan(plain.callback<StepProbe>().norms.at(0)));
+  CHECK(plain.callback<StepProbe>().moved_norm.at(0) / lr > max_norm);
+}
+
+TEST_CASE("clip_grad_value clamps every entry and reports the norm before clamping") {
+  SyntheticImages data(64, 3);
+  const double lr = 0.01, value = 1e-3;
+  Clipped trainer(keel::TrainerOptions().max_steps(3).batch_size(16).clip_grad_value(value), torch::optim::SGDOptions(lr));
+  trainer.fit(data);
+  const auto& probe = trainer.callback<StepProbe>();
+  for (std::size_t i = 0; i < probe.norms.size(); ++i) {
+    CAPTURE(i);
+    CHECK(probe.moved_max[i] / lr <= value * (1 + 1e-3));  // (float32 weights: the move is rounded)
+    CHECK(probe.moved_max[i] / lr == doctest::Approx(value).epsilon(1e-3));  // some entry was clamped
+    CHECK(probe.norms[i] > probe.moved_norm[i] / lr);
+  }
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().clip_grad_norm(1.0).clip_grad_value(1.0).validate(),
+                       doctest::Contains("set clip_grad_norm or clip_grad_value, not both"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().clip_grad_norm(-1.0).validate(),
+                       doctest::Contains("clip_grad_norm must be >= 0 (0: off), got -1"), keel::ConfigError);
+}
+
+/// Records the global step of every validation.
+struct ValidationSteps {
+  std::vector<std::int64_t> at;
+  template <class A>
+  void serialize(A& a) {
+    a(at);
+  }
+  void on_validation_end(keel::Context& ctx) { at.push_back(ctx.global_step()); }
+};
+using Validated = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<ValidationSteps>>;
+
+TEST_CASE("validation every N steps and every N epochs, never twice for one step") {
+  SyntheticImages train(208, 5), validation(32, 6);  // 13 steps per epoch in batches of 16
+  auto steps_validated = [&](keel::TrainerOptions options) {
+    Validated trainer(options.batch_size(16).max_epochs(2), torch::optim::SGDOptions(0.01));
+    trainer.fit(train, validation);
+    return trainer.callback<ValidationSteps>().at;
+  };
+  CHECK(steps_validated(keel::TrainerOptions()) == std::vector<std::int64_t>{13, 26});
+  CHECK(steps_validated(keel::TrainerOptions().validate_every_steps(5)) ==
+        std::vector<std::int64_t>{5, 10, 13, 15, 20, 25, 26});
+  // The epoch's last step is validated once, by the step rule.
+  CHECK(steps_validated(keel::TrainerOptions().validate_every_steps(13)) == std::vector<std::int64_t>{13, 26});
+  CHECK(steps_validated(keel::TrainerOptions().validate_every_epochs(2)) == std::vector<std::int64_t>{26});
+  CHECK(steps_validated(keel::TrainerOptions().validate_every_epochs(0).validate_every_steps(10)) ==
+        std::vector<std::int64_t>{10, 20});
+}
+
+TEST_CASE("a scheduler of the epoch interval steps once per epoch inside the Trainer") {
+  SyntheticImages train(64, 5);
+  keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::scheduler<keel::sched::StepLR>> trainer(
+      keel::TrainerOptions().max_epochs(3).batch_size(16), torch::optim::SGDOptions(0.1),
+      keel::sched::StepLROptions(1, 0.5).interval(keel::sched::Interval::epoch));
+  trainer.fit(train);
+  CHECK(trainer.scheduler().steps() == 3);
+  CHECK(trainer.optimizer().lr(0) == doctest::Approx(0.1 * 0.125));
+}
+
+TEST_CASE("ReduceLROnPlateau steps on validation, and refuses a fit without a validation set") {
+  SyntheticImages train(64, 5), validation(32, 6);
+  using Plateau = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>,
+                                keel::scheduler<keel::sched::ReduceLROnPlateau>>;
+  // lr 0: the model never changes, so the loss never improves after the first validation.
+  Plateau stuck(keel::TrainerOptions().max_epochs(4).batch_size(16), torch::optim::SGDOptions(0.0),
+                keel::sched::ReduceLROnPlateauOptions("val_loss").patience(0).factor(0.5));
+  CHECK_THROWS_WITH_AS(stuck.fit(train), doctest::Contains("steps on validation metrics, and fit() was given no validation set"),
+                       keel::ConfigError);
+  Plateau trainer(keel::TrainerOptions().max_epochs(4).batch_size(16), torch::optim::SGDOptions(1e-6),
+                  keel::sched::ReduceLROnPlateauOptions("val_loss").patience(0).factor(0.5).threshold(0.5));
+  trainer.fit(train, validation);
+  // threshold 0.5 (relative) and a rate too small to halve the loss: only the first validation
+  // improves (on infinity); patience 0 halves the rate at each of the other three.
+  CHECK(trainer.scheduler().steps() == 4);
+  CHECK(trainer.optimizer().lr(0) == doctest::Approx(1e-6 / 8));
+}
+
+TEST_CASE("RMSprop and Adagrad train in a Trainer and save their state by parameter name") {
+  SyntheticImages train(64, 5);
+  keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::RMSprop>> rmsprop(
+      keel::TrainerOptions().max_steps(3).batch_size(16), torch::optim::RMSpropOptions(1e-3).momentum(0.9).centered(true));
+  rmsprop.fit(train);
+  const auto rms_state = rmsprop.optimizer().state();
+  REQUIRE(rms_state.params.size() == 2);
+  CHECK(rms_state.params[0].name == "fc.weight");
+  CHECK(rms_state.params[0].step == 3);
+  for (const auto& named : rms_state.params[0].tensors) {
+    CAPTURE(named.first);  // (no structured binding: clang 14 cannot capture one)
+    CHECK(named.second.defined());  // momentum and centering: all three are in use
+  }
+  keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::Adagrad>> adagrad(
+      keel::TrainerOptions().max_steps(2).batch_size(16), torch::optim::AdagradOptions(1e-2));
+  adagrad.fit(train);
+  const auto ada_state = adagrad.optimizer().state();
+  REQUIRE(ada_state.params.size() == 2);
+  CHECK(ada_state.params[1].name == "fc.bias");
+  CHECK(ada_state.params[1].step == 2);
+  CHECK(ada_state.params[1].tensors.at(0).first == "sum");
+  CHECK(ada_state.params[1].tensors.at(0).second.sum().item<double>() > 0.0);
+}
+
+}  // namespace loop_features_test
