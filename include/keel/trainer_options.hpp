@@ -21,6 +21,22 @@ enum class NonFinitePolicy {
   skip_step,  ///< drop the step's gradients, count it (LoopState::skipped_steps) and go on
 };
 
+/// The precision of the forward passes (training_step, validation_step): float32, or autocast
+/// to a 16-bit type (matrix products and convolutions in 16 bits, reductions and the weights in
+/// float32). The backward pass follows the forward's types, as in PyTorch.
+enum class Precision {
+  fp32,  ///< no autocast
+  bf16,  ///< autocast to bfloat16, on the CPU or CUDA
+  fp16,  ///< autocast to float16, CUDA only; refused until keel has its dynamic loss scaler
+};
+inline const char* precision_name(Precision precision) {
+  switch (precision) {
+    case Precision::bf16: return "bf16";
+    case Precision::fp16: return "fp16";
+    default: return "fp32";
+  }
+}
+
 struct TrainerOptions {
   /// Where the model trains: torch::kCPU or torch::Device(torch::kCUDA, i).
   TORCH_ARG(torch::Device, device) = torch::kCPU;
@@ -93,6 +109,8 @@ struct TrainerOptions {
   /// Validate at the end of every this many epochs (0: never at epoch ends). An epoch whose last
   /// optimizer step was just validated (validate_every_steps) is not validated twice.
   TORCH_ARG(std::int64_t, validate_every_epochs) = 1;
+  /// Forward passes in float32 (default) or under autocast (Precision::bf16; fp16 on CUDA).
+  TORCH_ARG(Precision, precision) = Precision::fp32;
   /// Clip the gradients' global norm to this value before each optimizer step (0: off), after
   /// accumulation; the norm before clipping reaches callbacks (Context::grad_norm) and logs.
   TORCH_ARG(double, clip_grad_norm) = 0.0;
@@ -152,6 +170,12 @@ struct TrainerOptions {
       throw ConfigError("keel::TrainerOptions: clip_grad_value must be >= 0 (0: off), got " + std::to_string(clip_grad_value_));
     if (clip_grad_norm_ > 0.0 && clip_grad_value_ > 0.0)
       throw ConfigError("keel::TrainerOptions: set clip_grad_norm or clip_grad_value, not both");
+    if (precision_ == Precision::fp16 && !device_.is_cuda())
+      throw ConfigError("keel::TrainerOptions: precision fp16 needs a CUDA device (LibTorch's CPU autocast has no "
+                        "float16); use Precision::bf16 on the CPU");
+    if (precision_ == Precision::fp16)  // float16 gradients underflow without a dynamic loss scaler
+      throw ConfigError("keel::TrainerOptions: precision fp16 needs a dynamic loss scaler, which this keel does not "
+                        "have yet; use Precision::bf16 (same speed on recent GPUs, no scaler needed)");
     if (!(clip_grad_norm_type_ > 0.0))
       throw ConfigError("keel::TrainerOptions: clip_grad_norm_type must be positive (2, 1, or infinity), got " +
                         std::to_string(clip_grad_norm_type_));

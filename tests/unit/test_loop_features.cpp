@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace loop_features_test {
@@ -147,6 +148,35 @@ TEST_CASE("ReduceLROnPlateau steps on validation, and refuses a fit without a va
   // improves (on infinity); patience 0 halves the rate at each of the other three.
   CHECK(trainer.scheduler().steps() == 4);
   CHECK(trainer.optimizer().lr(0) == doctest::Approx(1e-6 / 8));
+}
+
+/// Records the dtype of its logits, the part of the forward pass that autocast changes.
+c10::ScalarType logits_dtype = c10::kFloat;
+struct DtypeProbeImpl : torch::nn::Module {
+  DtypeProbeImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    auto logits = fc(b.data.flatten(1));
+    logits_dtype = logits.scalar_type();
+    return torch::nn::functional::cross_entropy(logits, b.target);
+  }
+  BOOST_HANA_DEFINE_STRUCT(DtypeProbeImpl, (torch::nn::Linear, fc));
+};
+
+TEST_CASE("bf16 autocast runs the forward pass in bfloat16, keeps the weights in float32, and ends with the fit") {
+  SyntheticImages train(64, 5);
+  keel::Trainer<keel::model<DtypeProbeImpl>, keel::optimizer<keel::optim::SGD>> trainer(
+      keel::TrainerOptions().max_steps(2).batch_size(16).precision(keel::Precision::bf16), torch::optim::SGDOptions(0.1));
+  trainer.fit(train);
+  CHECK(std::string(c10::toString(logits_dtype)) == "BFloat16");
+  CHECK(std::string(c10::toString(trainer.model()->fc->weight.scalar_type())) == "Float");
+  CHECK(std::string(c10::toString(trainer.model()->fc->weight.grad().scalar_type())) == "Float");
+  CHECK_FALSE(keel::detail::autocast_enabled(c10::DeviceType::CPU));  // restored after the forward passes
+  keel::Trainer<keel::model<DtypeProbeImpl>, keel::optimizer<keel::optim::SGD>> fp32(
+      keel::TrainerOptions().max_steps(1).batch_size(16), torch::optim::SGDOptions(0.1));
+  fp32.fit(train);
+  CHECK(std::string(c10::toString(logits_dtype)) == "Float");
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().precision(keel::Precision::fp16).validate(),
+                       doctest::Contains("precision fp16 needs a CUDA device"), keel::ConfigError);
 }
 
 TEST_CASE("RMSprop and Adagrad train in a Trainer and save their state by parameter name") {

@@ -103,6 +103,59 @@ TEST_CASE("exact resume across processes: a model with declared state beyond its
   CHECK(container.manifest.find("model.members")->type == "keel_test::StatefulNetImpl");
 }
 
+/// The newest checkpoint of a directory (the end of a run that may have stopped early).
+fs::path newest_checkpoint(const fs::path& dir) {
+  const auto found = keel::ckpt::list_checkpoints(dir);
+  REQUIRE(!found.empty());
+  return found.front().path;
+}
+
+// Every optimizer, a scheduler of every family (per step, per epoch, on validation metrics,
+// sequential, a function of the step), the stateful callbacks, bf16 autocast, clipping and
+// validation every N steps: N steps in one process against K steps, exit, resume. Early
+// stopping and plateau decisions after K happen at the same step: same digest, same final
+// step, the same final checkpoint byte for byte.
+TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callbacks x bf16, resumed mid-epoch") {
+  struct Entry {
+    std::string variant;
+    std::vector<std::string> flags;
+  };
+  const std::vector<Entry> matrix = {
+      {"rmsprop_plateau", {"--precision", "bf16", "--validate-every-steps", "5"}},
+      {"adagrad_onecycle", {"--clip-norm", "0.5"}},
+      {"sgd_sequential", {"--clip-value", "0.05", "--precision", "bf16"}},
+      {"adam_multistep_epoch", {"--precision", "bf16", "--accumulate", "2"}},
+      {"adamw_lambda", {"--validate-every-steps", "4"}},
+  };
+  const std::int64_t n = 40, k = 17;  // 13 steps per epoch: K is mid-epoch
+  for (const auto& entry : matrix) {
+    CAPTURE(entry.variant);
+    const auto whole_dir = fresh_directory("matrix-whole-" + entry.variant);
+    const auto split_dir = fresh_directory("matrix-split-" + entry.variant);
+    const auto whole = run(driver(entry.variant, whole_dir, n, entry.flags));
+    INFO(whole.output);
+    REQUIRE(whole.exit_code == 0);
+    const auto first = run(driver(entry.variant, split_dir, k, entry.flags));
+    REQUIRE(first.exit_code == 0);
+    auto resume_flags = entry.flags;
+    resume_flags.insert(resume_flags.end(), {"--resume", "auto"});
+    const auto resumed = run(driver(entry.variant, split_dir, n, resume_flags));
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(resumed.output.find("keel: resumed from") != std::string::npos);
+    CHECK(value_of(resumed.output, "global_step") == value_of(whole.output, "global_step"));
+    CHECK(value_of(resumed.output, "state_digest") == value_of(whole.output, "state_digest"));
+    CHECK(file_bytes(newest_checkpoint(split_dir)) == file_bytes(newest_checkpoint(whole_dir)));
+    MESSAGE(entry.variant << ": ended at step " << value_of(whole.output, "global_step").value_or("?"));
+    if (entry.variant == "rmsprop_plateau")  // a reduction decided after the resume point
+      CHECK(std::stod(value_of(whole.output, "lr").value_or("0")) < std::stod(value_of(first.output, "lr").value_or("0")));
+    if (entry.variant == "adamw_lambda") {  // early stopping decided after the resume point
+      CHECK(std::stoll(value_of(whole.output, "global_step").value_or("0")) > k);
+      CHECK(std::stoll(value_of(whole.output, "global_step").value_or("0")) < n);
+    }
+  }
+}
+
 TEST_CASE("a kill inside a gradient-accumulation window replays from the last optimizer step") {
   // accumulate 3 over 13 batches: windows of 3, 3, 3, 3, 1 micro-batches, 5 steps per epoch.
   const std::vector<std::string> accumulate = {"--accumulate", "3", "--save-every-steps", "2"};

@@ -6,6 +6,7 @@
 #include <keel/context.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
+#include <keel/monitor.hpp>
 
 #include <cereal/types/string.hpp>
 
@@ -21,7 +22,7 @@ class EarlyStopping {
  public:
   static constexpr const char* keel_name = "keel::EarlyStopping";
 
-  enum class Mode { min, max };
+  using Mode = MonitorMode;  // EarlyStopping::Mode::min / max
 
   explicit EarlyStopping(std::string monitor = "val_loss", std::int64_t patience = 3, Mode mode = Mode::min,
                          double min_delta = 0.0)

@@ -2,6 +2,7 @@
 // Where the LibTorch versions keel supports (1.13 and 2.x) differ in API: one named shim per
 // difference, all here. keel code outside this header never tests the version.
 
+#include <ATen/autocast_mode.h>
 #include <torch/optim/optimizer.h>
 #include <torch/version.h>
 
@@ -40,6 +41,46 @@ Key optimizer_state_key(const torch::Tensor& param) {
   } else {
     return param.unsafeGetTensorImpl();
   }
+}
+
+/// Autocast's per-device switches: one function per device in 1.13 (set_cpu_enabled for the
+/// CPU, set_enabled for CUDA), one taking the device type from 2.4 on (the old names remain,
+/// deprecated).
+inline bool autocast_enabled(c10::DeviceType device) {
+#if KEEL_TORCH_VERSION >= 20400
+  return at::autocast::is_autocast_enabled(device);
+#else
+  return device == c10::DeviceType::CPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
+#endif
+}
+inline void set_autocast_enabled(c10::DeviceType device, bool enabled) {
+#if KEEL_TORCH_VERSION >= 20400
+  at::autocast::set_autocast_enabled(device, enabled);
+#else
+  if (device == c10::DeviceType::CPU) {
+    at::autocast::set_cpu_enabled(enabled);
+  } else {
+    at::autocast::set_enabled(enabled);
+  }
+#endif
+}
+inline c10::ScalarType autocast_dtype(c10::DeviceType device) {
+#if KEEL_TORCH_VERSION >= 20400
+  return at::autocast::get_autocast_dtype(device);
+#else
+  return device == c10::DeviceType::CPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+#endif
+}
+inline void set_autocast_dtype(c10::DeviceType device, c10::ScalarType dtype) {
+#if KEEL_TORCH_VERSION >= 20400
+  at::autocast::set_autocast_dtype(device, dtype);
+#else
+  if (device == c10::DeviceType::CPU) {
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  } else {
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  }
+#endif
 }
 
 }  // namespace keel::detail

@@ -12,6 +12,7 @@
 #include <keel/loop/evaluation.hpp>
 #include <keel/loop/nonfinite.hpp>
 #include <keel/loop/optimizer_step.hpp>
+#include <keel/loop/precision.hpp>
 #include <keel/loop/scheduler_steps.hpp>
 #include <keel/loop/stop_conditions.hpp>
 #include <keel/serialize_tensor.hpp>
@@ -89,7 +90,11 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
 
     s.dispatch(event::on_train_batch_start{});
     auto batch = data::to_device(loader.next(), s.options.device());
-    torch::Tensor loss = s.model->training_step(batch);
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(s.options);  // the forward pass only; backward follows its types
+      loss = s.model->training_step(batch);
+    }
     if (!loss.defined() || loss.numel() != 1)
       throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
                         (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));

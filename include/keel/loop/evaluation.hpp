@@ -8,6 +8,7 @@
 #include <keel/data/loader.hpp>
 #include <keel/data/sampler.hpp>
 #include <keel/hooks.hpp>
+#include <keel/loop/precision.hpp>
 #include <keel/loop/requirements.hpp>
 
 #include <torch/types.h>
@@ -42,7 +43,11 @@ Metrics evaluate(State& s, Dataset& dataset, bool with_hooks) {
     for (std::int64_t b = 0; b < sampler.batches_per_epoch(); ++b) {
       if (with_hooks) s.dispatch(event::on_validation_batch_start{});
       auto batch = data::to_device(loader.next(), options.device());
-      Metrics batch_metrics = s.model->validation_step(batch);
+      Metrics batch_metrics;
+      {
+        AutocastScope autocast(options);
+        batch_metrics = s.model->validation_step(batch);
+      }
       const std::int64_t n = data::batch_size_of(batch);
       for (const auto& [name, value] : batch_metrics) sums[name] += value * static_cast<double>(n);
       seen += n;

@@ -1,0 +1,173 @@
+#pragma once
+// What the resume driver's translation units share (tests/resume/resume_driver.cpp, the
+// classic variants and main; tests/resume/matrix_variants.cpp, the exactness matrix): the
+// flags, the test callbacks and run<Trainer>(), which trains, saves and prints the digest.
+
+#include "../support/synthetic.hpp"
+
+#include <keel/keel.hpp>
+
+#include <torch/torch.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace resume_driver {
+
+struct Flags {
+  std::string variant = "adamw_cosine";
+  std::int64_t max_steps = 0;
+  std::int64_t epochs = 3;
+  std::string ckpt_dir;
+  std::string resume = "never";
+  std::string save_to;  // after fit, also write the state to this file
+  std::int64_t save_every_steps = 0;
+  std::int64_t accumulate = 1;
+  std::int64_t kill_at_batch = -1;
+  std::int64_t batch_size = 16;
+  std::int64_t dataset_size = 200;
+  std::int64_t total_steps = 60;  // the schedule's length, fixed whatever --max-steps says
+  int threads = 1;
+  bool drop_last = false;
+  bool shuffle = true;
+  std::uint64_t seed = 7;
+  // Forks and warm starts (README "Train longer, fork, fine-tune"):
+  std::string allow_changes;  // comma-separated patterns
+  std::string fork_from;
+  std::string extend = "rescale";
+  std::string init_from;
+  std::string init_mode = "weights";  // or "optimizer"
+  bool init_non_strict = false;
+  // Loop features (the exactness matrix):
+  std::string precision = "fp32";  // or "bf16"
+  double clip_norm = 0.0;
+  double clip_value = 0.0;
+  std::int64_t validate_every_steps = 0;
+};
+
+inline std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size() && !text.empty()) {
+    const auto comma = text.find(',', start);
+    out.push_back(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+/// The matrix's variants (matrix_variants.cpp): the exit status, or -1 for a variant it does not know.
+int dispatch_matrix(const Flags& flags);
+
+}  // namespace resume_driver
+
+// The callbacks stay in an anonymous namespace: their type names ("(anonymous namespace)::
+// RandomProbe") name their checkpoint sections and sit in the fingerprint of the fixtures
+// under tests/fixtures/checkpoints, which must keep loading.
+namespace {
+
+using resume_driver::Flags;
+using resume_driver::split_commas;
+using keel_test::SmallNetImpl;
+using keel_test::SyntheticImages;
+
+/// A callback with its own random engine and counters, declared through Hana reflection: keel
+/// derives its serialization. It draws a number every step, so an unsaved engine would show.
+struct RandomProbe {
+  BOOST_HANA_DEFINE_STRUCT(RandomProbe,
+                           (std::mt19937_64, engine),
+                           (std::int64_t, steps),
+                           (double, draw_sum));
+
+  void on_optimizer_step_end(keel::Context&) {
+    ++steps;
+    draw_sum += std::uniform_real_distribution<double>(0.0, 1.0)(engine);
+  }
+};
+
+/// Accumulates the training loss of the current epoch (a metric accumulator that must survive a
+/// mid-epoch resume), with a serialization of its own.
+struct EpochLossMean {
+  double sum = 0.0;
+  std::int64_t count = 0;
+  std::vector<double> epoch_means;
+
+  void on_train_batch_end(keel::Context& ctx) {
+    sum += ctx.loss().item<double>();
+    ++count;
+  }
+  void on_train_epoch_end(keel::Context&) {
+    epoch_means.push_back(count ? sum / static_cast<double>(count) : 0.0);
+    sum = 0.0;
+    count = 0;
+  }
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(CEREAL_NVP(sum), CEREAL_NVP(count), CEREAL_NVP(epoch_means));
+  }
+};
+
+/// Kills the process with SIGKILL when the run reaches a global micro-batch index: a crash at a
+/// precise point, such as inside a gradient-accumulation window.
+struct KillSwitch {
+  std::int64_t at_batch = -1;  // configuration, not state
+  template <class Archive>
+  void serialize(Archive&) {}
+
+  void on_train_batch_end(keel::Context& ctx) {
+    const std::int64_t global_batch = ctx.epoch() * ctx.batches_per_epoch() + ctx.batch_in_epoch();
+    if (at_batch >= 0 && global_batch == at_batch) {
+      std::fflush(stdout);
+      std::raise(SIGKILL);
+    }
+  }
+};
+
+template <class Trainer, class... Extra>
+int run(const Flags& flags, Extra&&... extra) {
+  SyntheticImages train(flags.dataset_size, 1234);
+  SyntheticImages validation(64, 99);
+  keel::seed_everything(flags.seed);
+  Trainer trainer(std::make_shared<typename Trainer::Module>(),
+                  keel::TrainerOptions()
+                      .max_epochs(flags.epochs)
+                      .max_steps(flags.max_steps)
+                      .batch_size(flags.batch_size)
+                      .accumulate(flags.accumulate)
+                      .shuffle(flags.shuffle)
+                      .drop_last(flags.drop_last)
+                      .seed(flags.seed)
+                      .threads(flags.threads)
+                      .checkpoint_dir(flags.ckpt_dir)
+                      .save_every_steps(flags.save_every_steps)
+                      .keep_last(0)
+                      .resume(flags.resume)
+                      .allow_changes(split_commas(flags.allow_changes))
+                      .fork_from(flags.fork_from)
+                      .schedule_extension(keel::ScheduleExtension::parse(flags.extend))
+                      .init_from(flags.init_from)
+                      .init_mode(flags.init_mode == "optimizer" ? keel::InitFrom::weights_and_optimizer
+                                                                : keel::InitFrom::weights)
+                      .init_strict(!flags.init_non_strict)
+                      .precision(flags.precision == "bf16" ? keel::Precision::bf16 : keel::Precision::fp32)
+                      .clip_grad_norm(flags.clip_norm)
+                      .clip_grad_value(flags.clip_value)
+                      .validate_every_steps(flags.validate_every_steps),
+                  std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
+  trainer.fit(train, validation);
+  if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
+  std::printf("epoch=%lld\nglobal_step=%lld\n", static_cast<long long>(trainer.loop().epoch),
+              static_cast<long long>(trainer.loop().global_step));
+  std::printf("lr=%.17g\n", trainer.optimizer().lr(0));
+  std::printf("state_digest=%s\n", trainer.state_digest().c_str());
+  return 0;
+}
+
+}  // namespace
