@@ -47,6 +47,7 @@
 #include <keel/callbacks/early_stopping.hpp>
 #include <keel/callbacks/metrics_logger.hpp>
 #include <keel/callbacks/progress_bar.hpp>
+#include <keel/callbacks/wall_time_limit.hpp>
 #include <keel/signals.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/process_settings.hpp>

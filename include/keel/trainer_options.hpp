@@ -109,6 +109,14 @@ struct TrainerOptions {
   /// Validate at the end of every this many epochs (0: never at epoch ends). An epoch whose last
   /// optimizer step was just validated (validate_every_steps) is not validated twice.
   TORCH_ARG(std::int64_t, validate_every_epochs) = 1;
+  /// LibTorch's deterministic algorithms for the whole process: an operation without a
+  /// deterministic implementation throws instead of running (the error names it), and on CUDA
+  /// cuBLAS gets the workspace setting it needs (CUBLAS_WORKSPACE_CONFIG=:4096:8, unless set;
+  /// it takes effect for cuBLAS handles created afterwards, so build the Trainer before any
+  /// CUDA work). Off by default: keel's CPU and cuDNN paths are deterministic already (cuDNN's
+  /// deterministic algorithms are always selected on CUDA); turn it on to have LibTorch prove
+  /// that nothing else in a model is not. What it costs: see README "Determinism".
+  TORCH_ARG(bool, deterministic) = false;
   /// Forward passes in float32 (default) or under autocast (Precision::bf16; fp16 on CUDA).
   TORCH_ARG(Precision, precision) = Precision::fp32;
   /// Clip the gradients' global norm to this value before each optimizer step (0: off), after

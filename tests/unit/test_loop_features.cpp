@@ -1,6 +1,7 @@
 // Loop features in one process: gradient clipping (by norm, by value, the norm reported),
 // validation every N steps and every N epochs, schedulers that step per epoch or on
-// validation metrics, and the optimizers RMSprop and Adagrad in a Trainer.
+// validation metrics, bf16 autocast, the wall-time limit, and the optimizers RMSprop and
+// Adagrad in a Trainer.
 #include "support/synthetic.hpp"
 
 #include <keel/keel.hpp>
@@ -8,8 +9,11 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace loop_features_test {
 
@@ -177,6 +181,49 @@ TEST_CASE("bf16 autocast runs the forward pass in bfloat16, keeps the weights in
   CHECK(std::string(c10::toString(logits_dtype)) == "Float");
   CHECK_THROWS_WITH_AS(keel::TrainerOptions().precision(keel::Precision::fp16).validate(),
                        doctest::Contains("precision fp16 needs a CUDA device"), keel::ConfigError);
+}
+
+TEST_CASE("WallTimeLimit stops at a step boundary with a checkpoint, counts time across resumes, and a fork raises it") {
+  SyntheticImages train(64, 5);
+  const auto dir = std::filesystem::temp_directory_path() / ("keel-walltime-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  using Timed = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<keel::WallTimeLimit>>;
+  auto options = [&] {
+    return keel::TrainerOptions().max_epochs(5).batch_size(16).checkpoint_dir(dir.string()).resume("auto").keep_last(0);
+  };
+  {
+    Timed trainer(options(), torch::optim::SGDOptions(0.01), keel::WallTimeLimit(1e-9));  // reached at once
+    trainer.fit(train);
+    CHECK(trainer.loop().global_step == 1);  // stopped after the first step
+    CHECK(trainer.loop().stop_requested);
+    CHECK(std::filesystem::exists(dir / keel::ckpt::step_file_name(1)));
+    CHECK(trainer.callback<keel::WallTimeLimit>().elapsed() > 0.0);
+  }
+  {
+    Timed again(options(), torch::optim::SGDOptions(0.01), keel::WallTimeLimit(1e-9));
+    again.fit(train);
+    CHECK(again.loop().global_step == 1);  // the limit is spent: nothing more
+    CHECK(again.callback<keel::WallTimeLimit>().elapsed() > 0.0);  // the saved time came back
+  }
+  {
+    Timed longer(options().allow_changes({"callback.0.seconds"}), torch::optim::SGDOptions(0.01), keel::WallTimeLimit(3600));
+    longer.fit(train);
+    CHECK(longer.loop().global_step == 20);  // a fork with a higher limit trains to the end
+  }
+  CHECK_THROWS_WITH_AS(keel::WallTimeLimit(-1.0), doctest::Contains("seconds must be >= 0"), keel::ConfigError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("deterministic(true) turns on LibTorch's deterministic algorithms for the process") {
+  REQUIRE_FALSE(at::globalContext().deterministicAlgorithms());
+  SyntheticImages train(32, 5);
+  {
+    keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>> trainer(
+        keel::TrainerOptions().max_steps(1).batch_size(16).deterministic(true), torch::optim::SGDOptions(0.1));
+    CHECK(at::globalContext().deterministicAlgorithms());
+    trainer.fit(train);  // keel's own path has no operation without a deterministic implementation
+  }
+  at::globalContext().setDeterministicAlgorithms(false, false);  // process-wide: leave it as found
 }
 
 TEST_CASE("RMSprop and Adagrad train in a Trainer and save their state by parameter name") {
