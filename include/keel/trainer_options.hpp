@@ -109,7 +109,7 @@ struct TrainerOptions {
   /// Validate at the end of every this many epochs (0: never at epoch ends). An epoch whose last
   /// optimizer step was just validated (validate_every_steps) is not validated twice.
   TORCH_ARG(std::int64_t, validate_every_epochs) = 1;
-  /// LibTorch's deterministic algorithms for the whole process: an operation without a
+  /// LibTorch's deterministic algorithms for the whole process (recorded in the fingerprint): an operation without a
   /// deterministic implementation throws instead of running (the error names it), and on CUDA
   /// cuBLAS gets the workspace setting it needs (CUBLAS_WORKSPACE_CONFIG=:4096:8, unless set;
   /// it takes effect for cuBLAS handles created afterwards, so build the Trainer before any

@@ -39,7 +39,7 @@ int dispatch_matrix(const Flags& flags) {
     using T = keel::Trainer<Model, keel::optimizer<keel::optim::Adam>, keel::scheduler<sched::MultiStepLR>,
                             keel::callbacks<KillSwitch>>;
     return run<T>(flags, torch::optim::AdamOptions(3e-3),
-                  sched::MultiStepLROptions({1, 2}, 0.5).interval(sched::Interval::epoch));
+                  sched::MultiStepLROptions({2, 4}, 0.5).interval(sched::Interval::epoch));
   }
   if (flags.variant == "adamw_lambda") {
     using T = keel::Trainer<Model, keel::optimizer<keel::optim::AdamW>, keel::scheduler<sched::LambdaLR>,

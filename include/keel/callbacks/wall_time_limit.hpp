@@ -35,6 +35,7 @@ class WallTimeLimit {
   void on_fit_start(Context&) { started_ = Clock::now(); }
 
   void on_optimizer_step_end(Context& ctx) {
+    count_time();  // up to date at every step boundary, where any checkpoint (a manual one too) is taken
     if (seconds_ <= 0.0 || ctx.stop_requested()) return;
     if (elapsed() >= seconds_) {
       char text[160];
@@ -45,16 +46,14 @@ class WallTimeLimit {
     }
   }
   /// Brings the saved time up to date just before it is written.
-  void on_save_checkpoint_start(Context&) {
-    const auto now = Clock::now();
-    trained_seconds_ += std::chrono::duration<double>(now - started_).count();
-    started_ = now;
-  }
+  void on_save_checkpoint_start(Context&) { count_time(); }
 
   /// Seconds trained so far, over every process of the run.
   double elapsed() const {
     return trained_seconds_ + std::chrono::duration<double>(Clock::now() - started_).count();
   }
+  /// The part of elapsed() that the state holds (up to the latest step boundary or save).
+  double trained_seconds() const noexcept { return trained_seconds_; }
   double limit() const noexcept { return seconds_; }
 
   void describe(Fingerprint& fingerprint, const std::string& prefix) const { fingerprint.add(prefix + "seconds", seconds_); }
@@ -66,6 +65,11 @@ class WallTimeLimit {
 
  private:
   using Clock = std::chrono::steady_clock;
+  void count_time() {
+    const auto now = Clock::now();
+    trained_seconds_ += std::chrono::duration<double>(now - started_).count();
+    started_ = now;
+  }
   double seconds_;                           // configuration
   double trained_seconds_ = 0.0;             // state: up to the last checkpoint (or load)
   Clock::time_point started_ = Clock::now();  // when this process started counting (not state)

@@ -24,6 +24,10 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
       throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name<typename State::Scheduler>() +
                         " steps on validation metrics, and fit() was given no validation set; pass one "
                         "(trainer.fit(train, validation))");
+    if (s.options.validate_every_epochs() == 0 && s.options.validate_every_steps() == 0)
+      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name<typename State::Scheduler>() +
+                        " steps on validation metrics, and validate_every_epochs and validate_every_steps are both 0, "
+                        "so no validation runs; set one of them");
   }
   s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {

@@ -23,8 +23,8 @@ class ExponentialLR : public SchedulerBase<ExponentialLR> {
 
   ExponentialLR(torch::optim::Optimizer& optimizer, Options options)
       : SchedulerBase(optimizer, options.interval()), options_(options) {
-    if (!(options_.gamma() > 0.0))
-      throw ConfigError("keel::sched::ExponentialLR: gamma must be positive, got " + std::to_string(options_.gamma()));
+    if (!(options_.gamma() >= 0.0))
+      throw ConfigError("keel::sched::ExponentialLR: gamma must be >= 0, got " + std::to_string(options_.gamma()));
     apply();
   }
 

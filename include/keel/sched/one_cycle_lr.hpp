@@ -4,7 +4,7 @@
 // max_lr): the rate starts at peak / div_factor, rises to the peak over pct_start of
 // total_steps, then anneals to peak / div_factor / final_div_factor at total_steps
 // (three_phase: rises, returns to the start over as many steps, then anneals to the minimum).
-// Annealing is cosine or linear. After total_steps the rate stays at the minimum (PyTorch
+// Annealing is cosine or linear. Past total_steps the rate stays at the minimum (PyTorch
 // raises an error there). PyTorch's momentum cycling (cycle_momentum) is not part of it: the
 // optimizer's momentum stays as configured.
 // Steps are optimizer steps by default; .interval(keel::sched::Interval::epoch) counts epochs.
@@ -40,8 +40,8 @@ class OneCycleLR : public SchedulerBase<OneCycleLR> {
     if (options_.total_steps() <= 0)
       throw ConfigError("keel::sched::OneCycleLR: total_steps must be positive, got " +
                         std::to_string(options_.total_steps()) + "; set it to the optimizer steps of the whole run");
-    if (!(options_.pct_start() >= 0.0 && options_.pct_start() <= 1.0))
-      throw ConfigError("keel::sched::OneCycleLR: pct_start must be in [0, 1], got " +
+    if (!(options_.pct_start() > 0.0 && options_.pct_start() < 1.0))
+      throw ConfigError("keel::sched::OneCycleLR: pct_start must be in (0, 1), got " +
                         std::to_string(options_.pct_start()));
     if (!(options_.div_factor() > 0.0) || !(options_.final_div_factor() > 0.0))
       throw ConfigError("keel::sched::OneCycleLR: div_factor and final_div_factor must be positive, got " +
@@ -69,7 +69,7 @@ class OneCycleLR : public SchedulerBase<OneCycleLR> {
     const double max_lr = base_lr;
     const double initial_lr = max_lr / options_.div_factor();
     const double min_lr = initial_lr / options_.final_div_factor();
-    if (step >= options_.total_steps()) return min_lr;
+    if (step > options_.total_steps()) return min_lr;  // PyTorch computes up to total_steps, then raises
     // Each phase: (start rate, end rate).
     const double starts[3] = {initial_lr, max_lr, options_.three_phase() ? initial_lr : max_lr};
     const double targets[3] = {max_lr, options_.three_phase() ? initial_lr : min_lr, min_lr};

@@ -54,9 +54,6 @@ class Sequential : public SchedulerBase<Sequential<First, Then>> {
     return step < milestone_ ? first_.lr_for(step, base_lr) : then_.lr_for(step - milestone_, base_lr);
   }
 
-  const First& first() const noexcept { return first_; }
-  const Then& then() const noexcept { return then_; }
-
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {
     fingerprint.add(prefix + "type", keel_name);
     fingerprint.add(prefix + "milestone", milestone_);

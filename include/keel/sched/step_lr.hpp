@@ -33,8 +33,8 @@ class StepLR : public SchedulerBase<StepLR> {
       : SchedulerBase(optimizer, options.interval()), options_(options) {
     if (options_.step_size() <= 0)
       throw ConfigError("keel::sched::StepLR: step_size must be positive, got " + std::to_string(options_.step_size()));
-    if (!(options_.gamma() > 0.0))
-      throw ConfigError("keel::sched::StepLR: gamma must be positive, got " + std::to_string(options_.gamma()));
+    if (!(options_.gamma() >= 0.0))
+      throw ConfigError("keel::sched::StepLR: gamma must be >= 0, got " + std::to_string(options_.gamma()));
     apply();
   }
 
@@ -80,8 +80,8 @@ class MultiStepLR : public SchedulerBase<MultiStepLR> {
     for (const auto milestone : options_.milestones())
       if (milestone < 0)
         throw ConfigError("keel::sched::MultiStepLR: milestones must be >= 0, got " + std::to_string(milestone));
-    if (!(options_.gamma() > 0.0))
-      throw ConfigError("keel::sched::MultiStepLR: gamma must be positive, got " + std::to_string(options_.gamma()));
+    if (!(options_.gamma() >= 0.0))
+      throw ConfigError("keel::sched::MultiStepLR: gamma must be >= 0, got " + std::to_string(options_.gamma()));
     sorted_ = options_.milestones();
     std::sort(sorted_.begin(), sorted_.end());
     apply();

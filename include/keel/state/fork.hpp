@@ -39,6 +39,9 @@ struct follows_lineage<S, std::void_t<decltype(std::declval<S&>().follow(std::de
     : std::true_type {};
 
 inline bool starts_with(const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; }
+inline bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 }  // namespace detail
 
 /// Whether `key` matches an allow_changes entry: the key itself, a prefix ending in '*', or "*".
@@ -88,9 +91,18 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     } else if (key == "optimizer.type") {
       plan.refused.push_back(line + ": another optimizer cannot take over this optimizer's state; to keep the "
                                     "weights only, start a new run with init_from (InitFrom::weights)");
-    } else if (key == "optimizer.amsgrad") {
-      plan.refused.push_back(line + ": AMSGrad changes which state Adam keeps per parameter; start a new run "
-                                    "from the weights with init_from (InitFrom::weights)");
+    } else if (key == "optimizer.amsgrad" || key == "optimizer.centered") {
+      plan.refused.push_back(line + (key == "optimizer.amsgrad" ? ": AMSGrad changes which state Adam keeps"
+                                                                 : ": centering changes which state RMSprop keeps") +
+                             " per parameter; start a new run from the weights with init_from (InitFrom::weights)");
+    } else if (key == "optimizer.momentum" && change.before == "0" &&
+               keel::detail::component_name<Optimizer>() == "keel::optim::RMSprop") {
+      plan.refused.push_back(line + ": the checkpoint's RMSprop kept no momentum buffers to continue from; "
+                                    "start a new run from the weights with init_from (InitFrom::weights)");
+    } else if (detail::starts_with(key, "scheduler.") && detail::ends_with(key, ".interval")) {
+      plan.refused.push_back(line + ": the scheduler's saved step count is in " + change.before +
+                             "s; counting it in " + change.after + "s would move the schedule; start a new run "
+                             "with init_from");
     } else if (key == "callbacks" || key == "scheduler.type") {
       plan.refused.push_back(line + ": the state of the old " + (key == "callbacks" ? "callbacks" : "scheduler") +
                              " cannot carry over to another type; start a new run with init_from");

@@ -111,6 +111,7 @@ class TrainState {
     // Loop settings that change the results, recorded only when set (files of runs without
     // them keep resuming).
     if (options.precision() != Precision::fp32) f.add("loop.precision", precision_name(options.precision()));
+    if (options.deterministic()) f.add("loop.deterministic", true);  // on CUDA it selects other cuBLAS kernels
     if (options.clip_grad_norm() > 0.0) {
       f.add("loop.clip_grad_norm", options.clip_grad_norm());
       f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
