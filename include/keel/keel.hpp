@@ -48,6 +48,8 @@
 #include <keel/callbacks/metrics_logger.hpp>
 #include <keel/callbacks/progress_bar.hpp>
 #include <keel/callbacks/wall_time_limit.hpp>
+#include <keel/callbacks/ema.hpp>
+#include <keel/callbacks/tensorboard_logger.hpp>
 #include <keel/signals.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/process_settings.hpp>

@@ -9,6 +9,19 @@
 
 namespace keel {
 
+/// Dynamic loss scaling's state (keel/loop/loss_scaler.hpp); all zero when the loss is not scaled.
+struct LossScaleState {
+  double scale = 0.0;               ///< the current scale (0: not started)
+  std::int64_t growth_tracker = 0;  ///< steps without overflow since the scale last changed
+  std::int64_t skipped_steps = 0;   ///< steps skipped because their gradients overflowed
+
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(cereal::make_nvp("scale", scale), cereal::make_nvp("growth_tracker", growth_tracker),
+            cereal::make_nvp("skipped_steps", skipped_steps));
+  }
+};
+
 /// Where the loop stands. Saved in every checkpoint; checkpoints are taken at optimizer-step
 /// boundaries, where `micro_batch` is 0 (a resume replays a partial accumulation window).
 struct LoopState {
@@ -20,21 +33,25 @@ struct LoopState {
   bool stop_requested = false;      ///< a callback asked to stop (early stopping); honoured at
                                     ///< the next optimizer-step boundary
   std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
+                                    ///< (TrainerOptions::on_nonfinite)
+  LossScaleState loss_scale;        ///< dynamic loss scaling (fp16)
 
-  // Version 2 added skipped_steps; files of version 1 read as 0 skipped.
+  // Version 2 added skipped_steps, version 3 loss_scale; older files read as 0 skipped and no
+  // loss scale.
   template <class Archive>
   void serialize(Archive& archive, std::uint32_t version) {
-    if (version > 2)
+    if (version > 3)
       throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
-                               " was written by a newer keel; this keel reads versions up to 2: upgrade keel");
+                               " was written by a newer keel; this keel reads versions up to 3: upgrade keel");
     archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
             cereal::make_nvp("batch_in_epoch", batch_in_epoch),
             cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
             cereal::make_nvp("stop_requested", stop_requested));
     if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
+    if (version >= 3) archive(cereal::make_nvp("loss_scale", loss_scale));
   }
 };
 
 }  // namespace keel
 
-CEREAL_CLASS_VERSION(keel::LoopState, 2);
+CEREAL_CLASS_VERSION(keel::LoopState, 3);

@@ -7,8 +7,10 @@
 #include <torch/arg.h>
 #include <torch/types.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,7 +29,7 @@ enum class NonFinitePolicy {
 enum class Precision {
   fp32,  ///< no autocast
   bf16,  ///< autocast to bfloat16, on the CPU or CUDA
-  fp16,  ///< autocast to float16, CUDA only; refused until keel has its dynamic loss scaler
+  fp16,  ///< autocast to float16, CUDA only, with dynamic loss scaling (LossScaling)
 };
 inline const char* precision_name(Precision precision) {
   switch (precision) {
@@ -36,6 +38,17 @@ inline const char* precision_name(Precision precision) {
     default: return "fp32";
   }
 }
+
+/// Dynamic loss scaling (keel/loop/loss_scaler.hpp); the defaults are PyTorch's GradScaler's.
+struct LossScaling {
+  /// The scale a run starts with.
+  TORCH_ARG(double, init_scale) = 65536.0;
+  /// The scale is multiplied by this after `growth_interval` steps in a row without overflow...
+  TORCH_ARG(double, growth_factor) = 2.0;
+  TORCH_ARG(std::int64_t, growth_interval) = 2000;
+  /// ...and by this after a step whose gradients overflowed (the step is skipped).
+  TORCH_ARG(double, backoff_factor) = 0.5;
+};
 
 struct TrainerOptions {
   /// Where the model trains: torch::kCPU or torch::Device(torch::kCUDA, i).
@@ -119,6 +132,9 @@ struct TrainerOptions {
   TORCH_ARG(bool, deterministic) = false;
   /// Forward passes in float32 (default) or under autocast (Precision::bf16; fp16 on CUDA).
   TORCH_ARG(Precision, precision) = Precision::fp32;
+  /// Dynamic loss scaling: always on under Precision::fp16 (with these settings, or the
+  /// defaults when unset); set it to scale the loss under fp32 or bf16 as well.
+  TORCH_ARG(std::optional<LossScaling>, loss_scaling);
   /// Clip the gradients' global norm to this value before each optimizer step (0: off), after
   /// accumulation; the norm before clipping reaches callbacks (Context::grad_norm) and logs.
   TORCH_ARG(double, clip_grad_norm) = 0.0;
@@ -145,6 +161,10 @@ struct TrainerOptions {
     return *this;
   }
   const std::vector<std::pair<std::string, std::string>>& config() const noexcept { return config_; }
+
+  /// Whether the loss is scaled (fp16, or loss_scaling set), and with which settings.
+  bool scales_loss() const noexcept { return precision_ == Precision::fp16 || loss_scaling_.has_value(); }
+  LossScaling loss_scaling_or_default() const { return loss_scaling_.value_or(LossScaling{}); }
 
   /// Throws ConfigError naming the first bad value and what it must be. Changes nothing: the
   /// process-wide settings (threads, determinism) are applied by keel::apply_process_settings.
@@ -181,9 +201,19 @@ struct TrainerOptions {
     if (precision_ == Precision::fp16 && !device_.is_cuda())
       throw ConfigError("keel::TrainerOptions: precision fp16 needs a CUDA device (LibTorch's CPU autocast has no "
                         "float16); use Precision::bf16 on the CPU");
-    if (precision_ == Precision::fp16)  // float16 gradients underflow without a dynamic loss scaler
-      throw ConfigError("keel::TrainerOptions: precision fp16 needs a dynamic loss scaler, which this keel does not "
-                        "have yet; use Precision::bf16 (same speed on recent GPUs, no scaler needed)");
+    if (loss_scaling_) {
+      const LossScaling& scaling = *loss_scaling_;
+      if (!(scaling.init_scale() > 0.0 && std::isfinite(scaling.init_scale())))
+        throw ConfigError("keel::TrainerOptions: loss_scaling init_scale must be positive and finite, got " +
+                          std::to_string(scaling.init_scale()) + " (PyTorch's default: 65536)");
+      if (!(scaling.growth_factor() > 1.0 && std::isfinite(scaling.growth_factor())))
+        throw ConfigError("keel::TrainerOptions: loss_scaling growth_factor must be > 1, got " +
+                          std::to_string(scaling.growth_factor()) + " (PyTorch's default: 2)");
+      if (!(scaling.backoff_factor() > 0.0 && scaling.backoff_factor() < 1.0))
+        throw ConfigError("keel::TrainerOptions: loss_scaling backoff_factor must be in (0, 1), got " +
+                          std::to_string(scaling.backoff_factor()) + " (PyTorch's default: 0.5)");
+      positive("loss_scaling growth_interval", scaling.growth_interval());
+    }
     if (!(clip_grad_norm_type_ > 0.0))
       throw ConfigError("keel::TrainerOptions: clip_grad_norm_type must be positive (2, 1, or infinity), got " +
                         std::to_string(clip_grad_norm_type_));

@@ -3,8 +3,8 @@
 //
 //  1. exact resume on the GPU: N steps in one Trainer against K steps, a checkpoint, and a fresh
 //     Trainer that resumes from it to N: the same state digest (deterministic cuDNN);
-//  2. bf16 autocast on CUDA: the forward pass runs in bfloat16, weights stay float32, and the
-//     resume is exact under autocast too;
+//  2. bf16 and fp16 autocast on CUDA: the forward pass runs in 16 bits, weights stay float32,
+//     fp16 scales the loss (keel/loop/loss_scaler.hpp), and the resume is exact under autocast too;
 //  3. gradient clipping and a per-epoch scheduler on CUDA tensors;
 //  4. step time of fp32 and bf16 on a convolutional model (printed, not asserted).
 // Exit status 0 when every check holds; each failure is printed.
@@ -80,15 +80,19 @@ struct DtypeNetImpl : torch::nn::Module {
   BOOST_HANA_DEFINE_STRUCT(DtypeNetImpl, (torch::nn::Linear, fc));
 };
 
-void autocast_types() {
+void autocast_types(keel::Precision precision) {
+  const std::string name = keel::precision_name(precision);
   keel_test::SyntheticImages data(64, 5);
   keel::Trainer<keel::model<DtypeNetImpl>, keel::optimizer<keel::optim::SGD>> trainer(
-      keel::TrainerOptions().device(torch::Device(torch::kCUDA, 0)).max_steps(2).batch_size(16).precision(keel::Precision::bf16),
+      keel::TrainerOptions().device(torch::Device(torch::kCUDA, 0)).max_steps(2).batch_size(16).precision(precision),
       torch::optim::SGDOptions(0.1));
   trainer.fit(data);
-  check(DtypeNetImpl::seen == "BFloat16", "bf16 on CUDA: logits are " + DtypeNetImpl::seen);
-  check(trainer.model()->fc->weight.scalar_type() == c10::kFloat, "bf16 on CUDA: weights stay float32");
-  check(!keel::detail::autocast_enabled(c10::DeviceType::CUDA), "bf16 on CUDA: autocast is off after the fit");
+  const std::string expected = precision == keel::Precision::bf16 ? "BFloat16" : "Half";
+  check(DtypeNetImpl::seen == expected, name + " on CUDA: logits are " + DtypeNetImpl::seen);
+  check(trainer.model()->fc->weight.scalar_type() == c10::kFloat, name + " on CUDA: weights stay float32");
+  check(!keel::detail::autocast_enabled(c10::DeviceType::CUDA), name + " on CUDA: autocast is off after the fit");
+  const double scale = trainer.loop().loss_scale.scale;
+  check((precision == keel::Precision::fp16) == (scale > 0.0), name + " on CUDA: loss scale " + std::to_string(scale));
 }
 
 /// A larger convolutional model for timing.
@@ -143,10 +147,13 @@ int main() {
   try {
     exact_resume(keel::Precision::fp32);
     exact_resume(keel::Precision::bf16);
-    autocast_types();
+    exact_resume(keel::Precision::fp16);
+    autocast_types(keel::Precision::bf16);
+    autocast_types(keel::Precision::fp16);
     step_time(keel::Precision::fp32, false);  // a warm-up run first: CUDA's start-up is not a step
     step_time(keel::Precision::fp32, false);
     step_time(keel::Precision::bf16, false);
+    step_time(keel::Precision::fp16, false);
     step_time(keel::Precision::fp32, true);  // last: the switch is process-wide
     step_time(keel::Precision::bf16, true);
   } catch (const std::exception& e) {

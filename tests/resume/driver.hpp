@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -49,6 +50,8 @@ struct Flags {
   double clip_norm = 0.0;
   double clip_value = 0.0;
   std::int64_t validate_every_steps = 0;
+  double loss_scale = 0.0;        // > 0: dynamic loss scaling from this initial scale
+  std::int64_t keep_best = 0;     // top-k retention by val_loss
 };
 
 inline std::vector<std::string> split_commas(const std::string& text) {
@@ -147,7 +150,7 @@ int run(const Flags& flags, Extra&&... extra) {
                       .threads(flags.threads)
                       .checkpoint_dir(flags.ckpt_dir)
                       .save_every_steps(flags.save_every_steps)
-                      .keep_last(0)
+                      .keep_last(flags.keep_best > 0 ? 1 : 0)  // rotation (and so top-k) only with --keep-best
                       .resume(flags.resume)
                       .allow_changes(split_commas(flags.allow_changes))
                       .fork_from(flags.fork_from)
@@ -159,7 +162,12 @@ int run(const Flags& flags, Extra&&... extra) {
                       .precision(flags.precision == "bf16" ? keel::Precision::bf16 : keel::Precision::fp32)
                       .clip_grad_norm(flags.clip_norm)
                       .clip_grad_value(flags.clip_value)
-                      .validate_every_steps(flags.validate_every_steps),
+                      .validate_every_steps(flags.validate_every_steps)
+                      .loss_scaling(flags.loss_scale > 0.0 ? std::optional<keel::LossScaling>(
+                                                                 keel::LossScaling().init_scale(flags.loss_scale).growth_interval(4))
+                                                           : std::nullopt)
+                      .keep_best(flags.keep_best)
+                      .monitor(flags.keep_best > 0 ? "val_loss" : ""),
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);

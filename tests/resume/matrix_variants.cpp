@@ -48,6 +48,12 @@ int dispatch_matrix(const Flags& flags) {
                   sched::LambdaLROptions("inverse_sqrt", [](std::int64_t s) { return 1.0 / std::sqrt(1.0 + static_cast<double>(s)); }),
                   keel::EarlyStopping("val_accuracy", 6, keel::EarlyStopping::Mode::max));
   }
+  if (flags.variant == "sgd_ema") {  // the average of the weights, validated on (with --keep-best: top-k)
+    using T = keel::Trainer<Model, keel::optimizer<keel::optim::SGD>, keel::scheduler<sched::ExponentialLR>,
+                            keel::callbacks<keel::EMA, keel::EarlyStopping, KillSwitch>>;
+    return run<T>(flags, torch::optim::SGDOptions(0.05).momentum(0.9), sched::ExponentialLROptions(0.98), keel::EMA(0.9),
+                  keel::EarlyStopping("val_loss", 8));
+  }
   return -1;
 }
 

@@ -5,6 +5,7 @@
 //   resume_driver --variant adamw_cosine --max-steps 40 --ckpt-dir DIR [--resume auto] ...
 //   resume_driver ... --resume auto --fork-from FILE --allow-changes 'scheduler.*' --extend append_cosine
 //   resume_driver --variant rmsprop_plateau ... --precision bf16 --clip-norm 1 --validate-every-steps 5
+//   resume_driver --variant sgd_ema ... --loss-scale 1024 --keep-best 2
 
 #include "driver.hpp"
 
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   number("--threads", flags.threads);
   number("--seed", flags.seed);
   number("--validate-every-steps", flags.validate_every_steps);
+  number("--keep-best", flags.keep_best);
   text("--precision", flags.precision);
   if (auto it = given.find("--clip-norm"); it != given.end()) {
     flags.clip_norm = std::stod(it->second);
@@ -103,6 +105,10 @@ int main(int argc, char** argv) {
   }
   if (auto it = given.find("--clip-value"); it != given.end()) {
     flags.clip_value = std::stod(it->second);
+    given.erase(it);
+  }
+  if (auto it = given.find("--loss-scale"); it != given.end()) {
+    flags.loss_scale = std::stod(it->second);
     given.erase(it);
   }
   if (!given.empty()) {

@@ -100,6 +100,35 @@ TEST_CASE("keel-ckpt diff names the differing sections and tensors") {
   CHECK(different.output.find("section callback.(anonymous namespace)::RandomProbe: differs") != std::string::npos);
 }
 
+/// Compares print_export.py's lines (`<key> <dtype> <shape> <values...>`) with `expected`, value
+/// for value; every expected tensor must appear once.
+void check_printed_export(const std::string& printed, const std::map<std::string, torch::Tensor>& expected) {
+  std::istringstream lines(printed);
+  std::string line;
+  std::size_t seen = 0;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    std::string key, dtype, shape;
+    fields >> key >> dtype >> shape;
+    CAPTURE(key);
+    auto found = expected.find(key);
+    REQUIRE(found != expected.end());
+    const auto values = found->second.to(torch::kFloat64).reshape(-1).contiguous();
+    const double* want = values.data_ptr<double>();
+    std::string text;
+    std::int64_t i = 0;
+    while (fields >> text) {
+      REQUIRE(i < values.numel());
+      CHECK(std::strtod(text.c_str(), nullptr) == want[i]);  // exact: float32 values are doubles exactly
+      ++i;
+    }
+    CHECK(i == values.numel());
+    CHECK(dtype == keel::dtype_name(found->second.scalar_type()));
+    ++seen;
+  }
+  CHECK(seen == expected.size());
+}
+
 TEST_CASE("keel-ckpt export writes what Python's torch.load reads, value for value") {
   REQUIRE_MESSAGE(fs::exists("/usr/bin/python3"), "Debian's python3 is missing: apt-get install python3-torch");
   const auto dir = fresh_directory("export");
@@ -129,30 +158,42 @@ TEST_CASE("keel-ckpt export writes what Python's torch.load reads, value for val
       if (tensor.defined()) expected["optimizer/" + p.name + "." + name] = tensor;
   }
 
-  std::istringstream lines(loaded.output);
-  std::string line;
-  std::size_t seen = 0;
-  while (std::getline(lines, line)) {
-    std::istringstream fields(line);
-    std::string key, dtype, shape;
-    fields >> key >> dtype >> shape;
-    CAPTURE(key);
-    auto found = expected.find(key);
-    REQUIRE(found != expected.end());
-    const auto values = found->second.to(torch::kFloat64).reshape(-1).contiguous();
-    const double* want = values.data_ptr<double>();
-    std::string text;
-    std::int64_t i = 0;
-    while (fields >> text) {
-      REQUIRE(i < values.numel());
-      CHECK(std::strtod(text.c_str(), nullptr) == want[i]);  // exact: float32 values are doubles exactly
-      ++i;
-    }
-    CHECK(i == values.numel());
-    CHECK(dtype == keel::dtype_name(found->second.scalar_type()));
-    ++seen;
-  }
-  CHECK(seen == expected.size());
+  check_printed_export(loaded.output, expected);
+}
+
+TEST_CASE("keel-ckpt export --ema writes keel::EMA's average of the weights") {
+  REQUIRE_MESSAGE(fs::exists("/usr/bin/python3"), "Debian's python3 is missing: apt-get install python3-torch");
+  const auto dir = fresh_directory("export-ema");
+  train(dir, 10, "sgd_ema");
+  const auto file = dir / keel::ckpt::step_file_name(10);
+  const auto out = dir / "average.pt";
+  const auto exported = tool({"export", file.string(), out.string(), "--ema"});
+  INFO(exported.output);
+  REQUIRE(exported.exit_code == 0);
+  CHECK(exported.output.find("averaged model tensors (keel::EMA)") != std::string::npos);
+  const auto loaded = run({"/usr/bin/python3", KEEL_PRINT_EXPORT_SCRIPT, out.string()});
+  INFO(loaded.output);
+  REQUIRE(loaded.exit_code == 0);
+
+  // The average as keel reads it, which is not the weights.
+  const auto container = keel::ckpt::read_container(file);
+  keel::EMA ema;
+  keel::ckpt::parse_section<keel::format::Binary>(container, *container.manifest.find("callback.keel::EMA"), ema);
+  keel::ModelState model;
+  keel::ckpt::parse_section<keel::format::Binary>(container, *container.manifest.find("model"), model);
+  std::map<std::string, torch::Tensor> expected;
+  for (const auto& t : ema.average().parameters) expected[t.name] = t.tensor;
+  for (const auto& t : ema.average().buffers) expected[t.name] = t.tensor;
+  REQUIRE(ema.updates() == 10);
+  CHECK_FALSE(torch::equal(ema.average().parameters.at(0).tensor, model.parameters.at(0).tensor));
+  check_printed_export(loaded.output, expected);
+
+  // A checkpoint without keel::EMA: refused with the reason.
+  const auto plain_dir = fresh_directory("export-no-ema");
+  train(plain_dir, 5, "sgd_step");
+  const auto refused = tool({"export", (plain_dir / keel::ckpt::step_file_name(5)).string(), out.string(), "--ema"});
+  CHECK(refused.exit_code == 2);
+  CHECK(refused.output.find("has no section 'callback.keel::EMA' (it was trained without keel::EMA)") != std::string::npos);
 }
 
 }  // namespace keel_ckpt_test

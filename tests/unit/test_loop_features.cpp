@@ -1,7 +1,8 @@
 // Loop features in one process: gradient clipping (by norm, by value, the norm reported),
 // validation every N steps and every N epochs, schedulers that step per epoch or on
-// validation metrics, bf16 autocast, the wall-time limit, and the optimizers RMSprop and
-// Adagrad in a Trainer.
+// validation metrics, bf16 autocast, dynamic loss scaling, the wall-time limit, the
+// exponential moving average of the weights, and the optimizers RMSprop and Adagrad in a
+// Trainer.
 #include "support/synthetic.hpp"
 
 #include <keel/keel.hpp>
@@ -270,6 +271,168 @@ TEST_CASE("RMSprop and Adagrad train in a Trainer and save their state by parame
   CHECK(ada_state.params[1].step == 2);
   CHECK(ada_state.params[1].tensors.at(0).first == "sum");
   CHECK(ada_state.params[1].tensors.at(0).second.sum().item<double>() > 0.0);
+}
+
+/// Parameters of a module, cloned.
+std::vector<torch::Tensor> weights_of(const torch::nn::Module& module) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : module.parameters()) out.push_back(p.detach().clone());
+  return out;
+}
+bool same_tensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
+using Scaled = keel::Trainer<keel::model<LinearImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<StepProbe>>;
+
+TEST_CASE("dynamic loss scaling: a power-of-two scale changes no weight, and the scale grows every N good steps") {
+  SyntheticImages train(64, 5);
+  auto options = [] { return keel::TrainerOptions().max_epochs(10).max_steps(6).batch_size(16).accumulate(2); };
+  keel::seed_everything(3);
+  Scaled plain(options(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  plain.fit(train);
+  keel::seed_everything(3);
+  Scaled scaled(options().loss_scaling(keel::LossScaling().init_scale(1024).growth_interval(2)),
+                torch::optim::SGDOptions(0.01).momentum(0.9));
+  scaled.fit(train);
+  // Multiplying by 2^k and dividing again is exact in binary floating point (short of overflow).
+  CHECK(same_tensors(weights_of(*plain.model()), weights_of(*scaled.model())));
+  CHECK(scaled.loop().loss_scale.scale == 1024.0 * 8);  // doubled after steps 2, 4 and 6
+  CHECK(scaled.loop().loss_scale.growth_tracker == 0);
+  CHECK(scaled.loop().loss_scale.skipped_steps == 0);
+  CHECK(plain.loop().loss_scale.scale == 0.0);  // no scaling: no scale
+}
+
+TEST_CASE("dynamic loss scaling: an overflowing scale skips the step and backs off; the scaler's state resumes exactly") {
+  SyntheticImages train(64, 5);
+  const auto dir = std::filesystem::temp_directory_path() / ("keel-lossscale-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const double huge = std::ldexp(1.0, 126);  // loss * 2^126 overflows float32: infinite gradients
+  auto options = [&](std::int64_t steps) {
+    return keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).loss_scaling(
+        keel::LossScaling().init_scale(huge).growth_interval(3).backoff_factor(0.25));
+  };
+  keel::seed_everything(4);
+  Scaled whole(options(14), torch::optim::SGDOptions(0.01));
+  const auto initial = weights_of(*whole.model());
+  whole.fit(train);
+  const auto& scale = whole.loop().loss_scale;
+  const auto& probe = whole.callback<StepProbe>();
+  REQUIRE(probe.moved_norm.size() == 14);
+  const std::int64_t skipped = scale.skipped_steps;
+  REQUIRE(skipped > 0);
+  REQUIRE(skipped < 14);
+  for (std::int64_t i = 0; i < 14; ++i) {
+    CAPTURE(i);
+    CHECK((probe.moved_norm[i] == 0.0) == (i < skipped));  // the first steps skip, then every step applies
+  }
+  CHECK(whole.loop().skipped_steps == 0);  // overflows are the scaler's, not on_nonfinite's
+  // Backed off once per skip, then grown once per 3 good steps.
+  const std::int64_t good = 14 - skipped;
+  CHECK(scale.scale == huge * std::pow(0.25, skipped) * std::pow(2.0, good / 3));
+  CHECK(scale.growth_tracker == good % 3);
+  CHECK_FALSE(same_tensors(initial, weights_of(*whole.model())));
+
+  // Stopped after the first good steps and resumed: the same state, byte for byte.
+  keel::seed_everything(4);
+  {
+    Scaled first(options(skipped + 2).checkpoint_dir(dir.string()).keep_last(0), torch::optim::SGDOptions(0.01));
+    first.fit(train);
+  }  // (a Trainer holds its checkpoint directory until it is destroyed)
+  Scaled second(options(14).checkpoint_dir(dir.string()).resume("auto"), torch::optim::SGDOptions(0.01));
+  second.fit(train);
+  CHECK(second.loop().loss_scale.scale == scale.scale);
+  CHECK(second.state_digest() == whole.state_digest());
+  std::filesystem::remove_all(dir);
+
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().loss_scaling(keel::LossScaling().growth_factor(1.0)).validate(),
+                       doctest::Contains("growth_factor must be > 1"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().loss_scaling(keel::LossScaling().backoff_factor(1.5)).validate(),
+                       doctest::Contains("backoff_factor must be in (0, 1)"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(keel::TrainerOptions().loss_scaling(keel::LossScaling().init_scale(0)).validate(),
+                       doctest::Contains("init_scale must be positive"), keel::ConfigError);
+}
+
+/// Reports the sum of its weights as a validation metric: which weights validation ran on.
+struct WeightSumImpl : torch::nn::Module {
+  WeightSumImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target);
+  }
+  keel::Metrics validation_step(const keel::data::Example&) {
+    return {{"weight_sum", fc->weight.to(torch::kFloat64).sum().item<double>()}};
+  }
+  BOOST_HANA_DEFINE_STRUCT(WeightSumImpl, (torch::nn::Linear, fc));
+};
+
+/// Records the validation metrics it sees.
+struct MetricsProbe {
+  std::vector<double> weight_sums;
+  template <class A>
+  void serialize(A& a) {
+    a(weight_sums);
+  }
+  void on_validation_end(keel::Context& ctx) { weight_sums.push_back(ctx.metrics().at("weight_sum")); }
+};
+
+TEST_CASE("EMA averages the weights, validates on the average, leaves training untouched, and resumes exactly") {
+  SyntheticImages train(64, 5), validation(32, 6);
+  using Averaged = keel::Trainer<keel::model<WeightSumImpl>, keel::optimizer<keel::optim::SGD>,
+                                 keel::callbacks<keel::EMA, MetricsProbe>>;
+  using Plain = keel::Trainer<keel::model<WeightSumImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<MetricsProbe>>;
+  auto options = [](std::int64_t steps) {
+    return keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).validate_every_steps(2);
+  };
+
+  // One step with decay 0.5: the average is exactly half the old weights plus half the new.
+  keel::seed_everything(5);
+  Averaged one(options(1), torch::optim::SGDOptions(0.1), keel::EMA(0.5));
+  const auto before = weights_of(*one.model());
+  one.fit(train, validation);
+  const auto after = weights_of(*one.model());
+  const auto& average = one.callback<keel::EMA>().average();
+  REQUIRE(average.parameters.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) CHECK(torch::equal(average.parameters[i].tensor, before[i].mul(0.5).add(after[i], 0.5)));
+  CHECK(one.callback<keel::EMA>().updates() == 1);
+
+  // Validation sees the average; training goes on with the live weights, bit for bit as without EMA.
+  keel::seed_everything(5);
+  Averaged ema(options(8), torch::optim::SGDOptions(0.1), keel::EMA(0.9));
+  ema.fit(train, validation);
+  keel::seed_everything(5);
+  Plain plain(options(8), torch::optim::SGDOptions(0.1));
+  plain.fit(train, validation);
+  CHECK(same_tensors(weights_of(*ema.model()), weights_of(*plain.model())));
+  const auto& averaged_sums = ema.callback<MetricsProbe>().weight_sums;
+  const auto& live_sums = plain.callback<MetricsProbe>().weight_sums;
+  REQUIRE(averaged_sums.size() == live_sums.size());
+  REQUIRE(averaged_sums.size() >= 4);
+  CHECK(averaged_sums.back() ==
+        ema.callback<keel::EMA>().average().parameters.at(0).tensor.to(torch::kFloat64).sum().item<double>());
+  CHECK(averaged_sums.back() != live_sums.back());
+  // apply_to copies the average into a module of one's own.
+  WeightSumImpl copy;
+  ema.callback<keel::EMA>().apply_to(copy);
+  CHECK(torch::equal(copy.fc->weight, ema.callback<keel::EMA>().average().parameters.at(0).tensor));
+
+  // Stopped at step 3 and resumed: the same state, the average included.
+  const auto dir = std::filesystem::temp_directory_path() / ("keel-ema-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  keel::seed_everything(5);
+  {
+    Averaged first(options(3).checkpoint_dir(dir.string()).keep_last(0), torch::optim::SGDOptions(0.1), keel::EMA(0.9));
+    first.fit(train, validation);
+  }
+  Averaged second(options(8).checkpoint_dir(dir.string()).resume("auto"), torch::optim::SGDOptions(0.1), keel::EMA(0.9));
+  second.fit(train, validation);
+  CHECK(second.state_digest() == ema.state_digest());
+  std::filesystem::remove_all(dir);
+
+  CHECK_THROWS_WITH_AS(keel::EMA(1.0), doctest::Contains("decay must be in [0, 1)"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(keel::EMA(0.99, 0), doctest::Contains("every_n_steps must be positive"), keel::ConfigError);
 }
 
 }  // namespace loop_features_test

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <random>
 #include <set>
@@ -128,6 +129,8 @@ TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callback
       {"sgd_sequential", {"--clip-value", "0.05", "--precision", "bf16"}, {17, 13}},
       {"adam_multistep_epoch", {"--precision", "bf16", "--accumulate", "2"}, {17, 14}},
       {"adamw_lambda", {"--validate-every-steps", "4"}, {16, 13}},
+      // EMA validated on, top-k retention by val_loss (keep 1 last + 2 best), dynamic loss scaling.
+      {"sgd_ema", {"--loss-scale", "1024", "--keep-best", "2", "--validate-every-steps", "5"}, {15, 13}},
   };
   const std::int64_t n = 40;
   for (const auto& entry : matrix) {
@@ -155,6 +158,17 @@ TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callback
         CHECK(std::stod(value_of(whole.output, "lr").value_or("0")) < std::stod(value_of(first.output, "lr").value_or("0")));
       if (entry.variant == "adam_multistep_epoch")  // a milestone after the resume point
         CHECK(std::stod(value_of(whole.output, "lr").value_or("0")) < std::stod(value_of(first.output, "lr").value_or("0")));
+      if (entry.variant == "sgd_ema") {
+        // Top-k retention: split at an epoch end (a checkpoint the whole run writes too), the
+        // same files are kept, byte for byte; split elsewhere, the files both runs have are equal.
+        std::map<std::string, std::string> kept_whole, kept_split;
+        for (const auto& f : keel::ckpt::list_checkpoints(whole_dir)) kept_whole[f.path.filename().string()] = file_bytes(f.path);
+        for (const auto& f : keel::ckpt::list_checkpoints(split_dir)) kept_split[f.path.filename().string()] = file_bytes(f.path);
+        CHECK(kept_whole.size() == 3);  // the last and the two best
+        if (k % 13 == 0) CHECK(kept_split == kept_whole);
+        for (const auto& [name, bytes] : kept_split)
+          if (kept_whole.count(name)) CHECK_MESSAGE(kept_whole[name] == bytes, name);
+      }
     }
     MESSAGE(entry.variant << ": ended at step " << value_of(whole.output, "global_step").value_or("?"));
     if (entry.variant == "adamw_lambda") {  // early stopping decided after the resume points

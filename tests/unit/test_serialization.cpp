@@ -218,11 +218,15 @@ TEST_CASE_TEMPLATE("scheduler state round-trips: Constant, StepDecay and CosineW
 
 TEST_CASE_TEMPLATE("loop state, random streams, early stopping and fingerprints round-trip", A, Binary, PortableBinary,
                    Json) {
-  keel::LoopState loop{4, 1234, 17, 0, 99, true};
+  keel::LoopState loop{4, 1234, 17, 0, 99, true, 2, {65536.0, 3, 1}};
   keel::LoopState loop2;
   round_trip<A>(loop, loop2);
   CHECK(loop2.global_step == 1234);
   CHECK(loop2.stop_requested);
+  CHECK(loop2.skipped_steps == 2);
+  CHECK(loop2.loss_scale.scale == 65536.0);
+  CHECK(loop2.loss_scale.growth_tracker == 3);
+  CHECK(loop2.loss_scale.skipped_steps == 1);
 
   keel::seed_everything(5);
   (void)torch::rand(7);

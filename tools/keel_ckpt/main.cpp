@@ -6,10 +6,12 @@
 //   keel-ckpt digest FILE             the state digest the trainer printed for this state
 //   keel-ckpt diff A B                which sections and tensors differ (max |a - b| per tensor)
 //   keel-ckpt export FILE OUT.pt      model tensors (a state_dict) for Python's torch.load
+//   keel-ckpt export FILE OUT.pt --ema   the keel::EMA average of the weights instead
 //
 // Exit status: 0 success (diff: identical), 1 the check failed (diff: different), 2 bad input.
 
 #include <keel/keel.hpp>
+#include <keel/checkpoint/json_format.hpp>
 #include <keel/state/saved_state.hpp>
 
 #include "torch_save.hpp"
@@ -20,6 +22,7 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -28,8 +31,6 @@ namespace {
 
 using keel::ckpt::Container;
 using keel::ckpt::SectionInfo;
-using Format = keel::format::Binary;
-
 /// A file's standard sections, read through keel's one list of sections (state::SavedState);
 /// user callbacks' sections stay opaque (checksums only).
 struct Parsed {
@@ -38,7 +39,8 @@ struct Parsed {
   bool has(const char* section) const { return plan.was_staged(section); }
 };
 
-Parsed parse(const Container& container, std::vector<std::string>& problems) {
+template <class Format>
+Parsed parse_as(const Container& container, std::vector<std::string>& problems) {
   Parsed parsed;
   auto sections = parsed.state.sections();
   auto staged = keel::state::stage_sections<Format>(container, sections, parsed.plan, /*offline=*/true);
@@ -47,11 +49,27 @@ Parsed parse(const Container& container, std::vector<std::string>& problems) {
   return parsed;
 }
 
+/// Calls f(Format{}) with the format the file names, for every format keel ships; false for
+/// another (a format of one's own: its sections are opaque here).
+template <class F>
+bool with_format(const Container& container, F&& f) {
+  if (container.manifest.format == keel::format::Binary::keel_name) return f(keel::format::Binary{}), true;
+  if (container.manifest.format == keel::format::Json::keel_name) return f(keel::format::Json{}), true;
+  return false;
+}
+
+Parsed parse(const Container& container, std::vector<std::string>& problems) {
+  Parsed parsed;
+  if (!with_format(container, [&](auto format) { parsed = parse_as<decltype(format)>(container, problems); }))
+    problems.push_back("format '" + container.manifest.format + "' is not one keel ships (" +
+                       keel::format::Binary::keel_name + ", " + keel::format::Json::keel_name +
+                       "): its sections cannot be read here");
+  return parsed;
+}
+
 /// Structural checks across sections, beyond what parsing proves.
-std::vector<std::string> structural_problems(const Container& container, const Parsed& parsed) {
+std::vector<std::string> structural_problems(const Container&, const Parsed& parsed) {
   std::vector<std::string> problems;
-  if (container.manifest.format != Format::keel_name)
-    problems.push_back("format '" + container.manifest.format + "' is not one this keel-ckpt reads");
   if (parsed.has("model")) {
     std::map<std::string, const torch::Tensor*> params;
     std::set<std::string> names;
@@ -228,7 +246,21 @@ int diff(const std::string& a_path, const std::string& b_path) {
   return differences == 0 ? 0 : 1;
 }
 
-int export_pt(const std::string& path, const std::string& out, bool with_optimizer) {
+/// The average of a keel::EMA callback's section, read with keel::EMA's own serialization.
+std::optional<keel::ModelState> ema_average(const Container& container) {
+  const std::string name = std::string("callback.") + keel::EMA::keel_name;
+  const SectionInfo* section = container.manifest.find(name);
+  if (!section) {
+    std::fprintf(stderr, "keel-ckpt: --ema: the checkpoint has no section '%s' (it was trained without keel::EMA)\n",
+                 name.c_str());
+    return std::nullopt;
+  }
+  keel::EMA ema;
+  with_format(container, [&](auto format) { keel::ckpt::parse_section<decltype(format)>(container, *section, ema); });
+  return ema.average();
+}
+
+int export_pt(const std::string& path, const std::string& out, bool with_optimizer, bool average) {
   auto container = open_checked(path);
   if (!container) return 2;
   std::vector<std::string> problems;
@@ -237,9 +269,11 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
     for (const auto& p : problems) std::fprintf(stderr, "keel-ckpt: %s\n", p.c_str());
     return 2;
   }
+  std::optional<keel::ModelState> weights = parsed.state.model;
+  if (average && !(weights = ema_average(*container))) return 2;
   c10::Dict<std::string, at::Tensor> model;
-  for (const auto& t : parsed.state.model.parameters) model.insert(t.name, t.tensor);
-  for (const auto& t : parsed.state.model.buffers) model.insert(t.name, t.tensor);
+  for (const auto& t : weights->parameters) model.insert(t.name, t.tensor);
+  for (const auto& t : weights->buffers) model.insert(t.name, t.tensor);
   torch::IValue value(model);
   if (with_optimizer) {
     // {"model": state_dict, "optimizer": {"<param>.<tensor>": tensor, "<param>.step": int64 tensor}}
@@ -261,8 +295,8 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
     std::fprintf(stderr, "%s\n", e.what());
     return 2;
   }
-  std::printf("wrote %s: %zu model tensors%s\n", out.c_str(), static_cast<std::size_t>(model.size()),
-              with_optimizer ? " and the optimizer state" : "");
+  std::printf("wrote %s: %zu %s%s\n", out.c_str(), static_cast<std::size_t>(model.size()),
+              average ? "averaged model tensors (keel::EMA)" : "model tensors", with_optimizer ? " and the optimizer state" : "");
   return 0;
 }
 
@@ -272,7 +306,7 @@ int main(int argc, char** argv) {
   CLI::App app{"keel-ckpt: inspect, verify, digest, compare and export keel checkpoints"};
   app.require_subcommand(1);
   std::string file, other, out;
-  bool list_tensors = false, with_optimizer = false;
+  bool list_tensors = false, with_optimizer = false, average = false;
 
   auto* info_cmd = app.add_subcommand("info", "versions, position, sections and fingerprint");
   info_cmd->add_option("FILE", file, "checkpoint file")->required();
@@ -288,6 +322,7 @@ int main(int argc, char** argv) {
   export_cmd->add_option("FILE", file, "checkpoint file")->required();
   export_cmd->add_option("OUT", out, "output file, e.g. model.pt")->required();
   export_cmd->add_flag("--optimizer", with_optimizer, "also export the optimizer state");
+  export_cmd->add_flag("--ema", average, "the keel::EMA average of the weights instead of the weights");
 
   try {
     app.parse(argc, argv);
@@ -300,7 +335,7 @@ int main(int argc, char** argv) {
     if (*verify_cmd) return verify(file);
     if (*digest_cmd) return digest(file);
     if (*diff_cmd) return diff(file, other);
-    if (*export_cmd) return export_pt(file, out, with_optimizer);
+    if (*export_cmd) return export_pt(file, out, with_optimizer, average);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "keel-ckpt: %s\n", e.what());
     return 2;

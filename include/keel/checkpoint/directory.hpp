@@ -29,7 +29,8 @@
 
 namespace keel::ckpt {
 
-inline constexpr const char* last_link_name = "last.ckpt";
+/// The link to the checkpoint written last: "last" and the format's extension (last.ckpt).
+inline std::string last_link_name(const std::string& extension = ".ckpt") { return "last" + extension; }
 
 inline std::string step_file_name(std::int64_t global_step, const char* extension = ".ckpt") {
   char buffer[64];
@@ -115,7 +116,7 @@ inline void rotate(const fs::path& directory, const Retention& retention, const 
 }
 
 /// The checkpoint to resume from in `directory`, or nullopt if there is none. The file that
-/// `last.ckpt` names comes first: it is the one written last, even when a run was restarted from
+/// `last.ckpt` (last<extension>) names comes first: it is the one written last, even when a run was restarted from
 /// an older checkpoint and files with higher steps remain from the abandoned continuation. If it
 /// is missing or fails verification, the others follow, highest step first. Each file skipped
 /// gets a warning (keel::warn, standard error by default) with the reason.
@@ -123,7 +124,7 @@ inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
     const fs::path& directory, const std::string& extension = ".ckpt") {
   std::vector<fs::path> candidates;
   std::error_code error;
-  const fs::path link = directory / last_link_name;
+  const fs::path link = directory / last_link_name(extension);
   if (fs::is_symlink(link, error)) {
     const fs::path target = fs::read_symlink(link, error);
     if (!error && !target.has_parent_path() && step_of_file_name(target.string(), extension))

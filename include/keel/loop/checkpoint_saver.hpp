@@ -90,7 +90,7 @@ class CheckpointSaver {
     s_.dispatch(event::on_save_checkpoint_start{});
     try {
       write(directory / name);
-      ckpt::point_link_atomically(directory / ckpt::last_link_name, name);
+      ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
       // The temporary file is gone and the previous checkpoint and last.ckpt are untouched.
       s_.view.checkpoint_path = previous_path;

@@ -10,6 +10,7 @@
 #include <keel/error.hpp>
 #include <keel/hooks.hpp>
 #include <keel/loop/evaluation.hpp>
+#include <keel/loop/loss_scaler.hpp>
 #include <keel/loop/nonfinite.hpp>
 #include <keel/loop/optimizer_step.hpp>
 #include <keel/loop/precision.hpp>
@@ -78,6 +79,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   s.model->train();
   const std::int64_t accumulate = s.options.accumulate();
   NonFiniteWatch nonfinite(s.options.on_nonfinite(), *s.model);
+  LossScaler scaler(s.options, s.loop.loss_scale, *s.model);
   torch::Tensor window_loss;  // the sum of the window's micro-batch losses
   while (s.loop.batch_in_epoch < batches) {
     if (s.loop.micro_batch == 0) {  // stop only between optimizer steps
@@ -98,7 +100,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
     if (!loss.defined() || loss.numel() != 1)
       throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
                         (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
-    (window == 1 ? loss : loss / static_cast<double>(window)).backward();
+    scaler.scaled(window == 1 ? loss : loss / static_cast<double>(window)).backward();
     s.view.loss = loss.detach();
     nonfinite.check_loss(s.view.loss, s.loop);
     s.view.batch_size = data::batch_size_of(batch);
@@ -108,7 +110,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
     s.dispatch(event::on_train_batch_end{});
 
     if (s.loop.micro_batch == window) {
-      optimizer_step(s, nonfinite, window, window_loss);
+      optimizer_step(s, nonfinite, scaler, window, window_loss);
       if (step_validation_due(s.loop, s.options)) validate(s, saver, validation);
       saver.after_step(/*epoch_ends=*/s.loop.batch_in_epoch == batches);
     }

@@ -125,9 +125,14 @@ class NonFiniteWatch {
         throw NonFiniteError(message("the gradient of '" + parameter + "' is not finite", loop));
       bad = "gradient of '" + parameter + "'";
     }
-    window_nonfinite_ = false;
+    end_window();
     return bad;
   }
+
+  /// Whether a micro-batch loss of the current window was not finite.
+  bool window_loss_nonfinite() const noexcept { return window_nonfinite_; }
+  /// The window ended without check_window (the loss scaler skipped its step).
+  void end_window() noexcept { window_nonfinite_ = false; }
 
  private:
   static std::string message(const std::string& what, const LoopState& loop) {

@@ -1,10 +1,11 @@
 #pragma once
-// The end of an accumulation window: check the window for non-finite values, clip the
-// gradients, step the optimizer (or skip the step), zero the gradients, advance the scheduler
-// and the counters.
+// The end of an accumulation window: unscale the gradients (dynamic loss scaling), check the
+// window for non-finite values, clip the gradients, step the optimizer (or skip the step), zero
+// the gradients, advance the scheduler and the counters.
 
 #include <keel/hooks.hpp>
 #include <keel/loop/gradient_clipping.hpp>
+#include <keel/loop/loss_scaler.hpp>
 #include <keel/log.hpp>
 #include <keel/loop/nonfinite.hpp>
 
@@ -19,11 +20,19 @@ namespace keel::loop {
 /// One optimizer step over the window just accumulated. `window_loss` is the sum of the
 /// window's `window` micro-batch losses (detached); callbacks see its mean afterwards.
 template <class State>
-void optimizer_step(State& s, NonFiniteWatch& nonfinite, std::int64_t window, const torch::Tensor& window_loss) {
+void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std::int64_t window,
+                    const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
-  if (const std::string bad = nonfinite.check_window(s.loop); bad.empty()) {
+  // Gradients that overflow under a loss scale that is too large are expected: the scaler skips
+  // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
+  if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {
+    s.view.grad_norm = std::numeric_limits<double>::quiet_NaN();
+    scaler.skipped();
+    nonfinite.end_window();
+  } else if (const std::string bad = nonfinite.check_window(s.loop); bad.empty()) {
     s.view.grad_norm = clip_gradients(*s.model, s.options);
     s.optimizer.step();
+    scaler.stepped();
   } else {
     // skip_step: the step counts (the schedule and the data stay aligned) but applies nothing.
     s.view.grad_norm = std::numeric_limits<double>::quiet_NaN();

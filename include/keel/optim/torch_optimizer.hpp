@@ -66,6 +66,10 @@ struct OptimizerState {
 
 using NamedParameters = torch::OrderedDict<std::string, torch::Tensor>;
 
+/// The key of `param`'s entry in a LibTorch optimizer's state map, on every LibTorch version
+/// (a string in 1.x, a TensorImpl pointer from 2.x on): for an optimizer of one's own.
+inline detail::OptimizerStateKey state_key(const torch::Tensor& param) { return detail::optimizer_state_key(param); }
+
 template <class Traits>
 class TorchOptimizer {
  public:

@@ -117,6 +117,13 @@ class TrainState {
       f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
     }
     if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
+    if (options.scales_loss()) {
+      const LossScaling scaling = options.loss_scaling_or_default();
+      f.add("loop.loss_scaling.init_scale", scaling.init_scale());
+      f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
+      f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
+      f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
+    }
     if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
     if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
     for (const auto& [key, value] : options.config()) f.add("user." + key, value);
