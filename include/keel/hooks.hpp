@@ -113,5 +113,19 @@ void dispatch(Event e, std::tuple<Callbacks...>& callbacks, Context& ctx) {
   std::apply([&](auto&... callback) { (call(e, callback, ctx), ...); }, callbacks);
 }
 
+/// Sends one event to every callback even when one of them throws: for on_exception, where a
+/// callback may have something to undo (keel::EMA puts the live weights back). The callbacks'
+/// own exceptions are dropped: the one leaving fit() is the one worth reporting.
+template <class Event, class... Callbacks>
+void dispatch_to_all(Event e, std::tuple<Callbacks...>& callbacks, Context& ctx) noexcept {
+  auto one = [&](auto& callback) {
+    try {
+      call(e, callback, ctx);
+    } catch (...) {
+    }
+  };
+  std::apply([&](auto&... callback) { (one(callback), ...); }, callbacks);
+}
+
 }  // namespace hooks
 }  // namespace keel

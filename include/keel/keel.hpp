@@ -40,6 +40,7 @@
 #include <keel/checkpoint/file_io.hpp>
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/binary_format.hpp>
+#include <keel/checkpoint/json_format.hpp>
 #include <keel/checkpoint/directory.hpp>
 #include <keel/checkpoint/parse_section.hpp>
 #include <keel/checkpoint/digest.hpp>

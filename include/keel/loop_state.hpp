@@ -14,11 +14,12 @@ struct LossScaleState {
   double scale = 0.0;               ///< the current scale (0: not started)
   std::int64_t growth_tracker = 0;  ///< steps without overflow since the scale last changed
   std::int64_t skipped_steps = 0;   ///< steps skipped because their gradients overflowed
+  std::int64_t backoffs_in_a_row = 0;  ///< skips since the last step taken
 
   template <class Archive>
   void serialize(Archive& archive) {
     archive(cereal::make_nvp("scale", scale), cereal::make_nvp("growth_tracker", growth_tracker),
-            cereal::make_nvp("skipped_steps", skipped_steps));
+            cereal::make_nvp("skipped_steps", skipped_steps), cereal::make_nvp("backoffs_in_a_row", backoffs_in_a_row));
   }
 };
 

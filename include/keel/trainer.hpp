@@ -197,7 +197,7 @@ class Trainer {
   explicit Trainer(Arguments&& arguments) : Trainer(arguments, prepare_process(arguments.options())) {}
   Trainer(Arguments& arguments, TrainerOptions options)
       : state_(options, on_device(arguments.model(), options.device()), arguments.optimizer_options(),
-               arguments.scheduler_options(), arguments.callbacks()),
+               arguments.param_groups(), arguments.scheduler_options(), arguments.callbacks()),
         saver_(state_) {
     state::check_declarations(state_);
   }

@@ -48,6 +48,9 @@ struct LossScaling {
   TORCH_ARG(std::int64_t, growth_interval) = 2000;
   /// ...and by this after a step whose gradients overflowed (the step is skipped).
   TORCH_ARG(double, backoff_factor) = 0.5;
+  /// Gradients still not finite after this many back-offs in a row are not an overflow (a NaN
+  /// from the model or the data): from then on TrainerOptions::on_nonfinite decides.
+  TORCH_ARG(std::int64_t, max_backoffs_in_a_row) = 40;
 };
 
 struct TrainerOptions {
@@ -213,6 +216,7 @@ struct TrainerOptions {
         throw ConfigError("keel::TrainerOptions: loss_scaling backoff_factor must be in (0, 1), got " +
                           std::to_string(scaling.backoff_factor()) + " (PyTorch's default: 0.5)");
       positive("loss_scaling growth_interval", scaling.growth_interval());
+      positive("loss_scaling max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
     }
     if (!(clip_grad_norm_type_ > 0.0))
       throw ConfigError("keel::TrainerOptions: clip_grad_norm_type must be positive (2, 1, or infinity), got " +

@@ -174,6 +174,8 @@ int run(const Flags& flags, Extra&&... extra) {
   std::printf("epoch=%lld\nglobal_step=%lld\n", static_cast<long long>(trainer.loop().epoch),
               static_cast<long long>(trainer.loop().global_step));
   std::printf("lr=%.17g\n", trainer.optimizer().lr(0));
+  std::printf("loss_scale=%.17g\nloss_scale_skips=%lld\n", trainer.loop().loss_scale.scale,
+              static_cast<long long>(trainer.loop().loss_scale.skipped_steps));
   std::printf("state_digest=%s\n", trainer.state_digest().c_str());
   return 0;
 }

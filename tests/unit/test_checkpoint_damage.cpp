@@ -376,3 +376,76 @@ TEST_CASE("a resume on another machine warns that it is faithful, not bitwise; t
 }
 
 }  // namespace damage_test
+
+namespace damage_test {
+
+using JsonTrainer = keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::AdamW>,
+                                  keel::callbacks<keel::EarlyStopping>, keel::checkpoint<keel::format::Json>>;
+
+/// A JSON checkpoint with section `name`'s bytes replaced by `text` (offsets moved, every
+/// checksum recomputed), so that the text reaches the JSON reader.
+std::vector<char> json_with_section(const std::vector<char>& good, const std::string& name, const std::string& text) {
+  const auto container = keel::ckpt::parse_container(good, "good.jckpt");
+  auto manifest = container.manifest;
+  std::vector<char> body(good.begin(), good.begin() + static_cast<long>(manifest.sections.front().offset));
+  for (auto& s : manifest.sections) {
+    const std::string bytes = s.name == name ? text : std::string(container.section(s));
+    s.offset = body.size();
+    s.size = bytes.size();
+    body.insert(body.end(), bytes.begin(), bytes.end());
+  }
+  return seal(body, manifest);
+}
+
+TEST_CASE("keel::format::Json: malformed, mistyped and deeply nested sections are refused without a crash") {
+  const auto dir = fresh_directory("json");
+  keel::seed_everything(1);
+  std::vector<char> good;
+  {
+    JsonTrainer writer(std::make_shared<SmallNetImpl>(),
+                       keel::TrainerOptions().max_steps(3).batch_size(8).checkpoint_dir(dir.string()).stop_signals(std::vector<int>{}),
+                       torch::optim::AdamWOptions(1e-3));
+    SyntheticImages data(64, 3);
+    writer.fit(data);
+    good = keel::ckpt::read_file(dir / keel::ckpt::step_file_name(3, ".jckpt"));
+  }
+  keel::seed_everything(2);
+  JsonTrainer trainer(std::make_shared<SmallNetImpl>(),
+                      keel::TrainerOptions().max_steps(3).batch_size(8).stop_signals(std::vector<int>{}),
+                      torch::optim::AdamWOptions(1e-3));
+  auto try_json = [&](const std::vector<char>& bytes) {
+    const std::string before = trainer.state_digest();
+    try {
+      trainer.load_checkpoint(bytes, "damaged.jckpt");
+      return std::string();
+    } catch (const keel::CheckpointError& e) {
+      CHECK(trainer.state_digest() == before);  // all or nothing
+      return std::string(e.what());
+    }
+  };
+  const auto container = keel::ckpt::parse_container(good, "good.jckpt");
+  // The container rebuilt around an unchanged section loads: what follows is the text's doing.
+  REQUIRE(try_json(json_with_section(good, "loop", std::string(container.section(*container.manifest.find("loop"))))) == "");
+
+  const std::string malformed = try_json(json_with_section(good, "loop", "{\"loop\": {\"cereal_class_version\": 3, \"epoch\": "));
+  CHECK(malformed.find("section 'loop'") != std::string::npos);
+  const std::string mistyped = try_json(json_with_section(
+      good, "loop",
+      "{\"loop\": {\"cereal_class_version\": 3, \"epoch\": \"three\", \"global_step\": 3, \"batch_in_epoch\": 3, "
+      "\"micro_batch\": 0, \"data_seed\": 0, \"stop_requested\": false, \"skipped_steps\": 0, "
+      "\"loss_scale\": {\"scale\": 0, \"growth_tracker\": 0, \"skipped_steps\": 0}}}"));
+  CHECK(mistyped.find("section 'loop'") != std::string::npos);
+  const std::string deep = try_json(json_with_section(good, "lineage", std::string(100000, '[') + std::string(100000, ']')));
+  CHECK(deep.find("section 'lineage'") != std::string::npos);
+  CHECK(deep.find("nested deeper than 64 levels") != std::string::npos);
+  // A tensor whose base64 holds fewer bytes than its shape needs.
+  std::string model(container.section(*container.manifest.find("model")));
+  const auto data = model.find("\"data\": \"");
+  REQUIRE(data != std::string::npos);
+  model.erase(data + 9, 8);  // eight base64 characters: six bytes fewer
+  const std::string short_tensor = try_json(json_with_section(good, "model", model));
+  CHECK(short_tensor.find("section 'model'") != std::string::npos);
+}
+
+}  // namespace damage_test
+

@@ -1,8 +1,8 @@
 // Loop features in one process: gradient clipping (by norm, by value, the norm reported),
 // validation every N steps and every N epochs, schedulers that step per epoch or on
 // validation metrics, bf16 autocast, dynamic loss scaling, the wall-time limit, the
-// exponential moving average of the weights, and the optimizers RMSprop and Adagrad in a
-// Trainer.
+// exponential moving average of the weights, the optimizers RMSprop and Adagrad in a Trainer,
+// and param groups.
 #include "support/synthetic.hpp"
 
 #include <keel/keel.hpp>
@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -325,21 +326,31 @@ TEST_CASE("dynamic loss scaling: an overflowing scale skips the step and backs o
   const std::int64_t skipped = scale.skipped_steps;
   REQUIRE(skipped > 0);
   REQUIRE(skipped < 14);
+  CHECK(probe.moved_norm[0] == 0.0);  // 2^126 overflows at once
+  // Replays the scaler from the steps that moved nothing (skipped) and those that moved: backed
+  // off by 0.25 per skip, grown by 2 after every 3 good steps in a row.
+  double expected = huge;
+  std::int64_t tracker = 0, zero_steps = 0;
   for (std::int64_t i = 0; i < 14; ++i) {
-    CAPTURE(i);
-    CHECK((probe.moved_norm[i] == 0.0) == (i < skipped));  // the first steps skip, then every step applies
+    if (probe.moved_norm[i] == 0.0) {
+      expected *= 0.25;
+      tracker = 0;
+      ++zero_steps;
+    } else if (++tracker == 3) {
+      expected *= 2.0;
+      tracker = 0;
+    }
   }
+  CHECK(zero_steps == skipped);
+  CHECK(scale.scale == expected);
+  CHECK(scale.growth_tracker == tracker);
   CHECK(whole.loop().skipped_steps == 0);  // overflows are the scaler's, not on_nonfinite's
-  // Backed off once per skip, then grown once per 3 good steps.
-  const std::int64_t good = 14 - skipped;
-  CHECK(scale.scale == huge * std::pow(0.25, skipped) * std::pow(2.0, good / 3));
-  CHECK(scale.growth_tracker == good % 3);
   CHECK_FALSE(same_tensors(initial, weights_of(*whole.model())));
 
-  // Stopped after the first good steps and resumed: the same state, byte for byte.
+  // Stopped mid-way and resumed: the same state, byte for byte.
   keel::seed_everything(4);
   {
-    Scaled first(options(skipped + 2).checkpoint_dir(dir.string()).keep_last(0), torch::optim::SGDOptions(0.01));
+    Scaled first(options(7).checkpoint_dir(dir.string()).keep_last(0), torch::optim::SGDOptions(0.01));
     first.fit(train);
   }  // (a Trainer holds its checkpoint directory until it is destroyed)
   Scaled second(options(14).checkpoint_dir(dir.string()).resume("auto"), torch::optim::SGDOptions(0.01));
@@ -354,6 +365,38 @@ TEST_CASE("dynamic loss scaling: an overflowing scale skips the step and backs o
                        doctest::Contains("backoff_factor must be in (0, 1)"), keel::ConfigError);
   CHECK_THROWS_WITH_AS(keel::TrainerOptions().loss_scaling(keel::LossScaling().init_scale(0)).validate(),
                        doctest::Contains("init_scale must be positive"), keel::ConfigError);
+}
+
+/// A finite loss whose gradient is NaN (the derivative of sqrt at 0, times 0): a NaN no loss
+/// scale causes or cures.
+struct NanGradientImpl : torch::nn::Module {
+  NanGradientImpl() : fc(register_module("fc", torch::nn::Linear(64, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    const auto zero = fc->weight.sum() - fc->weight.sum().detach();
+    return torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target) + 0.0 * torch::sqrt(zero);
+  }
+  BOOST_HANA_DEFINE_STRUCT(NanGradientImpl, (torch::nn::Linear, fc));
+};
+
+TEST_CASE("dynamic loss scaling: gradients still not finite after max_backoffs_in_a_row back-offs go to on_nonfinite") {
+  SyntheticImages train(64, 5);
+  using Nan = keel::Trainer<keel::model<NanGradientImpl>, keel::optimizer<keel::optim::SGD>>;
+  auto options = [] {
+    return keel::TrainerOptions().max_epochs(10).max_steps(8).batch_size(16).loss_scaling(
+        keel::LossScaling().init_scale(1024).max_backoffs_in_a_row(3));
+  };
+  Nan stopping(options(), torch::optim::SGDOptions(0.01));
+  CHECK_THROWS_WITH_AS(stopping.fit(train), doctest::Contains("the gradient of 'fc.weight' is not finite"), keel::NonFiniteError);
+  CHECK(stopping.loop().global_step == 3);  // three back-offs, then the fourth step stops
+  CHECK(stopping.loop().loss_scale.scale == 128.0);
+  CHECK(stopping.loop().loss_scale.skipped_steps == 3);
+
+  Nan skipping(options().on_nonfinite(keel::NonFinitePolicy::skip_step), torch::optim::SGDOptions(0.01));
+  skipping.fit(train);
+  CHECK(skipping.loop().global_step == 8);
+  CHECK(skipping.loop().loss_scale.skipped_steps == 3);  // the scale's doing: 3
+  CHECK(skipping.loop().skipped_steps == 5);             // on_nonfinite's: the rest
+  CHECK(skipping.loop().loss_scale.scale == 128.0);      // no more back-offs
 }
 
 /// Reports the sum of its weights as a validation metric: which weights validation ran on.
@@ -433,6 +476,110 @@ TEST_CASE("EMA averages the weights, validates on the average, leaves training u
 
   CHECK_THROWS_WITH_AS(keel::EMA(1.0), doctest::Contains("decay must be in [0, 1)"), keel::ConfigError);
   CHECK_THROWS_WITH_AS(keel::EMA(0.99, 0), doctest::Contains("every_n_steps must be positive"), keel::ConfigError);
+}
+
+using GroupedTrainer = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<keel::optim::AdamW>,
+                                     keel::scheduler<keel::sched::CosineAnnealingLR>>;
+
+std::vector<std::string> names_in_group(GroupedTrainer& trainer, std::size_t group) {
+  std::map<const void*, std::string> names;
+  for (const auto& item : trainer.model()->named_parameters()) names[item.value().unsafeGetTensorImpl()] = item.key();
+  std::vector<std::string> out;
+  for (const auto& p : trainer.optimizer().torch_optimizer().param_groups().at(group).params())
+    out.push_back(names[p.unsafeGetTensorImpl()]);
+  return out;
+}
+double weight_decay_of(GroupedTrainer& trainer, std::size_t group) {
+  return static_cast<const torch::optim::AdamWOptions&>(trainer.optimizer().torch_optimizer().param_groups().at(group).options())
+      .weight_decay();
+}
+
+TEST_CASE("param groups: no weight decay for biases and norms, a learning rate of their own, saved and matched by name") {
+  namespace optim = keel::optim;
+  SyntheticImages train(64, 5);
+  const auto dir = std::filesystem::temp_directory_path() / ("keel-groups-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto no_decay = [] { return optim::ParamGroup("no_decay", optim::bias_or_norm).set("weight_decay", 0.0); };
+  const auto head = [] { return optim::ParamGroup("head", optim::name_contains("fc.weight")).set("lr", 3e-4); };
+  auto options = [&](std::int64_t steps) {
+    return keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).checkpoint_dir(dir.string()).keep_last(0);
+  };
+  keel::seed_everything(6);
+  GroupedTrainer grouped(options(5), torch::optim::AdamWOptions(1e-3).weight_decay(0.1), keel::sched::CosineAnnealingLROptions(20),
+                         optim::ParamGroups({no_decay(), head()}));
+  auto& optimizer = grouped.optimizer();
+  REQUIRE(optimizer.group_count() == 3);
+  CHECK(optimizer.group_name(0) == "default");
+  CHECK(optimizer.group_name(1) == "no_decay");
+  CHECK(optimizer.group_name(2) == "head");
+  CHECK(names_in_group(grouped, 0) == std::vector<std::string>{"conv.weight"});
+  CHECK(names_in_group(grouped, 1) == std::vector<std::string>{"conv.bias", "bn.weight", "bn.bias", "fc.bias"});
+  CHECK(names_in_group(grouped, 2) == std::vector<std::string>{"fc.weight"});
+  CHECK(weight_decay_of(grouped, 0) == 0.1);
+  CHECK(weight_decay_of(grouped, 1) == 0.0);
+  CHECK(weight_decay_of(grouped, 2) == 0.1);
+  grouped.fit(train);
+  // The scheduler drives every group from its own base rate.
+  CHECK(optimizer.lr(2) / optimizer.lr(0) == doctest::Approx(0.3).epsilon(1e-12));
+  CHECK(optimizer.lr(1) == optimizer.lr(0));
+  CHECK(optimizer.lr(0) < 1e-3);
+  const auto saved = optimizer.state();
+  REQUIRE(saved.groups.size() == 3);
+  CHECK(saved.groups[1].name == "no_decay");
+  const auto entries = grouped.fingerprint().entries();
+  auto entry = [&](const std::string& key) {
+    for (const auto& e : entries)
+      if (e.first == key) return e.second;
+    return std::string("(absent)");
+  };
+  CHECK(entry("optimizer.groups") == "default,no_decay,head");
+  CHECK(entry("optimizer.group.no_decay.weight_decay") == "0");
+  CHECK(entry("optimizer.group.head.lr") == "0.0003");
+  const auto file = dir / keel::ckpt::step_file_name(5);
+  REQUIRE(std::filesystem::exists(file));
+
+  // Loaded by name into a run with the same groups: training continues exactly as it would have.
+  keel::seed_everything(6);
+  GroupedTrainer whole(options(9).checkpoint_dir(""), torch::optim::AdamWOptions(1e-3).weight_decay(0.1),
+                       keel::sched::CosineAnnealingLROptions(20), optim::ParamGroups({no_decay(), head()}));
+  whole.fit(train);
+  GroupedTrainer resumed(options(9).checkpoint_dir("").resume(file.string()), torch::optim::AdamWOptions(1e-3).weight_decay(0.1),
+                         keel::sched::CosineAnnealingLROptions(20), optim::ParamGroups({no_decay(), head()}));
+  resumed.fit(train);
+  CHECK(resumed.loop().global_step == 9);
+  CHECK(resumed.state_digest() == whole.state_digest());
+  CHECK(resumed.optimizer().lr(2) / resumed.optimizer().lr(0) == doctest::Approx(0.3).epsilon(1e-12));
+
+  // The same groups in another order: refused (the scheduler's state follows the group order).
+  GroupedTrainer reordered(options(9).checkpoint_dir("").resume(file.string()).allow_changes({"optimizer.*"}),
+                           torch::optim::AdamWOptions(1e-3).weight_decay(0.1), keel::sched::CosineAnnealingLROptions(20),
+                           optim::ParamGroups({head(), no_decay()}));
+  CHECK_THROWS_WITH(reordered.fit(train), doctest::Contains("optimizer param groups are in another order in the checkpoint "
+                                                            "(default, no_decay, head) than in this run (default, head, no_decay)"));
+
+  // Without the groups (even as an allowed change), the checkpoint's are named in the refusal.
+  GroupedTrainer plain(options(9).checkpoint_dir("").resume(file.string()).allow_changes({"optimizer.*"}),
+                       torch::optim::AdamWOptions(1e-3).weight_decay(0.1),
+                       keel::sched::CosineAnnealingLROptions(20));
+  CHECK_THROWS_WITH(plain.fit(train), doctest::Contains("optimizer param group 'no_decay' is in the checkpoint but not in this run"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("param groups: mistakes are refused with what to do") {
+  namespace optim = keel::optim;
+  using Trainer = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<keel::optim::SGD>>;
+  auto make = [](optim::ParamGroups groups) {
+    Trainer trainer(keel::TrainerOptions().max_steps(1), torch::optim::SGDOptions(0.1).weight_decay(1e-4), std::move(groups));
+  };
+  CHECK_THROWS_WITH_AS(make(optim::ParamGroups({optim::ParamGroup("embeddings", optim::name_contains("embedding"))})),
+                       doctest::Contains("ParamGroup 'embeddings' selects no parameter of the model"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(make(optim::ParamGroups({optim::ParamGroup("no_decay", optim::bias_or_norm).set("weight_dacay", 0)})),
+                       doctest::Contains("keel::optim::SGD has no hyper-parameter 'weight_dacay'; it has lr, momentum, "
+                                         "dampening, weight_decay, nesterov"),
+                       keel::ConfigError);
+  CHECK_THROWS_WITH_AS(optim::ParamGroups({optim::ParamGroup("a", optim::bias_or_norm), optim::ParamGroup("a", optim::bias_or_norm)}),
+                       doctest::Contains("two groups are named 'a'"), keel::ConfigError);
+  CHECK_THROWS_WITH_AS(optim::ParamGroup("default", optim::bias_or_norm), doctest::Contains("is reserved"), keel::ConfigError);
 }
 
 }  // namespace loop_features_test

@@ -130,6 +130,8 @@ TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callback
       {"adam_multistep_epoch", {"--precision", "bf16", "--accumulate", "2"}, {17, 14}},
       {"adamw_lambda", {"--validate-every-steps", "4"}, {16, 13}},
       // EMA validated on, top-k retention by val_loss (keep 1 last + 2 best), dynamic loss scaling.
+      // (The scale doubles every 4 steps: the resume falls between two growths. Overflows and
+      // back-offs across a resume: test_loop_features.cpp.)
       {"sgd_ema", {"--loss-scale", "1024", "--keep-best", "2", "--validate-every-steps", "5"}, {15, 13}},
   };
   const std::int64_t n = 40;
@@ -164,10 +166,16 @@ TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callback
         std::map<std::string, std::string> kept_whole, kept_split;
         for (const auto& f : keel::ckpt::list_checkpoints(whole_dir)) kept_whole[f.path.filename().string()] = file_bytes(f.path);
         for (const auto& f : keel::ckpt::list_checkpoints(split_dir)) kept_split[f.path.filename().string()] = file_bytes(f.path);
-        CHECK(kept_whole.size() == 3);  // the last and the two best
+        CHECK(kept_whole.size() >= 2);  // the last and the two best (the last may be one of them)
         if (k % 13 == 0) CHECK(kept_split == kept_whole);
+        std::size_t shared = 0;
         for (const auto& [name, bytes] : kept_split)
-          if (kept_whole.count(name)) CHECK_MESSAGE(kept_whole[name] == bytes, name);
+          if (kept_whole.count(name)) {
+            ++shared;
+            CHECK_MESSAGE(kept_whole[name] == bytes, name);
+          }
+        CHECK(shared >= 1);  // the last
+        CHECK(std::stod(value_of(whole.output, "loss_scale").value_or("0")) == 1024.0 * 1024.0);  // 10 growths
       }
     }
     MESSAGE(entry.variant << ": ended at step " << value_of(whole.output, "global_step").value_or("?"));

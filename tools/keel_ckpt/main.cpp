@@ -269,6 +269,11 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
     for (const auto& p : problems) std::fprintf(stderr, "keel-ckpt: %s\n", p.c_str());
     return 2;
   }
+  if (average && with_optimizer) {
+    std::fprintf(stderr, "keel-ckpt: --ema with --optimizer: the optimizer's state belongs to the weights, not to "
+                         "their average; export them separately\n");
+    return 2;
+  }
   std::optional<keel::ModelState> weights = parsed.state.model;
   if (average && !(weights = ema_average(*container))) return 2;
   c10::Dict<std::string, at::Tensor> model;

@@ -64,6 +64,9 @@ class TensorBoardLogger {
   }
 
   void on_fit_start(Context&) {
+    // A fit after one that threw: its buffered records reach the file before it is measured.
+    sync();
+    file_.reset();
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::TensorBoardLogger: cannot create '" + directory_ + "': " + error.message());

@@ -11,8 +11,18 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace keel::ckpt {
+
+namespace detail {
+/// Whether a format checks a section's bytes before its archive reads them
+/// (`static void check_section(std::string_view)`, e.g. format::Json's nesting limit).
+template <class Format, class = void>
+struct checks_sections : std::false_type {};
+template <class Format>
+struct checks_sections<Format, std::void_t<decltype(Format::check_section(std::string_view{}))>> : std::true_type {};
+}  // namespace detail
 
 /// Parses section `info` of `container` into `value` with the input archive of `Format`.
 /// Throws std::runtime_error naming the section if the bytes do not parse or are not all used.
@@ -22,6 +32,7 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
   detail::MemoryBuffer buffer(bytes.data(), bytes.size());
   std::istream stream(&buffer);
   try {
+    if constexpr (detail::checks_sections<Format>::value) Format::check_section(bytes);
     typename Format::input_archive archive(stream);
     archive(cereal::make_nvp(info.name, value));
   } catch (const std::exception& e) {

@@ -1,14 +1,16 @@
 #pragma once
 // The Trainer's constructor arguments, gathered by type so that they may come in any order:
 // TrainerOptions, the model (a shared_ptr to the module, or its TORCH_MODULE holder), the
-// optimizer's and the scheduler's options, and callback objects. Anything left out is
+// optimizer's and the scheduler's options, the optimizer's param groups, and callback objects. Anything left out is
 // default-constructed, or refused with a message saying what to pass.
 
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
+#include <keel/optim/param_groups.hpp>
 #include <keel/trainer_options.hpp>
 
 #include <torch/nn/pimpl.h>
+#include <torch/ordered_dict.h>
 
 #include <cstddef>
 #include <memory>
@@ -40,8 +42,8 @@ template <class Given, class ExpectedOptimizerOptions, class ExpectedSchedulerOp
 constexpr bool unexpected_argument() {
   static_assert(always_false<Given>,
                 "keel::Trainer: a constructor argument matches no component. Pass any of: keel::TrainerOptions, the "
-                "model (std::shared_ptr<Impl> or its holder), the optimizer's options, the scheduler's options, a "
-                "callback of the Trainer. The instantiation line of this error names the argument's type (Given) "
+                "model (std::shared_ptr<Impl> or its holder), the optimizer's options, keel::optim::ParamGroups, the "
+                "scheduler's options, a callback of the Trainer. The instantiation line of this error names the argument's type (Given) "
                 "and the options types this Trainer's optimizer and scheduler take (ExpectedOptimizerOptions, "
                 "ExpectedSchedulerOptions).");
   return false;
@@ -97,6 +99,9 @@ class ConstructorArgs {
     }
   }
 
+  /// The optimizer's param groups (none: one group).
+  optim::ParamGroups param_groups() { return std::move(param_groups_); }
+
   Callbacks callbacks() { return callbacks(std::make_index_sequence<std::tuple_size_v<Callbacks>>{}); }
 
  private:
@@ -111,6 +116,12 @@ class ConstructorArgs {
       model_ = arg.ptr();
     } else if constexpr (std::is_same_v<A, OptimizerOptions>) {
       optimizer_options_ = std::forward<Arg>(arg);
+    } else if constexpr (std::is_same_v<A, optim::ParamGroups>) {
+      static_assert(std::is_constructible_v<Optimizer, torch::OrderedDict<std::string, torch::Tensor>, OptimizerOptions,
+                                            optim::ParamGroups>,
+                    "keel::Trainer: keel::optim::ParamGroups was passed, but this optimizer policy takes none (a "
+                    "policy on keel::optim::TorchOptimizer does: its constructor's third argument)");
+      param_groups_ = std::forward<Arg>(arg);
     } else if constexpr (std::is_same_v<A, SchedulerOptions>) {
       scheduler_options_ = std::forward<Arg>(arg);
     } else if constexpr (index_in_tuple<A, Callbacks>::count == 1) {
@@ -142,6 +153,7 @@ class ConstructorArgs {
   std::shared_ptr<Module> model_;
   std::optional<OptimizerOptions> optimizer_options_;
   std::optional<SchedulerOptions> scheduler_options_;
+  optim::ParamGroups param_groups_;
   typename OptionalTuple<Callbacks>::type callbacks_;
 };
 

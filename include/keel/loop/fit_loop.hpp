@@ -40,11 +40,7 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
     s.dispatch(event::on_fit_end{});
   } catch (...) {
     s.view.exception = std::current_exception();
-    try {
-      s.dispatch(event::on_exception{});
-    } catch (...) {
-      // the original exception is the one worth reporting
-    }
+    hooks::dispatch_to_all(event::on_exception{}, s.callbacks, s.context);
     s.view.exception = nullptr;
     throw;
   }

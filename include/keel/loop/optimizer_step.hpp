@@ -27,7 +27,7 @@ void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std
   // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
   if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {
     s.view.grad_norm = std::numeric_limits<double>::quiet_NaN();
-    scaler.skipped();
+    scaler.skipped(s.loop.global_step + 1);
     nonfinite.end_window();
   } else if (const std::string bad = nonfinite.check_window(s.loop); bad.empty()) {
     s.view.grad_norm = clip_gradients(*s.model, s.options);

@@ -141,6 +141,25 @@ inline const ckpt::SectionInfo* checked_header(const ckpt::SectionInfo* info, bo
   return info;
 }
 
+namespace detail {
+template <class Entry, class = void>
+struct stages_by_version : std::false_type {};
+template <class Entry>
+struct stages_by_version<Entry, std::void_t<decltype(std::declval<const Entry&>().stage(std::uint32_t{}))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// The staging object for a section of layout `version`: entries whose saved value reads older
+/// layouts by a field of its own (optim::OptimizerState::layout) have `stage(version)`.
+template <class Entry>
+auto stage_for(const Entry& entry, std::uint32_t version) {
+  if constexpr (detail::stages_by_version<Entry>::value) {
+    return entry.stage(version);
+  } else {
+    return entry.stage();
+  }
+}
+
 /// Parses one entry's section into a staging object and checks it. Problems go to `plan`;
 /// nothing live changes here. `offline` (keel-ckpt): a section of a type the entry cannot read
 /// stays opaque instead of a problem.
@@ -160,7 +179,7 @@ auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPla
       checked_header(found, found && entry.accepts(found->type),
                      ExpectedSection{entry.name(), entry.type(), entry.version(), entry.oldest_version()}, plan, offline);
   if (!info) return staged;
-  staged.value.emplace(entry.stage());
+  staged.value.emplace(stage_for(entry, info->version));
   try {
     ckpt::parse_section<Format>(container, *info, *staged.value);  // older layouts: the versioned serialize reads them
   } catch (const std::exception& e) {

@@ -109,7 +109,7 @@ struct OptimizerSection {
   }
   // Every optimizer policy saves an OptimizerState, so offline any of them reads.
   bool accepts(const std::string& t) const { return offline || t == type(); }
-  std::uint32_t version() const { return 1; }
+  std::uint32_t version() const { return optim::OptimizerState::current_layout; }  // 2: named param groups
   std::uint32_t oldest_version() const { return 1; }
   optim::OptimizerState capture() const {
     if constexpr (offline) {
@@ -119,6 +119,12 @@ struct OptimizerSection {
     }
   }
   optim::OptimizerState stage() const { return {}; }
+  /// A file's layout: version 1 has no group names.
+  optim::OptimizerState stage(std::uint32_t version) const {
+    optim::OptimizerState state;
+    state.layout = version;
+    return state;
+  }
   void check(const optim::OptimizerState& saved, LoadPlan& plan) const {
     if constexpr (!offline) plan.problems_from(live.check(saved));
   }

@@ -45,11 +45,11 @@ class TrainState {
   static constexpr bool model_parameters_only = ModelParametersOnly;
 
   TrainState(TrainerOptions options_in, std::shared_ptr<Module> model_in,
-             typename Optimizer::Options optimizer_options, typename Scheduler::Options scheduler_options,
-             Callbacks callbacks_in)
+             typename Optimizer::Options optimizer_options, const optim::ParamGroups& param_groups,
+             typename Scheduler::Options scheduler_options, Callbacks callbacks_in)
       : options(std::move(options_in)),
         model(std::move(model_in)),
-        optimizer(model->named_parameters(true), std::move(optimizer_options)),
+        optimizer(make_optimizer(*model, std::move(optimizer_options), param_groups)),
         scheduler(optimizer.torch_optimizer(), std::move(scheduler_options)),
         callbacks(std::move(callbacks_in)),
         context(loop, view, *model) {
@@ -57,6 +57,14 @@ class TrainState {
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
     view.lr = optimizer.lr(0);
+  }
+  /// With ParamGroups only when given: a policy of one's own need not take them.
+  static Optimizer make_optimizer(Module& module, typename Optimizer::Options options, const optim::ParamGroups& groups) {
+    if constexpr (std::is_constructible_v<Optimizer, torch::OrderedDict<std::string, torch::Tensor>,
+                                          typename Optimizer::Options, optim::ParamGroups>) {
+      if (!groups.empty()) return Optimizer(module.named_parameters(true), std::move(options), groups);
+    }
+    return Optimizer(module.named_parameters(true), std::move(options));
   }
   TrainState(const TrainState&) = delete;
   TrainState& operator=(const TrainState&) = delete;
@@ -123,6 +131,7 @@ class TrainState {
       f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
       f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
       f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
+      f.add("loop.loss_scaling.max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
     }
     if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
     if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
