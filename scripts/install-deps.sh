@@ -47,8 +47,11 @@ if ((${#missing[@]} > 0)); then
   "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# The reader's packages, at the versions of tests/tensorboard/package-lock.json.
-if [[ "${1:-}" == "--tests" ]] && ((node)) && [[ ! -d "$repo/tests/tensorboard/node_modules" ]]; then
+# The reader's packages, at the versions of tests/tensorboard/package-lock.json (again when the
+# lock file is newer than what npm installed).
+reader=$repo/tests/tensorboard
+if [[ "${1:-}" == "--tests" ]] && ((node)) &&
+   [[ ! -f "$reader/node_modules/.package-lock.json" || "$reader/package-lock.json" -nt "$reader/node_modules/.package-lock.json" ]]; then
   echo "keel: installing the TensorBoard reader's npm packages (tests/tensorboard)"
-  npm ci --prefix "$repo/tests/tensorboard" --no-audit --no-fund --loglevel=error
+  npm ci --prefix "$reader" --no-audit --no-fund --loglevel=error
 fi

@@ -177,7 +177,9 @@ TEST_CASE("TensorBoardLogger writes an event file that an independent reader acc
     }
   }
   // The last validation's metrics are the trainer's.
-  for (const auto& [name, value] : trainer.metrics()) {
+  for (const auto& metric : trainer.metrics()) {  // (not a structured binding: clang 14 cannot capture one)
+    const std::string& name = metric.first;
+    const double value = metric.second;
     CAPTURE(name);
     bool found = false;
     for (const auto& s : read.scalars)

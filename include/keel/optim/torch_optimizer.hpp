@@ -354,7 +354,9 @@ class TorchOptimizer {
 
   /// Replaces the values `group` sets; an unknown name is refused with the names there are.
   static void override_values(std::vector<std::pair<std::string, double>>& values, const ParamGroup& group) {
-    for (const auto& [name, value] : group.overrides()) {
+    for (const auto& item : group.overrides()) {  // (not a structured binding: clang 14 cannot capture one)
+      const std::string& name = item.first;
+      const double value = item.second;
       auto found = std::find_if(values.begin(), values.end(), [&](const auto& v) { return v.first == name; });
       if (found == values.end()) {
         std::string known;
