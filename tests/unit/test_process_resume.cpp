@@ -169,10 +169,10 @@ TEST_CASE("exactness matrix: optimizers x scheduler families x stateful callback
         CHECK(kept_whole.size() >= 2);  // the last and the two best (the last may be one of them)
         if (k % 13 == 0) CHECK(kept_split == kept_whole);
         std::size_t shared = 0;
-        for (const auto& [name, bytes] : kept_split)
-          if (kept_whole.count(name)) {
+        for (const auto& kept : kept_split)  // (not a structured binding: CHECK_MESSAGE captures)
+          if (kept_whole.count(kept.first)) {
             ++shared;
-            CHECK_MESSAGE(kept_whole[name] == bytes, name);
+            CHECK_MESSAGE(kept_whole[kept.first] == kept.second, kept.first);
           }
         CHECK(shared >= 1);  // the last
         CHECK(std::stod(value_of(whole.output, "loss_scale").value_or("0")) == 1024.0 * 1024.0);  // 10 growths
