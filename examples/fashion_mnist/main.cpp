@@ -5,6 +5,11 @@
 //   fashion_mnist --model cnn --epochs 2 --ckpt-dir runs/fashion-mnist
 //   fashion_mnist --epochs 4 --resume-changed auto     train a finished run for longer (a fork)
 //   fashion_mnist --init-from FILE --ckpt-dir DIR      a new run from FILE's weights
+//   fashion_mnist --optimizer sgd --momentum 0.9 --scheduler onecycle --precision bf16 --ema 0.999
+//
+// The optimizer and the scheduler are chosen at run time (keel::optim::OneOf, keel::sched::OneOf)
+// and so are the optional callbacks (keel::Optional): one Trainer type per model and format
+// serves every combination of flags.
 
 #include "fashion_mnist_data.hpp"
 #include "models.hpp"
@@ -16,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -48,14 +54,71 @@ struct Flags {
   int workers = 2;
   bool augment = false;
   bool continue_on_save_error = false;
+  std::string optimizer = "adamw";
+  double momentum = 0.9;  // SGD's and RMSprop's
+  double weight_decay = 1e-4;
+  bool no_decay_bias_norm = false;
+  std::string scheduler = "warmup-cosine";
+  std::string precision = "fp32";
+  double clip_norm = 0.0;
+  double clip_value = 0.0;
+  double ema = 0.0;
+  std::int64_t validate_every_steps = 0;
+  double max_time = 0.0;
+  std::string format = "binary";
+  std::string tensorboard;
 };
 
-template <class Module>
+using Optimizer = keel::optim::OneOf<keel::optim::SGD, keel::optim::Adam, keel::optim::AdamW, keel::optim::RMSprop,
+                                     keel::optim::Adagrad>;
+using WarmupLinear = keel::sched::Sequential<keel::sched::LinearLR, keel::sched::LinearLR>;
+using Scheduler = keel::sched::OneOf<keel::sched::Constant, keel::sched::StepLR, keel::sched::MultiStepLR,
+                                     keel::sched::ExponentialLR, keel::sched::CosineAnnealingLR,
+                                     keel::sched::CosineAnnealingWarmRestarts, keel::sched::CosineWarmup, WarmupLinear,
+                                     keel::sched::OneCycleLR, keel::sched::ReduceLROnPlateau>;
+
+Optimizer::Options optimizer_options(const Flags& flags) {
+  namespace o = torch::optim;
+  if (flags.optimizer == "sgd") return o::SGDOptions(flags.lr).momentum(flags.momentum).weight_decay(flags.weight_decay);
+  if (flags.optimizer == "adam") return o::AdamOptions(flags.lr).weight_decay(flags.weight_decay);
+  if (flags.optimizer == "rmsprop")
+    return o::RMSpropOptions(flags.lr).momentum(flags.momentum).weight_decay(flags.weight_decay);
+  if (flags.optimizer == "adagrad") return o::AdagradOptions(flags.lr).weight_decay(flags.weight_decay);
+  return o::AdamWOptions(flags.lr).weight_decay(flags.weight_decay);
+}
+
+/// Each schedule with arguments derived from the run's length: `total` optimizer steps, the first
+/// `warmup` of them warming up where the schedule has a warm-up.
+Scheduler::Options scheduler_options(const std::string& name, std::int64_t total, std::int64_t warmup) {
+  namespace s = keel::sched;
+  const std::int64_t quarter = std::max<std::int64_t>(1, total / 4);
+  if (name == "constant") return s::Constant::Options{};
+  if (name == "step") return s::StepLROptions(std::max<std::int64_t>(1, total / 3), 0.1);  // two decays
+  if (name == "multistep") return s::MultiStepLROptions({2 * quarter, 3 * quarter}, 0.1);
+  if (name == "exponential") return s::ExponentialLROptions(std::pow(0.01, 1.0 / static_cast<double>(total)));  // to 1%
+  if (name == "cosine") return s::CosineAnnealingLROptions(total);
+  if (name == "cosine-restarts") return s::CosineAnnealingWarmRestartsOptions(quarter);  // four cycles
+  if (name == "warmup-linear")
+    return WarmupLinear::Options(s::LinearLROptions(1.0 / static_cast<double>(warmup), 1.0, warmup),
+                                 s::LinearLROptions(1.0, 0.0, std::max<std::int64_t>(1, total - warmup)), warmup);
+  if (name == "onecycle") return s::OneCycleLROptions(total);  // peaks at --lr
+  if (name == "plateau") return s::ReduceLROnPlateauOptions("val_loss").factor(0.5).patience(1);
+  return s::CosineWarmupOptions(warmup, total + 1);
+}
+
+keel::Precision precision_of(const std::string& name) {
+  if (name == "bf16") return keel::Precision::bf16;
+  if (name == "fp16") return keel::Precision::fp16;  // CUDA only: keel says so on the CPU
+  return keel::Precision::fp32;
+}
+
+template <class Module, class Format>
 int train(const Flags& flags) {
-  using Trainer = keel::Trainer<keel::model<Module>, keel::optimizer<keel::optim::AdamW>,
-                                keel::scheduler<keel::sched::CosineWarmup>,
-                                keel::callbacks<keel::ProgressBar, keel::MetricsLogger, keel::EarlyStopping>,
-                                keel::checkpoint<keel::format::Binary>>;
+  using Trainer = keel::Trainer<
+      keel::model<Module>, keel::optimizer<Optimizer>, keel::scheduler<Scheduler>,
+      keel::callbacks<keel::ProgressBar, keel::MetricsLogger, keel::LearningRateMonitor, keel::EarlyStopping,
+                      keel::Optional<keel::EMA>, keel::Optional<keel::WallTimeLimit>, keel::Optional<keel::TensorBoardLogger>>,
+      keel::checkpoint<Format>>;
 
   fashion_mnist::Dataset all_train(flags.data, "train");
   fashion_mnist::Dataset test(flags.data, "t10k");
@@ -91,6 +154,9 @@ int train(const Flags& flags) {
     options.resume(flags.resume);
   }
   if (!flags.init_from.empty()) options.init_from(flags.init_from).init_strict(!flags.init_non_strict);
+  keel::optim::ParamGroups groups;  // none: every parameter in "default"
+  if (flags.no_decay_bias_norm)  // biases and normalization weights without weight decay
+    groups = keel::optim::ParamGroups({keel::optim::ParamGroup("no_decay", keel::optim::bias_or_norm).set("weight_decay", 0.0)});
   Trainer trainer(module,
                   options
                       .max_epochs(flags.epochs)
@@ -107,12 +173,21 @@ int train(const Flags& flags) {
                       .config("model", flags.model)
                       .config("mlp_hidden", std::to_string(flags.mlp_hidden))
                       .config("augment", flags.augment ? "on" : "off")
-                      .config("validation_size", std::to_string(flags.validation_size)),
-                  torch::optim::AdamWOptions(flags.lr).weight_decay(1e-4),
-                  keel::sched::CosineWarmupOptions(warmup, total_steps + 1),
+                      .config("validation_size", std::to_string(flags.validation_size))
+                      .precision(precision_of(flags.precision))
+                      .clip_grad_norm(flags.clip_norm)
+                      .clip_grad_value(flags.clip_value)
+                      .validate_every_steps(flags.validate_every_steps),
+                  optimizer_options(flags), groups, scheduler_options(flags.scheduler, total_steps, warmup),
                   keel::ProgressBar(keel::ProgressBar::parse_mode(flags.progress), flags.log_every),
                   keel::MetricsLogger(flags.log_dir, flags.log_every, {"val_loss", "val_accuracy"}),
-                  keel::EarlyStopping("val_loss", 5));
+                  keel::LearningRateMonitor(flags.log_dir, flags.log_every), keel::EarlyStopping("val_loss", 5),
+                  flags.ema > 0 ? keel::Optional<keel::EMA>(keel::EMA(flags.ema)) : keel::Optional<keel::EMA>(),
+                  flags.max_time > 0 ? keel::Optional<keel::WallTimeLimit>(keel::WallTimeLimit(flags.max_time))
+                                     : keel::Optional<keel::WallTimeLimit>(),
+                  flags.tensorboard.empty()
+                      ? keel::Optional<keel::TensorBoardLogger>()
+                      : keel::Optional<keel::TensorBoardLogger>(keel::TensorBoardLogger(flags.tensorboard, flags.log_every)));
 
   const auto start = std::chrono::steady_clock::now();
   if (flags.validation_size > 0) {
@@ -144,7 +219,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--batch-size", flags.batch_size, "samples per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", flags.lr, "peak learning rate of AdamW")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--lr", flags.lr, "peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", flags.seed, "seed of initialization, data order and dropout")->capture_default_str();
   app.add_option("--threads", flags.threads, "LibTorch intra-op threads (0: LibTorch's default)")
       ->capture_default_str()
@@ -188,10 +263,53 @@ int main(int argc, char** argv) {
   app.add_option("--progress", flags.progress, "auto (a bar on a terminal, plain lines otherwise), bar, plain, off")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "bar", "plain", "off"}));
+  app.add_option("--optimizer", flags.optimizer, "sgd, adam, adamw, rmsprop or adagrad")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"sgd", "adam", "adamw", "rmsprop", "adagrad"}));
+  app.add_option("--momentum", flags.momentum, "momentum of --optimizer sgd and rmsprop")->capture_default_str();
+  app.add_option("--weight-decay", flags.weight_decay, "weight decay (decoupled for adamw)")->capture_default_str();
+  app.add_flag("--no-decay-bias-norm", flags.no_decay_bias_norm,
+               "no weight decay for biases and normalization weights (a param group of their own)");
+  app.add_option("--scheduler", flags.scheduler,
+                 "learning-rate schedule over the run: constant, step, multistep, exponential, cosine, cosine-restarts, "
+                 "warmup-cosine, warmup-linear, onecycle, plateau (on val_loss)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"constant", "step", "multistep", "exponential", "cosine", "cosine-restarts",
+                             "warmup-cosine", "warmup-linear", "onecycle", "plateau"}));
+  app.add_option("--precision", flags.precision, "fp32, bf16 (autocast), or fp16 (CUDA only, with loss scaling)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--clip-norm", flags.clip_norm, "clip gradients to this global norm (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--clip-value", flags.clip_value, "clip each gradient element to [-X, X] (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--ema", flags.ema, "keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                                     "validation uses it; 0: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--validate-every-steps", flags.validate_every_steps, "also validate every N optimizer steps (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-time", flags.max_time,
+                 "stop with a checkpoint once training has run this many seconds, over all its resumes (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--format", flags.format, "checkpoint format: binary (.ckpt) or json (.jckpt)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"binary", "json"}));
+  app.add_option("--tensorboard", flags.tensorboard, "write TensorBoard scalars into this directory");
   CLI11_PARSE(app, argc, argv);
 
   try {
-    return flags.model == "mlp" ? train<fashion_mnist::MlpImpl>(flags) : train<fashion_mnist::CnnImpl>(flags);
+    using fashion_mnist::CnnImpl;
+    using fashion_mnist::MlpImpl;
+    using keel::format::Binary;
+    using keel::format::Json;
+    if (flags.format == "json")
+      return flags.model == "mlp" ? train<MlpImpl, Json>(flags) : train<CnnImpl, Json>(flags);
+    return flags.model == "mlp" ? train<MlpImpl, Binary>(flags) : train<CnnImpl, Binary>(flags);
   } catch (const std::exception& e) {
     // keel::exit_status: 2 bad configuration, 3 unusable checkpoint, 4 checkpoint not written,
     // 5 non-finite loss or gradient, 128 + signal after a preemption signal (saved), 1 other.

@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace keel {
 
@@ -25,6 +26,8 @@ using Metrics = std::map<std::string, double>;
 struct LoopView {
   torch::Tensor loss;          ///< latest micro-batch loss, then the step's mean loss (detached)
   double lr = 0.0;             ///< learning rate of the first param group
+  std::vector<double> lrs;     ///< learning rate of every param group, in the optimizer's order
+  std::vector<std::string> lr_groups;  ///< the param groups' names ("default" without ParamGroups)
   double grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< before clipping (NaN: no clipping)
   Metrics metrics;             ///< of the latest validation run
   Metrics batch_metrics;       ///< of the validation batch just processed
@@ -57,6 +60,12 @@ class Context {
   const torch::Tensor& loss() const noexcept { return view_.loss; }
   /// Learning rate of the first parameter group.
   double lr() const noexcept { return view_.lr; }
+  /// Learning rate of every parameter group, in the optimizer's order (one entry without
+  /// keel::optim::ParamGroups).
+  const std::vector<double>& lrs() const noexcept { return view_.lrs; }
+  /// The parameter groups' names, in the order of lrs() ("default" for the parameters no
+  /// ParamGroup selects).
+  const std::vector<std::string>& lr_groups() const noexcept { return view_.lr_groups; }
   /// Global norm of the gradients of the latest optimizer step, before clipping; NaN when no
   /// clipping is configured (TrainerOptions::clip_grad_norm, clip_grad_value).
   double grad_norm() const noexcept { return view_.grad_norm; }

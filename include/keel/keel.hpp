@@ -24,6 +24,7 @@
 #include <keel/optim/adam.hpp>
 #include <keel/optim/rmsprop.hpp>
 #include <keel/optim/adagrad.hpp>
+#include <keel/optim/one_of.hpp>
 #include <keel/sched/constant.hpp>
 #include <keel/sched/step_decay.hpp>
 #include <keel/sched/cosine_warmup.hpp>
@@ -35,6 +36,7 @@
 #include <keel/sched/lambda_lr.hpp>
 #include <keel/sched/sequential.hpp>
 #include <keel/sched/reduce_lr_on_plateau.hpp>
+#include <keel/sched/one_of.hpp>
 #include <keel/data/sampler.hpp>
 #include <keel/data/dataset.hpp>
 #include <keel/checkpoint/file_io.hpp>
@@ -51,6 +53,8 @@
 #include <keel/callbacks/wall_time_limit.hpp>
 #include <keel/callbacks/ema.hpp>
 #include <keel/callbacks/tensorboard_logger.hpp>
+#include <keel/callbacks/lr_monitor.hpp>
+#include <keel/callbacks/optional.hpp>
 #include <keel/signals.hpp>
 #include <keel/trainer_options.hpp>
 #include <keel/process_settings.hpp>

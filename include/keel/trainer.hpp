@@ -87,17 +87,52 @@ class Trainer {
   using SchedulerOptions = typename Scheduler::Options;
 
  private:
+  template <class C>
+  static constexpr bool check_callback() {
+    if constexpr (state::detail::is_optional_callback<C>::value) {  // keel::Optional<C>: C as if it stood alone
+      return hooks::check_hooks<C>() && check_callbacks(static_cast<typename C::alternatives*>(nullptr));
+    } else {
+      return hooks::check_hooks<C>() && check_component_state<C, Format>();
+    }
+  }
   template <class... C>
   static constexpr bool check_callbacks(std::tuple<C...>*) {
-    return ((hooks::check_hooks<C>() && check_component_state<C, Format>()) && ... && true);
+    return (check_callback<C>() && ... && true);
   }
   // The compile-time guarantee, one role at a time (keel/state_check.hpp, keel/model_check.hpp).
   static_assert(check_format<Format>());
   static_assert(check_model_state<Module, Format, model_parameters_only>());
-  static_assert(check_optimizer<Optimizer>());
-  static_assert(check_component_state<Optimizer, Format, typename state::detail::torch_optimizer_base<Optimizer>::type>());
-  static_assert(check_scheduler<Scheduler>());
-  static_assert(check_component_state<Scheduler, Format>());
+  template <class O>
+  static constexpr bool check_optimizer_state() {
+    return check_component_state<O, Format, typename state::detail::torch_optimizer_base<O>::type>();
+  }
+  // A policy chosen at run time (OneOf): each of its alternatives as if it stood alone.
+  template <class... O>
+  static constexpr bool check_optimizer_alternatives(std::tuple<O...>*) {
+    return ((check_optimizer<O>() && check_optimizer_state<O>() && state::detail::one_of_policy_saves_all<O>()) && ...);
+  }
+  template <class... S>
+  static constexpr bool check_scheduler_alternatives(std::tuple<S...>*) {
+    return ((check_scheduler<S>() && check_component_state<S, Format>()) && ...);
+  }
+  static constexpr bool check_optimizer_role() {
+    if constexpr (state::detail::has_alternatives<Optimizer>::value) {
+      return check_optimizer<Optimizer>() &&
+             check_optimizer_alternatives(static_cast<typename Optimizer::alternatives*>(nullptr));
+    } else {
+      return check_optimizer<Optimizer>() && check_optimizer_state<Optimizer>();
+    }
+  }
+  static constexpr bool check_scheduler_role() {
+    if constexpr (state::detail::has_alternatives<Scheduler>::value) {
+      return check_scheduler<Scheduler>() && check_component_state<Scheduler, Format>() &&
+             check_scheduler_alternatives(static_cast<typename Scheduler::alternatives*>(nullptr));
+    } else {
+      return check_scheduler<Scheduler>() && check_component_state<Scheduler, Format>();
+    }
+  }
+  static_assert(check_optimizer_role());
+  static_assert(check_scheduler_role());
   static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
 
   using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only>;
@@ -163,7 +198,7 @@ class Trainer {
   /// CheckpointError listing every problem, with nothing changed.
   void warm_start(const ckpt::fs::path& path) {
     state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
-    state_.view.lr = state_.optimizer.lr(0);
+    state_.publish_lrs();
   }
 
   /// A hex digest of the whole training state: every byte a checkpoint would hold (weights,
@@ -292,7 +327,7 @@ class Trainer {
     loaded_train_size_ = loaded.train_size;
     if (loaded.fork) state::apply_fork(state_, std::move(*loaded.fork));
     state::follow_lineage(state_);  // checked by load_checkpoint: it does not throw
-    state_.view.lr = state_.optimizer.lr(0);
+    state_.publish_lrs();
     state_.view.checkpoint_path = path;
     saver_.loaded();
     resume_handled_ = true;

@@ -2,7 +2,7 @@
 // validation every N steps and every N epochs, schedulers that step per epoch or on
 // validation metrics, bf16 autocast, dynamic loss scaling, the wall-time limit, the
 // exponential moving average of the weights, the optimizers RMSprop and Adagrad in a Trainer,
-// and param groups.
+// param groups, policies chosen at run time (OneOf, Optional) and the learning-rate monitor.
 #include "support/synthetic.hpp"
 
 #include <keel/keel.hpp>
@@ -10,8 +10,12 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -580,6 +584,180 @@ TEST_CASE("param groups: mistakes are refused with what to do") {
   CHECK_THROWS_WITH_AS(optim::ParamGroups({optim::ParamGroup("a", optim::bias_or_norm), optim::ParamGroup("a", optim::bias_or_norm)}),
                        doctest::Contains("two groups are named 'a'"), keel::ConfigError);
   CHECK_THROWS_WITH_AS(optim::ParamGroup("default", optim::bias_or_norm), doctest::Contains("is reserved"), keel::ConfigError);
+}
+
+}  // namespace loop_features_test
+
+namespace loop_features_test {
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::filesystem::path fresh_dir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("keel-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+using ChosenOptimizer = keel::optim::OneOf<keel::optim::SGD, keel::optim::AdamW>;
+using ChosenScheduler =
+    keel::sched::OneOf<keel::sched::StepLR, keel::sched::CosineAnnealingLR, keel::sched::ReduceLROnPlateau>;
+using ChosenTrainer = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<ChosenOptimizer>,
+                                    keel::scheduler<ChosenScheduler>>;
+
+TEST_CASE("OneOf: an optimizer and a scheduler chosen at run time save as the chosen policies, and either resumes the other") {
+  SyntheticImages train(64, 5);
+  const auto dir = fresh_dir("one-of");
+  auto options = [&](std::int64_t steps) {
+    return keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).keep_last(0);
+  };
+  const auto groups = [] {
+    return keel::optim::ParamGroups(
+        {keel::optim::ParamGroup("no_decay", keel::optim::bias_or_norm).set("weight_decay", 0.0)});
+  };
+  keel::seed_everything(6);
+  ChosenTrainer chosen(options(5).checkpoint_dir(dir.string()), ChosenOptimizer::Options(torch::optim::AdamWOptions(1e-3).weight_decay(0.1)),
+                       ChosenScheduler::Options(keel::sched::CosineAnnealingLROptions(20)), groups());
+  CHECK(chosen.optimizer().keel_component_name() == "keel::optim::AdamW");
+  CHECK(chosen.optimizer().group_name(1) == "no_decay");
+  chosen.fit(train);
+  const auto file = dir / keel::ckpt::step_file_name(5);
+  const auto manifest = keel::ckpt::read_manifest(file);
+  REQUIRE(manifest);
+  REQUIRE(manifest->find("optimizer"));
+  CHECK(manifest->find("optimizer")->type == "keel::optim::AdamW");
+  REQUIRE(manifest->find("scheduler"));
+  CHECK(manifest->find("scheduler")->type == "keel::sched::CosineAnnealingLR");
+
+  // The same configuration with the policies fixed at compile time: the same fingerprint, the
+  // same training, and each resumes the other's checkpoint exactly.
+  keel::seed_everything(6);
+  GroupedTrainer fixed(options(9), torch::optim::AdamWOptions(1e-3).weight_decay(0.1),
+                       keel::sched::CosineAnnealingLROptions(20), groups());
+  CHECK(fixed.fingerprint().entries() == chosen.fingerprint().entries());
+  fixed.fit(train);
+  GroupedTrainer fixed_resumed(options(9).resume(file.string()), torch::optim::AdamWOptions(1e-3).weight_decay(0.1),
+                               keel::sched::CosineAnnealingLROptions(20), groups());
+  fixed_resumed.fit(train);
+  CHECK(fixed_resumed.state_digest() == fixed.state_digest());
+  ChosenTrainer chosen_resumed(options(9).resume(file.string()),
+                               ChosenOptimizer::Options(torch::optim::AdamWOptions(1e-3).weight_decay(0.1)),
+                               ChosenScheduler::Options(keel::sched::CosineAnnealingLROptions(20)), groups());
+  chosen_resumed.fit(train);
+  CHECK(chosen_resumed.state_digest() == fixed.state_digest());
+
+  // Another choice is another configuration: refused, naming it.
+  ChosenTrainer other(options(9).resume(file.string()), ChosenOptimizer::Options(torch::optim::SGDOptions(1e-3)),
+                      ChosenScheduler::Options(keel::sched::CosineAnnealingLROptions(20)), groups());
+  CHECK_THROWS_WITH(other.fit(train), doctest::Contains("optimizer.type"));
+
+  // The scheduler's needs follow the choice: ReduceLROnPlateau needs a validation set.
+  ChosenTrainer plateau(options(3), ChosenOptimizer::Options(torch::optim::SGDOptions(0.1)),
+                        ChosenScheduler::Options(keel::sched::ReduceLROnPlateauOptions("val_loss")));
+  CHECK_THROWS_WITH_AS(plateau.fit(train), doctest::Contains("keel::sched::ReduceLROnPlateau steps on validation metrics"),
+                       keel::ConfigError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("keel::Optional: a callback switched on is the callback itself; switched off it saves nothing and says so") {
+  SyntheticImages train(64, 5);
+  using Optional = keel::Trainer<keel::model<WeightSumImpl>, keel::optimizer<keel::optim::SGD>,
+                                 keel::callbacks<keel::Optional<keel::EMA>>>;
+  using Always = keel::Trainer<keel::model<WeightSumImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<keel::EMA>>;
+  const auto dir = fresh_dir("optional");
+  auto options = [&](std::int64_t steps) {
+    return keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).keep_last(0);
+  };
+  keel::seed_everything(3);
+  Optional on(options(4).checkpoint_dir((dir / "on").string()), torch::optim::SGDOptions(0.1),
+              keel::Optional<keel::EMA>(keel::EMA(0.5)));
+  on.fit(train);
+  REQUIRE(on.callback<keel::Optional<keel::EMA>>().get());
+  CHECK(on.callback<keel::Optional<keel::EMA>>().get()->updates() == 4);
+  const auto on_file = dir / "on" / keel::ckpt::step_file_name(4);
+  const auto on_manifest = keel::ckpt::read_manifest(on_file);
+  REQUIRE(on_manifest);
+  CHECK(on_manifest->find("callback.keel::EMA"));
+
+  // Its checkpoint is keel::EMA's: a Trainer with keel::EMA itself resumes it exactly.
+  keel::seed_everything(3);
+  Always always(options(7), torch::optim::SGDOptions(0.1), keel::EMA(0.5));
+  CHECK(always.fingerprint().entries() == on.fingerprint().entries());
+  always.fit(train);
+  Always resumed(options(7).resume(on_file.string()), torch::optim::SGDOptions(0.1), keel::EMA(0.5));
+  resumed.fit(train);
+  CHECK(resumed.state_digest() == always.state_digest());
+  CHECK(resumed.callback<keel::EMA>().updates() == 7);
+
+  // Off: no hook runs, no section; the fingerprint records the choice, so switching it on at a
+  // resume is a configuration change.
+  keel::seed_everything(3);
+  Optional off(options(4).checkpoint_dir((dir / "off").string()), torch::optim::SGDOptions(0.1), keel::Optional<keel::EMA>());
+  off.fit(train);
+  CHECK_FALSE(off.callback<keel::Optional<keel::EMA>>().on());
+  const auto off_file = dir / "off" / keel::ckpt::step_file_name(4);
+  const auto off_manifest = keel::ckpt::read_manifest(off_file);
+  REQUIRE(off_manifest);
+  for (const auto& section : off_manifest->sections) CHECK(section.name.find("EMA") == std::string::npos);
+  Optional switched(options(7).resume(off_file.string()), torch::optim::SGDOptions(0.1),
+                    keel::Optional<keel::EMA>(keel::EMA(0.5)));
+  CHECK_THROWS_WITH(switched.fit(train), doctest::Contains("enabled"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("LearningRateMonitor: the rate every step applied, per param group, each step once across a resume") {
+  SyntheticImages train(64, 5);
+  using Monitored = keel::Trainer<keel::model<keel_test::SmallNetImpl>, keel::optimizer<keel::optim::AdamW>,
+                                  keel::scheduler<keel::sched::CosineAnnealingLR>, keel::callbacks<keel::LearningRateMonitor>>;
+  const auto dir = fresh_dir("lr-monitor");
+  const auto head = [] {
+    return keel::optim::ParamGroups({keel::optim::ParamGroup("head", keel::optim::name_contains("fc.")).set("lr", 3e-4)});
+  };
+  auto make = [&](const std::string& name, std::int64_t steps, const std::string& resume) {
+    return Monitored(keel::TrainerOptions().max_epochs(10).max_steps(steps).batch_size(16).keep_last(0).checkpoint_dir(
+                         (dir / name / "ckpt").string()).resume(resume),
+                     torch::optim::AdamWOptions(1e-3), keel::sched::CosineAnnealingLROptions(20), head(),
+                     keel::LearningRateMonitor((dir / name / "logs").string(), 1));
+  };
+  keel::seed_everything(8);
+  auto whole = make("whole", 9, "never");
+  whole.fit(train);
+  const std::string rates = read_text(dir / "whole" / "logs" / "lr.csv");
+  std::istringstream lines(rates);
+  std::string line;
+  std::getline(lines, line);
+  CHECK(line == "step,epoch,lr_default,lr_head");
+  // Step s applied CosineAnnealingLR's rate after s - 1 scheduler steps: base (1 + cos(pi (s-1) / 20)) / 2.
+  const double pi = std::acos(-1.0);
+  for (int step = 1; step <= 9; ++step) {
+    REQUIRE(std::getline(lines, line));
+    double lr_default = 0.0, lr_head = 0.0;
+    long long logged_step = 0, epoch = 0;
+    REQUIRE(std::sscanf(line.c_str(), "%lld,%lld,%lf,%lf", &logged_step, &epoch, &lr_default, &lr_head) == 4);
+    CHECK(logged_step == step);
+    const double factor = (1.0 + std::cos(pi * (step - 1) / 20.0)) / 2.0;
+    CHECK(lr_default == doctest::Approx(1e-3 * factor).epsilon(1e-8));
+    CHECK(lr_head == doctest::Approx(3e-4 * factor).epsilon(1e-8));
+  }
+  CHECK_FALSE(std::getline(lines, line));
+
+  // Killed after its checkpoint at step 5 had written two more rows and half of one: the resumed
+  // run cuts them off and writes each step once.
+  {
+    keel::seed_everything(8);
+    auto first = make("resumed", 5, "never");  // (its directory lock ends with it)
+    first.fit(train);
+  }
+  {
+    std::ofstream out(dir / "resumed" / "logs" / "lr.csv", std::ios::app);
+    out << "6,0,0.1,0.1\n7,0,0.1,0.1\n8,0,0.";
+  }
+  auto second = make("resumed", 9, "auto");
+  second.fit(train);
+  CHECK(read_text(dir / "resumed" / "logs" / "lr.csv") == rates);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace loop_features_test

@@ -3,12 +3,11 @@
 // optimizer step (step, epoch, loss, lr, samples/s; in metrics.jsonl also grad_norm, the norm
 // before clipping, when gradients are clipped) and one per validation (its metrics).
 //
-// After a resume every step appears exactly once. The number of rows written is part of the
-// logger's saved state, and the files are flushed to the kernel before each checkpoint; when a
-// fit starts, rows beyond that count (written after the checkpoint by a run that was then
-// killed, possibly half a line) are cut off before new rows are appended.
+// After a resume every step appears exactly once: the rows written are counted in the logger's
+// saved state, and rows beyond the count are cut off when a fit starts (keel/detail/row_log.hpp).
 
 #include <keel/context.hpp>
+#include <keel/detail/row_log.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
 
@@ -19,13 +18,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <keel/log.hpp>
-#include <memory>
 #include <string>
-#include <system_error>
 #include <vector>
-
-#include <unistd.h>
 
 namespace keel {
 
@@ -63,10 +57,9 @@ class MetricsLogger {
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::MetricsLogger: cannot create '" + directory_ + "': " + error.message());
-    csv_ = open_at_row(csv_path(), /*header_lines=*/1);
-    jsonl_ = open_at_row(jsonl_path(), /*header_lines=*/0);
-    std::error_code size_error;
-    if (std::filesystem::file_size(csv_path(), size_error) == 0 && !size_error) {
+    csv_ = detail::open_after_rows(csv_path(), rows_, /*header_lines=*/1, keel_name);
+    jsonl_ = detail::open_after_rows(jsonl_path(), rows_, /*header_lines=*/0, keel_name);
+    if (detail::log_is_empty(csv_path())) {
       std::string header = "step,epoch,phase,loss,lr,samples_per_sec";
       for (const auto& c : columns_) header += "," + c;
       std::fprintf(csv_.get(), "%s\n", header.c_str());
@@ -114,17 +107,9 @@ class MetricsLogger {
 
  private:
   using Clock = std::chrono::steady_clock;
-  using File = std::shared_ptr<std::FILE>;  // shared: a staged copy of the logger must not close it
-
-  static std::string number(double value) {
-    if (std::isnan(value)) return "";
-    char buffer[40];
-    std::snprintf(buffer, sizeof buffer, "%.9g", value);
-    return buffer;
-  }
-  static std::string json_number(double value) {
-    return std::isfinite(value) ? number(value) : std::string("null");
-  }
+  using File = detail::LogFile;
+  static std::string number(double value) { return detail::csv_number(value); }
+  static std::string json_number(double value) { return detail::json_number(value); }
 
   void write_row(const std::string& csv, const std::string& json) {
     std::fprintf(csv_.get(), "%s\n", csv.c_str());
@@ -133,39 +118,8 @@ class MetricsLogger {
   }
 
   void sync() {
-    for (const auto& file : {csv_, jsonl_}) {
-      if (!file) continue;
-      std::fflush(file.get());
-      ::fsync(::fileno(file.get()));
-    }
-  }
-
-  /// Opens `path` for appending after its header and the first `rows_` rows, cutting off the rest.
-  File open_at_row(const std::string& path, int header_lines) {
-    const std::int64_t keep_lines = rows_ + header_lines;
-    std::int64_t lines = 0;
-    long cut = 0;
-    if (std::FILE* in = std::fopen(path.c_str(), "rb")) {
-      int ch = 0;
-      long offset = 0;
-      while (lines < keep_lines && (ch = std::fgetc(in)) != EOF) {
-        ++offset;
-        if (ch == '\n') {
-          ++lines;
-          cut = offset;
-        }
-      }
-      std::fclose(in);
-    }
-    if (lines < keep_lines && rows_ > 0)
-      warn(path + " holds " + std::to_string(std::max<std::int64_t>(0, lines - header_lines)) +
-           " rows but the checkpoint counted " + std::to_string(rows_) + "; earlier rows are missing");
-    std::error_code error;
-    if (std::filesystem::exists(path, error)) std::filesystem::resize_file(path, static_cast<std::uintmax_t>(cut), error);
-    if (error) throw ConfigError("keel::MetricsLogger: cannot truncate '" + path + "': " + error.message());
-    std::FILE* out = std::fopen(path.c_str(), "ab");
-    if (!out) throw ConfigError("keel::MetricsLogger: cannot open '" + path + "' for writing");
-    return File(out, [](std::FILE* f) { std::fclose(f); });
+    detail::sync_log(csv_);
+    detail::sync_log(jsonl_);
   }
 
   std::string directory_;

@@ -1,9 +1,9 @@
 #pragma once
 // keel::TensorBoardLogger: scalars for TensorBoard, in one event file of a fixed name,
 // <directory>/events.out.tfevents.keel (TensorBoard reads any file with "tfevents" in its name).
-// Every `every_n_steps` optimizer steps: train/loss, train/lr, and train/grad_norm (the norm
-// before clipping) when gradients are clipped; after every validation: val/<name> for each of
-// its metrics. The step of every scalar is the global step. Written without TensorFlow
+// Every `every_n_steps` optimizer steps: train/loss, train/lr (with keel::optim::ParamGroups also
+// train/lr/<group> for each group), and train/grad_norm (the norm before clipping) when
+// gradients are clipped; after every validation: val/<name> for each of its metrics. The step of every scalar is the global step. Written without TensorFlow
 // (keel/detail/tfevents.hpp).
 //
 // After a resume every step appears exactly once. The number of bytes written is part of the
@@ -79,6 +79,9 @@ class TensorBoardLogger {
     std::vector<std::pair<std::string, float>> values;
     values.emplace_back("train/loss", scalar(ctx.loss().defined() ? ctx.loss().item<double>() : NAN));
     values.emplace_back("train/lr", scalar(ctx.lr()));
+    if (ctx.lrs().size() > 1)  // each param group's rate as well
+      for (std::size_t g = 0; g < ctx.lrs().size() && g < ctx.lr_groups().size(); ++g)
+        values.emplace_back("train/lr/" + ctx.lr_groups()[g], scalar(ctx.lrs()[g]));
     if (!std::isnan(ctx.grad_norm())) values.emplace_back("train/grad_norm", scalar(ctx.grad_norm()));
     write(tfevents::scalar_event(now(), ctx.global_step(), values));
   }

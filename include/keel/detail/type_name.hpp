@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <typeinfo>
+#include <utility>
 
 #if defined(__GNUG__)
 #include <cxxabi.h>
@@ -38,6 +40,24 @@ std::string component_name() {
     return T::keel_name;
   } else {
     return type_name<T>();
+  }
+}
+
+/// A component chosen at run time (keel::optim::OneOf, keel::sched::OneOf) names itself after its
+/// choice, `std::string keel_component_name() const`, so that its checkpoint sections are those
+/// of the component it runs.
+template <class T, class = void>
+struct names_itself : std::false_type {};
+template <class T>
+struct names_itself<T, std::void_t<decltype(std::string(std::declval<const T&>().keel_component_name()))>>
+    : std::true_type {};
+
+template <class T>
+std::string component_name_of(const T& component) {
+  if constexpr (names_itself<T>::value) {
+    return component.keel_component_name();
+  } else {
+    return component_name<T>();
   }
 }
 

@@ -36,6 +36,7 @@ void validate(State& s, Saver& saver, ValidationSet* validation) {
     if (!validation) return;
     const Metrics metrics = evaluate(s, *validation, /*with_hooks=*/true);
     scheduler_after_validation(s.scheduler, metrics);
+    s.publish_lrs();
     saver.after_validation();
   }
 }
@@ -56,7 +57,7 @@ void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
     validate(s, saver, validation);
   s.dispatch(event::on_train_epoch_end{});
   scheduler_at_epoch_end(s.scheduler);
-  s.view.lr = s.optimizer.lr(0);
+  s.publish_lrs();
   ++s.loop.epoch;
   s.loop.batch_in_epoch = 0;
   saver.after_epoch();

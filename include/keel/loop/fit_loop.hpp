@@ -19,13 +19,13 @@ namespace keel::loop {
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
          const data::EpochSampler& sampler) {
-  if constexpr (scheduler_needs_validation<typename State::Scheduler>()) {
+  if (scheduler_needs_validation(s.scheduler)) {
     if (!validation)
-      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name<typename State::Scheduler>() +
+      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name_of(s.scheduler) +
                         " steps on validation metrics, and fit() was given no validation set; pass one "
                         "(trainer.fit(train, validation))");
     if (s.options.validate_every_epochs() == 0 && s.options.validate_every_steps() == 0)
-      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name<typename State::Scheduler>() +
+      throw ConfigError(std::string("keel: the scheduler ") + keel::detail::component_name_of(s.scheduler) +
                         " steps on validation metrics, and validate_every_epochs and validate_every_steps are both 0, "
                         "so no validation runs; set one of them");
   }

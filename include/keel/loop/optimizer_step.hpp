@@ -45,7 +45,7 @@ void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std
   ++s.loop.global_step;
   s.loop.micro_batch = 0;
   s.view.loss = window == 1 ? window_loss : window_loss / static_cast<double>(window);
-  s.view.lr = s.optimizer.lr(0);
+  s.publish_lrs();
   s.dispatch(event::on_optimizer_step_end{});
 }
 

@@ -24,10 +24,20 @@ struct steps_on_validation<S, std::void_t<decltype(std::declval<S&>().on_validat
     : std::true_type {};
 }  // namespace detail
 
-/// Whether the scheduler needs validation metrics (fit refuses to start without a validation set).
+template <class S, class = void>
+struct chooses_at_run_time : std::false_type {};
+template <class S>
+struct chooses_at_run_time<S, std::void_t<decltype(bool(std::declval<const S&>().needs_validation()))>> : std::true_type {};
+
+/// Whether the scheduler needs validation metrics (fit refuses to start without a validation
+/// set): one with on_validation_end, unless it says otherwise at run time (keel::sched::OneOf).
 template <class Scheduler>
-constexpr bool scheduler_needs_validation() {
-  return detail::steps_on_validation<Scheduler>::value;
+bool scheduler_needs_validation(const Scheduler& scheduler) {
+  if constexpr (chooses_at_run_time<Scheduler>::value) {
+    return scheduler.needs_validation();
+  } else {
+    return detail::steps_on_validation<Scheduler>::value;
+  }
 }
 
 template <class Scheduler>

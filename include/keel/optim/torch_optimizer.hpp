@@ -289,6 +289,14 @@ class TorchOptimizer {
   }
   /// The learning rate the optimizer was configured with (the schedule's base).
   double configured_lr() const { return options_.lr(); }
+  /// Each param group's configured learning rate (a ParamGroup may set its own).
+  std::vector<double> configured_lrs() const {
+    std::vector<double> lrs;
+    for (const auto& values : configured_)
+      for (const auto& value : values)
+        if (value.first == "lr") lrs.push_back(value.second);
+    return lrs;
+  }
 
   /// Configuration that must match for a resume: the type and the initial hyper-parameters.
   void describe(Fingerprint& fingerprint, const std::string& prefix) const {

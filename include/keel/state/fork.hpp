@@ -27,6 +27,11 @@ struct can_reconfigure : std::false_type {};
 template <class O>
 struct can_reconfigure<O, std::void_t<decltype(std::declval<O&>().reconfigure())>> : std::true_type {};
 
+template <class O, class = void>
+struct has_configured_lrs : std::false_type {};
+template <class O>
+struct has_configured_lrs<O, std::void_t<decltype(std::declval<const O&>().configured_lrs().size())>> : std::true_type {};
+
 template <class S, class = void>
 struct can_rebase : std::false_type {};
 template <class S>
@@ -76,6 +81,14 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   const std::string batch = saved.fact("batch_in_epoch");
   const bool mid_epoch = batch != "0";  // (a file without the fact counts as mid-epoch)
   std::vector<std::string> not_allowed;
+  // The policies' names as the fingerprint has them: a policy chosen at run time (OneOf) is
+  // named after its choice.
+  auto live_name = [&](const char* key, const std::string& fallback) {
+    const auto* entry = live.find(key);
+    return entry ? entry->second : fallback;
+  };
+  const std::string optimizer_name = live_name("optimizer.type", keel::detail::component_name<Optimizer>());
+  const std::string scheduler_name = live_name("scheduler.type", keel::detail::component_name<Scheduler>());
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
     const std::string line = Fingerprint::describe(change);
@@ -95,8 +108,7 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
       plan.refused.push_back(line + (key == "optimizer.amsgrad" ? ": AMSGrad changes which state Adam keeps"
                                                                  : ": centering changes which state RMSprop keeps") +
                              " per parameter; start a new run from the weights with init_from (InitFrom::weights)");
-    } else if (key == "optimizer.momentum" && change.before == "0" &&
-               keel::detail::component_name<Optimizer>() == "keel::optim::RMSprop") {
+    } else if (key == "optimizer.momentum" && change.before == "0" && optimizer_name == "keel::optim::RMSprop") {
       plan.refused.push_back(line + ": the checkpoint's RMSprop kept no momentum buffers to continue from; "
                                     "start a new run from the weights with init_from (InitFrom::weights)");
     } else if (detail::starts_with(key, "scheduler.") && detail::ends_with(key, ".interval")) {
@@ -110,17 +122,14 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
       plan.refused.push_back(line + ": the data order may change only at an epoch boundary, and the checkpoint "
                                     "is at batch " + batch + " of its epoch; fork from an epoch's last checkpoint");
     } else if (detail::starts_with(key, "optimizer.") && !detail::can_reconfigure<Optimizer>::value) {
-      plan.refused.push_back(line + ": " + keel::detail::component_name<Optimizer>() +
-                             " cannot take a new configuration (it has no reconfigure())");
+      plan.refused.push_back(line + ": " + optimizer_name + " cannot take a new configuration (it has no reconfigure())");
     } else if (key == "optimizer.lr" && !detail::can_rebase<Scheduler>::value) {
-      plan.refused.push_back(line + ": " + keel::detail::component_name<Scheduler>() +
-                             " cannot scale another learning rate (it has no set_base_lrs())");
+      plan.refused.push_back(line + ": " + scheduler_name + " cannot scale another learning rate (it has no set_base_lrs())");
     } else if (detail::starts_with(key, "scheduler.") &&
                options.schedule_extension().kind != ScheduleExtension::Kind::rescale &&
                !sched::can_append<Scheduler>::value && !detail::follows_lineage<Scheduler>::value) {
       // (a scheduler that follows the lineage says it itself, in the check before loading)
-      plan.refused.push_back(line + ": " + keel::detail::component_name<Scheduler>() +
-                             " cannot append a phase (" + options.schedule_extension().name() +
+      plan.refused.push_back(line + ": " + scheduler_name + " cannot append a phase (" + options.schedule_extension().name() +
                              "); fork with ScheduleExtension::rescale()");
     } else {
       plan.changes.push_back(std::move(change));
@@ -178,14 +187,22 @@ void apply_fork(State& s, LineageEntry fork) {
   [[maybe_unused]] bool lr_changed = false;
   for (const auto& c : fork.changes) {
     optimizer_changed |= detail::starts_with(c.key, "optimizer.");
-    lr_changed |= c.key == "optimizer.lr";
+    lr_changed |= c.key == "optimizer.lr" ||
+                  (detail::starts_with(c.key, "optimizer.group.") && detail::ends_with(c.key, ".lr"));
     seed_changed |= c.key == "data.seed";
   }
   // (plan_fork refused these changes for components that cannot take them)
   if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) {
     if (optimizer_changed) s.optimizer.reconfigure();
     if constexpr (detail::can_rebase<typename State::Scheduler>::value) {
-      if (lr_changed) s.scheduler.set_base_lrs(std::vector<double>(s.optimizer.group_count(), s.optimizer.configured_lr()));
+      if (lr_changed) {
+        // Each group's configured rate (a ParamGroup's own, or the optimizer's) is its new base.
+        if constexpr (detail::has_configured_lrs<typename State::Optimizer>::value) {
+          s.scheduler.set_base_lrs(s.optimizer.configured_lrs());
+        } else {
+          s.scheduler.set_base_lrs(std::vector<double>(s.optimizer.group_count(), s.optimizer.configured_lr()));
+        }
+      }
     }
   }
   if (seed_changed) s.loop.data_seed = s.options.seed();

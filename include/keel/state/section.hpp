@@ -11,6 +11,8 @@
 //   commit(staged)          apply it (only once every section checked out)
 //   absent_is_empty         (optional, static) a file without the section reads as stage():
 //                           state that older keel versions did not write
+//   present()               (optional) false: this configuration has no such section (written
+//                           and read by none)
 //
 // write_sections(), stage_sections() and commit_sections() iterate a tuple of entries; they
 // hold no knowledge of any particular section.
@@ -62,6 +64,21 @@ struct declares_keel_version : std::false_type {};
 template <class T>
 struct declares_keel_version<T, std::void_t<decltype(T::keel_version)>> : std::true_type {};
 
+/// An entry whose section exists only in some configurations (`bool present() const`): a
+/// keel::Optional callback switched off writes and reads none.
+template <class Entry, class = void>
+struct has_presence : std::false_type {};
+template <class Entry>
+struct has_presence<Entry, std::void_t<decltype(bool(std::declval<const Entry&>().present()))>> : std::true_type {};
+template <class Entry>
+bool is_present(const Entry& entry) {
+  if constexpr (has_presence<Entry>::value) {
+    return entry.present();
+  } else {
+    return true;
+  }
+}
+
 template <class Entry, class = void>
 struct absent_is_empty : std::false_type {};
 template <class Entry>
@@ -80,12 +97,32 @@ std::uint32_t layout_version() {
   }
 }
 
+namespace detail {
+template <class T, class = void>
+struct versions_itself : std::false_type {};
+template <class T>
+struct versions_itself<T, std::void_t<decltype(std::uint32_t(std::declval<const T&>().keel_layout_version()))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// The layout version of a live component: that of the component a run-time choice
+/// (keel::sched::OneOf) runs, else layout_version<T>().
+template <class T>
+std::uint32_t layout_version_of(const T& component) {
+  if constexpr (detail::versions_itself<T>::value) {
+    return component.keel_layout_version();
+  } else {
+    return layout_version<T>();
+  }
+}
+
 /// Appends every entry's section to `writer` (a ckpt::ContainerWriter, or a DigestWriter).
 template <class Format, class Writer, class Entries>
 void write_sections(Writer& writer, Entries& entries) {
   std::apply(
       [&](auto&... entry) {
         auto one = [&](auto& e) {
+          if (!detail::is_present(e)) return;
           const std::string name = e.name();
           writer.section(name, e.type(), e.version(), [&](std::ostream& stream) {
             const auto& value = e.capture();  // a reference, or a view of the live tensors
@@ -167,6 +204,7 @@ template <class Format, class Entry>
 auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPlan& plan, bool offline) {
   using Saved = std::decay_t<decltype(entry.stage())>;
   Staged<Saved> staged;
+  if (!detail::is_present(entry)) return staged;  // nothing to read, nothing to apply
   const ckpt::SectionInfo* found = find_section(container.manifest, entry);
   if constexpr (detail::absent_is_empty<Entry>::value) {
     if (!found) {
@@ -206,7 +244,8 @@ auto stage_sections(const ckpt::Container& container, const Entries& entries, Lo
     for (const auto& s : container.manifest.sections) {
       const bool claimed = std::apply(
           [&](const auto&... entry) {
-            return ((s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name())) ||
+            return ((detail::is_present(entry) &&
+                     (s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name()))) ||
                     ... || false);
           },
           entries);

@@ -20,12 +20,14 @@
 #include <keel/model_check.hpp>
 #include <keel/reflect.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace keel::state {
 
@@ -104,7 +106,7 @@ struct OptimizerSection {
     if constexpr (offline) {
       return "an optimizer policy";
     } else {
-      return keel::detail::component_name<Live>();
+      return keel::detail::component_name_of(live);
     }
   }
   // Every optimizer policy saves an OptimizerState, so offline any of them reads.
@@ -151,7 +153,7 @@ struct SchedulerSection {
     if constexpr (offline) {
       return "a keel::sched scheduler";
     } else {
-      return keel::detail::component_name<Live>();
+      return keel::detail::component_name_of(live);
     }
   }
   bool accepts(const std::string& t) const {
@@ -161,7 +163,13 @@ struct SchedulerSection {
       return t == type();
     }
   }
-  std::uint32_t version() const { return offline ? 1 : layout_version<Live>(); }
+  std::uint32_t version() const {
+    if constexpr (offline) {
+      return 1;
+    } else {
+      return layout_version_of(live);
+    }
+  }
   std::uint32_t oldest_version() const { return 0; }  // older layouts: the scheduler's serialize decides
   const Live& capture() const { return live; }
   Live stage() const { return live; }  // a copy: it keeps the reference to the optimizer
@@ -278,14 +286,51 @@ struct RngSection {
   }
 };
 
+/// "callback.<type>" of a keel::Optional<C> callback: switched on, exactly the section of C (its
+/// name, type, layout and bytes: a checkpoint with Optional<EMA> on is one with keel::EMA);
+/// switched off, none.
+template <class Opt>
+struct OptionalCallbackSection {
+  using C = typename Opt::callback_type;
+  static_assert(std::is_move_assignable_v<C>,
+                "keel::Optional<C>: a checkpoint is applied to C by assignment, and C is not move-assignable");
+  Opt& live;
+  std::string section_name;
+  std::string legacy;
+
+  bool present() const { return live.on(); }
+  std::string name() const { return section_name; }
+  std::string legacy_name() const { return legacy; }
+  std::string type() const { return keel::detail::component_name<C>(); }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return layout_version<C>(); }
+  std::uint32_t oldest_version() const { return 0; }
+  const C& capture() const { return *live.get(); }  // called only when present
+  C stage() const {
+    if constexpr (std::is_copy_constructible_v<C>) {
+      if (live.on()) return *live.get();  // a copy keeps the callback's configuration
+    }
+    return C{};
+  }
+  void check(const C&, LoadPlan&) const {}
+  void commit(C&& saved) { *live.get() = std::move(saved); }
+};
+
 namespace detail {
+template <class T, class = void>
+struct is_optional_callback : std::false_type {};
+template <class T>
+struct is_optional_callback<T, std::void_t<typename T::callback_type>> : std::true_type {};
+
+/// The callback's section name: "callback.<its name>", "#<k>" for the k-th earlier callback of
+/// the same name (names at run time: an Optional switched on is named after its callback).
 template <std::size_t I, class... C>
-std::size_t same_type_before() {
-  using T = std::tuple_element_t<I, std::tuple<C...>>;
-  std::size_t count = 0;
-  std::size_t index = 0;
-  ((count += (index++ < I && std::is_same_v<T, C>) ? 1 : 0), ...);
-  return count;
+std::string callback_section_name(std::tuple<C...>& callbacks) {
+  std::vector<std::string> names;
+  std::apply([&](auto&... callback) { (names.push_back(keel::detail::component_name_of(callback)), ...); }, callbacks);
+  const std::size_t same_name = static_cast<std::size_t>(std::count(names.begin(), names.begin() + I, names[I]));
+  const std::string name = "callback." + names[I];
+  return same_name == 0 ? name : name + "#" + std::to_string(same_name);
 }
 
 template <std::size_t I, class... C>
@@ -293,12 +338,16 @@ auto callback_section_at(std::tuple<C...>& callbacks) {
   using T = std::tuple_element_t<I, std::tuple<C...>>;
   if constexpr (std::is_empty_v<T>) {
     return std::tuple<>{};  // nothing to save
+  } else if constexpr (is_optional_callback<T>::value) {
+    if constexpr (std::is_empty_v<typename T::callback_type>) {
+      return std::tuple<>{};
+    } else {
+      return std::tuple<OptionalCallbackSection<T>>{OptionalCallbackSection<T>{
+          std::get<I>(callbacks), callback_section_name<I>(callbacks), "callback." + std::to_string(I)}};
+    }
   } else {
-    const std::size_t same_type = same_type_before<I, C...>();
-    const std::string name = "callback." + keel::detail::component_name<T>();
-    return std::tuple<ComponentSection<T>>{ComponentSection<T>{
-        std::get<I>(callbacks), same_type == 0 ? name : name + "#" + std::to_string(same_type),
-        "callback." + std::to_string(I)}};
+    return std::tuple<ComponentSection<T>>{
+        ComponentSection<T>{std::get<I>(callbacks), callback_section_name<I>(callbacks), "callback." + std::to_string(I)}};
   }
 }
 
@@ -343,11 +392,34 @@ struct torch_optimizer_base<O, std::void_t<typename O::torch_optimizer_base>> {
   using type = typename O::torch_optimizer_base;
 };
 
+/// A component chosen at run time among `alternatives` (keel::optim::OneOf, keel::sched::OneOf).
+template <class T, class = void>
+struct has_alternatives : std::false_type {};
+template <class T>
+struct has_alternatives<T, std::void_t<typename T::alternatives>> : std::true_type {};
+
+template <class Optimizer>
+auto optimizer_member_sections(Optimizer& optimizer);
+
+/// keel::optim::OneOf writes the sections of the policy it runs, and a section list is fixed at
+/// compile time: so each of its policies must keep all of its data in state().
+template <class Policy>
+constexpr bool one_of_policy_saves_all() {
+  static_assert(std::is_same_v<decltype(optimizer_member_sections(std::declval<Policy&>())), std::tuple<>>,
+                "keel [state is saved]: keel::optim::OneOf saves what each policy's state() holds, and this policy "
+                "(the template argument of one_of_policy_saves_all<...> on the instantiation line) has members of "
+                "its own beyond state() (the section 'optimizer.members'). Use it as the Trainer's optimizer on its "
+                "own, or keep its data in state().");
+  return true;
+}
+
 /// The optimizer policy's "optimizer.members" section, for data that state() does not hold.
 template <class Optimizer>
 auto optimizer_member_sections(Optimizer& optimizer) {
   using Base = typename torch_optimizer_base<Optimizer>::type;
-  if constexpr (std::is_same_v<Optimizer, optim::OptimizerState> || std::is_empty_v<Optimizer>) {
+  if constexpr (has_alternatives<Optimizer>::value) {
+    return std::tuple<>{};  // every policy's data is in state() (one_of_policy_saves_all)
+  } else if constexpr (std::is_same_v<Optimizer, optim::OptimizerState> || std::is_empty_v<Optimizer>) {
     return std::tuple<>{};
   } else if constexpr (!std::is_void_v<Base>) {
     if constexpr (layout::adds_no_data<Optimizer, Base>()) {

@@ -33,6 +33,12 @@ template <class T>
 struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(
                            std::declval<Fingerprint&>(), std::declval<const std::string&>()))>>
     : std::true_type {};
+/// An optimizer policy that names its param groups.
+template <class T, class = void>
+struct names_groups : std::false_type {};
+template <class T>
+struct names_groups<T, std::void_t<decltype(std::string(std::declval<const T&>().group_name(std::size_t{0})))>>
+    : std::true_type {};
 }  // namespace detail
 
 template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
@@ -56,7 +62,23 @@ class TrainState {
     loop.data_seed = options.seed();
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
-    view.lr = optimizer.lr(0);
+    for (std::size_t g = 0; g < optimizer.group_count(); ++g) view.lr_groups.push_back(group_name(g));
+    publish_lrs();
+  }
+  /// The learning rates callbacks see (Context::lr, lrs), after whatever changed them.
+  void publish_lrs() {
+    view.lrs.resize(optimizer.group_count());
+    for (std::size_t g = 0; g < view.lrs.size(); ++g) view.lrs[g] = optimizer.lr(g);
+    view.lr = view.lrs.empty() ? 0.0 : view.lrs[0];
+  }
+  /// Param group `g`'s name: the optimizer's (keel's policies name them), else "default" for a
+  /// single group and "group<g>" for several.
+  std::string group_name(std::size_t g) const {
+    if constexpr (detail::names_groups<Optimizer>::value) {
+      return optimizer.group_name(g);
+    } else {
+      return optimizer.group_count() == 1 ? std::string("default") : "group" + std::to_string(g);
+    }
   }
   /// With ParamGroups only when given: a policy of one's own need not take them.
   static Optimizer make_optimizer(Module& module, typename Optimizer::Options options, const optim::ParamGroups& groups) {
@@ -105,8 +127,7 @@ class TrainState {
     std::string names;
     std::apply(
         [&](const auto&... callback) {
-          ((names += (names.empty() ? "" : ", ") + keel::detail::component_name<std::decay_t<decltype(callback)>>()),
-           ...);
+          ((names += (names.empty() ? "" : ", ") + keel::detail::component_name_of(callback)), ...);
         },
         callbacks);
     f.add("callbacks", names);
