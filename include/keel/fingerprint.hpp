@@ -95,4 +95,15 @@ class Fingerprint {
   std::vector<Entry> entries_;
 };
 
+namespace detail {
+/// A component that adds its configuration to the fingerprint:
+/// `void describe(keel::Fingerprint&, const std::string& prefix) const`.
+template <class T, class = void>
+struct has_describe : std::false_type {};
+template <class T>
+struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(std::declval<Fingerprint&>(),
+                                                                                std::declval<const std::string&>()))>>
+    : std::true_type {};
+}  // namespace detail
+
 }  // namespace keel

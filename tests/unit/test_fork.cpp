@@ -482,4 +482,26 @@ TEST_CASE("the options refuse contradictory fork and warm-start settings") {
   CHECK_THROWS_AS(keel::ScheduleExtension::parse("cosine"), keel::ConfigError);
 }
 
+TEST_CASE("a fork to a new learning rate keeps each param group's own rate as its base") {
+  const auto dir = fresh_directory("group-lr");
+  const auto groups = [] {
+    return keel::optim::ParamGroups({keel::optim::ParamGroup("head", keel::optim::name_contains("fc.")).set("lr", 3e-3)});
+  };
+  auto make_grouped = [&](keel::TrainerOptions o, double lr) {
+    keel::seed_everything(3);
+    return std::make_unique<T>(std::make_shared<SmallNetImpl>(), std::move(o), torch::optim::AdamWOptions(lr),
+                               CosineWarmupOptions(2, 8), groups());
+  };
+  SyntheticImages train(64, 1);
+  make_grouped(options(dir, 1), 1e-2)->fit(train);
+  // Twice the optimizer's rate; the head group keeps the rate it sets itself.
+  auto forked = make_grouped(options(dir, 2).resume("auto").allow_changes({"optimizer.lr"}), 2e-2);
+  forked->fit(train);
+  const auto& bases = forked->scheduler().base_lrs();
+  REQUIRE(bases.size() == 2);
+  CHECK(bases[0] == 2e-2);
+  CHECK(bases[1] == 3e-3);
+  fs::remove_all(dir);
+}
+
 }  // namespace fork_test

@@ -25,15 +25,6 @@
 
 namespace keel {
 
-namespace detail {
-template <class T, class = void>
-struct callback_describes : std::false_type {};
-template <class T>
-struct callback_describes<T, std::void_t<decltype(std::declval<const T&>().describe(
-                                 std::declval<Fingerprint&>(), std::declval<const std::string&>()))>>
-    : std::true_type {};
-}  // namespace detail
-
 template <class Callback>
 class Optional {
  public:
@@ -74,7 +65,7 @@ class Optional {
       fingerprint.add(prefix + "enabled", false);
       return;
     }
-    if constexpr (detail::callback_describes<Callback>::value) callback_->describe(fingerprint, prefix);
+    if constexpr (detail::has_describe<Callback>::value) callback_->describe(fingerprint, prefix);
   }
 
  private:

@@ -187,9 +187,9 @@ struct SchedulerSection {
 /// told apart by "#<k>" (the second is "callback.<type>#1"). keel 0.1 and 0.2 named the
 /// section by position, "callback.<index>"; those files keep loading. Also "optimizer.members"
 /// for an optimizer policy of one's own with a serialize of its own.
+/// The name, type and layout of a section that holds one component of type C.
 template <class C>
-struct ComponentSection {
-  C& live;
+struct ComponentSectionHeader {
   std::string section_name;
   std::string legacy;  // the name older keel versions gave the section, or empty
 
@@ -199,6 +199,14 @@ struct ComponentSection {
   bool accepts(const std::string& t) const { return t == type(); }
   std::uint32_t version() const { return layout_version<C>(); }
   std::uint32_t oldest_version() const { return 0; }
+};
+
+template <class C>
+struct ComponentSection : ComponentSectionHeader<C> {
+  C& live;
+
+  ComponentSection(C& component, std::string name, std::string legacy)
+      : ComponentSectionHeader<C>{std::move(name), std::move(legacy)}, live(component) {}
   const C& capture() const { return live; }
   C stage() const {
     if constexpr (std::is_copy_constructible_v<C>) {
@@ -290,21 +298,16 @@ struct RngSection {
 /// name, type, layout and bytes: a checkpoint with Optional<EMA> on is one with keel::EMA);
 /// switched off, none.
 template <class Opt>
-struct OptionalCallbackSection {
+struct OptionalCallbackSection : ComponentSectionHeader<typename Opt::callback_type> {
   using C = typename Opt::callback_type;
   static_assert(std::is_move_assignable_v<C>,
                 "keel::Optional<C>: a checkpoint is applied to C by assignment, and C is not move-assignable");
   Opt& live;
-  std::string section_name;
-  std::string legacy;
+
+  OptionalCallbackSection(Opt& optional, std::string name, std::string legacy)
+      : ComponentSectionHeader<C>{std::move(name), std::move(legacy)}, live(optional) {}
 
   bool present() const { return live.on(); }
-  std::string name() const { return section_name; }
-  std::string legacy_name() const { return legacy; }
-  std::string type() const { return keel::detail::component_name<C>(); }
-  bool accepts(const std::string& t) const { return t == type(); }
-  std::uint32_t version() const { return layout_version<C>(); }
-  std::uint32_t oldest_version() const { return 0; }
   const C& capture() const { return *live.get(); }  // called only when present
   C stage() const {
     if constexpr (std::is_copy_constructible_v<C>) {

@@ -26,13 +26,6 @@
 namespace keel::state {
 
 namespace detail {
-/// A component that adds its configuration to the fingerprint.
-template <class T, class = void>
-struct has_describe : std::false_type {};
-template <class T>
-struct has_describe<T, std::void_t<decltype(std::declval<const T&>().describe(
-                           std::declval<Fingerprint&>(), std::declval<const std::string&>()))>>
-    : std::true_type {};
 /// An optimizer policy that names its param groups.
 template <class T, class = void>
 struct names_groups : std::false_type {};
@@ -165,7 +158,7 @@ class TrainState {
   void describe_callbacks(Fingerprint& f, std::index_sequence<I...>) const {
     [[maybe_unused]] auto one = [&](auto index) {  // unused when there are no callbacks
       const auto& callback = std::get<decltype(index)::value>(callbacks);
-      if constexpr (detail::has_describe<std::decay_t<decltype(callback)>>::value)
+      if constexpr (keel::detail::has_describe<std::decay_t<decltype(callback)>>::value)
         callback.describe(f, "callback." + std::to_string(decltype(index)::value) + ".");
     };
     (one(std::integral_constant<std::size_t, I>{}), ...);
