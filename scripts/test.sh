@@ -5,10 +5,11 @@
 #   clang      clang++ 14, LibTorch 1.13, under AddressSanitizer + UndefinedBehaviorSanitizer:
 #              every in-process test, the compile-fail tests, the README's quick start and each
 #              header on its own. The tests that start processes (resume across processes,
-#              SIGKILL, signals, keel-ckpt) run in gcc and libtorch2, uninstrumented.
+#              SIGKILL, signals, keel-ckpt) run in gcc (and libtorch2, where LibTorch can matter).
 #   libtorch2  clang++ 19, LibTorch 2.6 (Debian trixie, in a root that scripts/libtorch2-root.sh
-#              makes on first use and reuses after): the whole suite but the header check and
-#              three tests of the example (its flags, workers and logs);
+#              makes on first use and reuses after): the whole suite but the header check, the
+#              compile-fail files and the slow process tests of keel's code above LibTorch
+#              (signals, disk faults, the example's flags, workers, logs and forks);
 #              keel-ckpt's export is read back by trixie's python3-torch 2.6; the benchmarks are
 #              built too, so that they keep compiling. No Node.js there: the TensorBoard reader's
 #              test runs in the gcc and clang parts. clang++ rather than trixie's g++ 14: it
@@ -82,13 +83,15 @@ for part in "${parts[@]}"; do
       compiler=clang++
       [[ $part == libtorch2-gcc ]] && compiler=g++
       echo "== $part: the whole suite, $compiler, LibTorch 2.6 (Debian trixie root)"
-      # Three tests of the example run in the gcc part only (four minutes of processes): its
-      # flag combinations killed and resumed, its worker count, its logs across kills. What they
-      # check is keel's own code above LibTorch (the example's wiring, the loader's threads, the
-      # loggers); the kill, signal and exactness tests of this part cover LibTorch 2.6 itself.
+      # The slow process tests of keel's own code above LibTorch run in the gcc part only (six
+      # minutes of processes): the example's flag combinations, worker counts and logs across
+      # kills, the preemption signals, a second signal, a refusing disk, the example's forks.
+      # Here run the exactness, SIGKILL, fixture and keel-ckpt tests, which LibTorch's version
+      # can change. The compile-fail files' accepted forms are built in the other parts.
       in_libtorch2_root whole_suite "build/torch2-${compiler%++}" "$compiler" "$jobs" \
-        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step" \
-        -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF -DKEEL_COMPILE_FAIL_TESTS=OFF -DKEEL_NODE_TESTS=OFF
+        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with" \
+        -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF -DKEEL_COMPILE_FAIL_TESTS=OFF -DKEEL_COMPILE_FAIL_SOURCES=OFF \
+        -DKEEL_NODE_TESTS=OFF
       ;;
     cross)
       echo "== cross: checkpoints cross between LibTorch 1.13 and 2.6"
