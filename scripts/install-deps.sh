@@ -21,7 +21,8 @@ packages=(
 if [[ "${1:-}" == "--tests" ]]; then
   # python3-torch: Debian's /usr/bin/python3 with torch, to prove exports load with torch.load
   # libclang-rt-dev: the sanitizer and libFuzzer runtimes for the ASan/UBSan job and the fuzzer
-  packages+=(doctest-dev clang libclang-rt-dev python3-torch)
+  # dpkg-dev, file: CPack's Debian package (tests/consumers), which lists keel-ckpt's libraries
+  packages+=(doctest-dev clang libclang-rt-dev python3-torch dpkg-dev file)
   # Node.js and npm: tests/tensorboard/read_events.mjs reads TensorBoard event files without keel.
   # (A Node.js from elsewhere, with its own npm, is used as it is.)
   if ((node)) && ! command -v npm >/dev/null; then

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The README's second command: installs what is missing, then tests keel in these parts:
 #
-#   gcc        g++ 12, LibTorch 1.13 (Debian bookworm, this machine): the whole suite.
-#   clang      clang++ 14, LibTorch 1.13, under AddressSanitizer + UndefinedBehaviorSanitizer:
-#              every in-process test, the compile-fail tests, the README's quick start and each
-#              header on its own. The tests that start processes (resume across processes,
-#              SIGKILL, signals, keel-ckpt) run in gcc (and libtorch2, where LibTorch can matter).
+#   gcc        g++ 12, C++17, LibTorch 1.13 (Debian bookworm, this machine): the whole suite,
+#              warnings as errors.
+#   consumers  tests/consumers/run.sh: a project of a user's for each way in (find_package after
+#              cmake --install and after installing the .deb, add_subdirectory, FetchContent,
+#              the single header alone), built from scratch with -Werror (g++ C++17 and C++20,
+#              clang++ C++17), preempted and resumed (needs the gcc part's build).
+#   clang      clang++ 14, C++17, LibTorch 1.13, under AddressSanitizer + UndefinedBehaviorSanitizer,
+#              warnings as errors, against the generated single header alone (first checked to
+#              be what scripts/single-header.py makes of include/): every in-process test, the
+#              compile-fail tests, the README's quick start; and each header under include/ on
+#              its own. The tests that start processes (resume across processes, SIGKILL,
+#              signals, keel-ckpt) run in gcc (and libtorch2, where LibTorch can matter).
+#              clang++ 14 cannot parse LibTorch 1.13's headers in C++20, so no part builds that.
 #   libtorch2  clang++ 19, LibTorch 2.6 (Debian trixie, in a root that scripts/libtorch2-root.sh
 #              makes on first use and reuses after): the whole suite but the header check, the
 #              compile-fail files and the slow process tests of keel's code above LibTorch
@@ -25,7 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-default_parts=(gcc clang libtorch2 cross fuzz)
+default_parts=(gcc consumers clang libtorch2 cross fuzz)
 parts=("$@")
 ((${#parts[@]})) || parts=("${default_parts[@]}")
 for part in "${parts[@]}"; do
@@ -62,16 +70,25 @@ part_done() { echo "== $1 passed ($((SECONDS - started)) s so far)"; }
 for part in "${parts[@]}"; do
   case $part in
     gcc)
-      echo "== gcc: the whole suite, g++ 12, LibTorch 1.13 (compile-fail cases: accepted forms only)"
-      # The refused compile-fail cases run in the clang part, where they overlap the header check;
-      # here they would add four serial minutes.
-      whole_suite build/test-g g++ "$jobs" "" -DKEEL_COMPILE_FAIL_TESTS=OFF
+      echo "== gcc: the whole suite, g++ 12, C++17, LibTorch 1.13, warnings as errors"
+      # The compile-fail files (accepted and refused forms) are built in the clang part, where they
+      # overlap the header check; here they would add minutes of serial compiles.
+      whole_suite build/test-g g++ "$jobs" "" -DKEEL_WERROR=ON -DKEEL_COMPILE_FAIL_TESTS=OFF \
+        -DKEEL_COMPILE_FAIL_SOURCES=OFF
+      ;;
+    consumers)
+      echo "== consumers: a project of a user's for each way of adding keel"
+      [[ -f build/test-g/build.ninja ]] ||
+        { echo "scripts/test.sh: the consumers part installs and packages the gcc part's build: run that first" >&2; exit 2; }
+      tests/consumers/run.sh build/test-g build/consumers
       ;;
     clang)
-      echo "== clang: in-process tests under ASan + UBSan, clang++ 14, LibTorch 1.13"
+      echo "== clang: in-process tests under ASan + UBSan, clang++ 14, C++17, LibTorch 1.13, single header"
+      echo "   (not C++20: clang++ 14 cannot parse LibTorch 1.13's headers in C++20; g++ builds C++20 in the consumers part)"
+      scripts/single-header.py --check
       KEEL_TEST_OPT_FLAGS="-O1 -gline-tables-only -DNDEBUG" \
-        configure build/test-clang clang++ -DKEEL_BUILD_EXAMPLES=OFF -DKEEL_SANITIZE=address,undefined \
-        -DKEEL_PROCESS_TESTS=OFF
+        configure build/test-clang clang++ -DKEEL_BUILD_EXAMPLES=OFF -DKEEL_BUILD_TOOLS=OFF \
+        -DKEEL_SANITIZE=address,undefined -DKEEL_PROCESS_TESTS=OFF -DKEEL_SINGLE_HEADER=ON -DKEEL_WERROR=ON
       cmake --build build/test-clang
       # detect_leaks=0: LibTorch's process-lifetime singletons are not leaks worth a report.
       ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

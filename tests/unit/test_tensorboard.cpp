@@ -5,7 +5,6 @@
 #include "support/process.hpp"
 #include "support/synthetic.hpp"
 
-#include <keel/callbacks/tensorboard_logger.hpp>
 #include <keel/keel.hpp>
 
 #include <doctest/doctest.h>

@@ -1,0 +1,21 @@
+# After keel was added to a project (add_subdirectory, FetchContent): every cache entry the
+# project had is unchanged (keel may add its own, KEEL_* and what find_package records), and
+# none of keel's tests, examples, tools or install rules exist.
+function(expect_parent_unchanged names_before)
+  foreach(name IN LISTS names_before)
+    if(NOT "${before_${name}}" STREQUAL "$CACHE{${name}}")
+      message(FATAL_ERROR "adding keel changed the project's cache entry ${name}: '${before_${name}}' -> '$CACHE{${name}}'")
+    endif()
+  endforeach()
+  foreach(target keel_tests resume_driver fashion_mnist custom_policies keel_ckpt keel_pch)
+    if(TARGET ${target})
+      message(FATAL_ERROR "adding keel to a project created keel's own target ${target}")
+    endif()
+  endforeach()
+  if(KEEL_BUILD_TESTS OR KEEL_BUILD_EXAMPLES OR KEEL_BUILD_TOOLS OR KEEL_INSTALL)
+    message(FATAL_ERROR "keel's tests, examples, tools or install rules are on in a project that added it")
+  endif()
+  if(NOT TARGET keel::keel)
+    message(FATAL_ERROR "adding keel gave no keel::keel target")
+  endif()
+endfunction()
