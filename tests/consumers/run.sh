@@ -9,6 +9,7 @@
 #   fetch_content     FetchContent from a source archive of the working tree (clang++, C++17)
 #   single_header     single_include/keel/keel.hpp copied into the project, nothing else of keel
 #                     (clang++, C++17)
+#   single_header_cxx20  the same with g++, C++20
 #
 # Each consumer builds with -Wall -Wextra -Wpedantic -Werror, then trains: preempted by SIGTERM
 # at step 6 (exit 143 after its checkpoint), run again (it must resume), and once more in a
@@ -25,7 +26,7 @@ mkdir -p "$2"
 out=$(realpath "$2")
 shift 2
 ways=("$@")
-((${#ways[@]})) || ways=(install deb add_subdirectory fetch_content single_header)
+((${#ways[@]})) || ways=(install deb add_subdirectory fetch_content single_header single_header_cxx20)
 
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
@@ -120,13 +121,17 @@ run_way() {
         build single_header clang++ 17
         train_and_resume
         ;;
+      single_header_cxx20)
+        build single_header g++ 20
+        train_and_resume
+        ;;
     esac
 }
 
 # The consumers build one translation unit each: as many lanes as cores, each taking every
 # lanes-th way in turn; the logs are printed in order at the end.
 for way in "${ways[@]}"; do
-  [[ " install deb add_subdirectory fetch_content single_header " == *" $way "* ]] ||
+  [[ " install deb add_subdirectory fetch_content single_header single_header_cxx20 " == *" $way "* ]] ||
     { echo "tests/consumers/run.sh: unknown way '$way'" >&2; exit 2; }
   rm -f "$out/$way.log"
 done
