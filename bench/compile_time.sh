@@ -1,28 +1,73 @@
 #!/usr/bin/env bash
-# Wall time to compile (-O2, C++17, no precompiled header, no ccache) a TU that only includes
-# LibTorch against one that instantiates a full keel Trainer, with g++ and clang++.
-#   bench/compile_time.sh [repeats]
+# Compile times of keel's Trainer (-O2, C++17, no ccache), with g++ and clang++, each the median
+# of REPEATS runs:
+#   1. a TU that only includes LibTorch, a TU with one full Trainer (bench/compile_time_trainer.cpp),
+#      and one with a second Trainer type beside it (bench/compile_time_two_trainers.cpp);
+#   2. the two remedies for a program with many TUs: a precompiled header of LibTorch and keel
+#      (bench/compile_time_pch.hpp: built once, then the Trainer TU with it), and `extern template`
+#      (bench/compile_time_extern.hpp: the TU that uses the Trainer, and the one file that
+#      compiles its members, bench/compile_time_instantiation.cpp). The script checks that the
+#      extern-template TU leaves fit undefined and that the two link into one program.
+#   bench/compile_time.sh [REPEATS]     (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
-flags=(-std=c++17 -O2 -Iinclude -isystem /usr/include/torch/csrc/api/include -c -o /dev/null)
+flags=(-std=c++17 -O2 -Iinclude -isystem /usr/include/torch/csrc/api/include)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
-median_seconds() {  # compiler file
+median_seconds() {  # COMPILER ARGS...: compiles REPEATS times, prints the median wall time
   local times=()
   for ((i = 0; i < repeats; ++i)); do
     local start end
     start=$(date +%s.%N)
-    "$1" "${flags[@]}" "$2"
+    "$@"
     end=$(date +%s.%N)
     times+=("$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')")
   done
   printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((repeats + 1) / 2))p"
 }
+compile() {  # COMPILER SOURCE [EXTRA...]: one TU to an object in the work directory
+  local compiler=$1 source=$2
+  shift 2
+  "$compiler" "${flags[@]}" "$@" -c "$source" -o "$work/$(basename "$source" .cpp).o"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-echo "| compiler | <torch/torch.h> only (s) | full keel Trainer (s) | ratio |"
-echo "|---|---|---|---|"
+declare -A trainer
+echo "| compiler | <torch/torch.h> only (s) | one Trainer (s) | ratio | two Trainer types (s) | the second type (s) |"
+echo "|---|---|---|---|---|---|"
 for compiler in g++ clang++; do
-  base=$(median_seconds "$compiler" bench/compile_time_torch.cpp)
-  full=$(median_seconds "$compiler" bench/compile_time_trainer.cpp)
-  printf '| %s | %.1f | %.1f | %.2f |\n' "$compiler" "$base" "$full" "$(awk -v a="$full" -v b="$base" 'BEGIN { print a / b }')"
+  base=$(median_seconds compile "$compiler" bench/compile_time_torch.cpp)
+  one=$(median_seconds compile "$compiler" bench/compile_time_trainer.cpp)
+  two=$(median_seconds compile "$compiler" bench/compile_time_two_trainers.cpp)
+  trainer[$compiler]=$one
+  printf '| %s | %.1f | %.1f | %s | %.1f | %.1f |\n' "$compiler" "$base" "$one" "$(ratio "$one" "$base")" "$two" \
+    "$(awk -v a="$two" -v b="$one" 'BEGIN { print a - b }')"
+done
+
+echo
+echo "| compiler | one Trainer (s) | precompiled header, built once (s) | the Trainer TU with it (s) | extern template: the TU using the Trainer (s) | the one TU compiling its members (s) |"
+echo "|---|---|---|---|---|---|"
+for compiler in g++ clang++; do
+  mkdir -p "$work/pch-$compiler"
+  cp bench/compile_time_pch.hpp "$work/pch-$compiler/"
+  if [[ $compiler == g++ ]]; then
+    pch_out=$work/pch-$compiler/compile_time_pch.hpp.gch
+    use_pch=(-include "$work/pch-$compiler/compile_time_pch.hpp" -Winvalid-pch)
+  else
+    pch_out=$work/pch-$compiler/compile_time_pch.pch
+    use_pch=(-include-pch "$pch_out")
+  fi
+  pch_build=$(median_seconds "$compiler" "${flags[@]}" -x c++-header bench/compile_time_pch.hpp -o "$pch_out")
+  with_pch=$(median_seconds compile "$compiler" bench/compile_time_trainer.cpp "${use_pch[@]}")
+  user=$(median_seconds compile "$compiler" bench/compile_time_extern_user.cpp)
+  instantiation=$(median_seconds compile "$compiler" bench/compile_time_instantiation.cpp)
+  # The extern-template TU must not have compiled fit, and the two objects must make a program.
+  nm -C "$work/compile_time_extern_user.o" | grep -q ' U .*::fit<Data, Data>' ||
+    { echo "bench/compile_time.sh: the extern-template TU ($compiler) compiled fit itself" >&2; exit 1; }
+  "$compiler" "$work/compile_time_extern_user.o" "$work/compile_time_instantiation.o" -o "$work/extern_program" \
+    -L/usr/lib/x86_64-linux-gnu -ltorch -ltorch_cpu -lc10
+  "$work/extern_program"
+  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.1f |\n' "$compiler" "${trainer[$compiler]}" "$pch_build" "$with_pch" "$user" "$instantiation"
 done

@@ -8,7 +8,7 @@ include(CMakePackageConfigHelpers)
 set(keel_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/keel)
 
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/keel DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS keel EXPORT keelTargets)
+install(TARGETS keel EXPORT keelTargets INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 if(TARGET keel_ckpt)
   # keel::keel-ckpt in the package, for a project's own custom commands.
   install(TARGETS keel_ckpt EXPORT keelTargets RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

@@ -19,17 +19,20 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 INCLUDE = ROOT / "include"
 OUTPUT = ROOT / "single_include" / "keel" / "keel.hpp"
 KEEL_INCLUDE = re.compile(r"^\s*#\s*include\s*<(keel/[^>]+)>")
+ANY_KEEL_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]keel/')
+CONDITIONAL_START = re.compile(r"^\s*#\s*if")
+CONDITIONAL_END = re.compile(r"^\s*#\s*endif")
 PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\b")
 
 
 def version():
-    text = (INCLUDE / "keel" / "version.hpp").read_text()
+    text = (INCLUDE / "keel" / "version.hpp").read_text(encoding="utf-8")
     return re.search(r'#define KEEL_VERSION_STRING "([^"]+)"', text).group(1)
 
 
 def license_notice():
     return "".join("// " + line if line.strip() else "//\n"
-                   for line in (ROOT / "LICENSE").read_text().splitlines(keepends=True))
+                   for line in (ROOT / "LICENSE").read_text(encoding="utf-8").splitlines(keepends=True))
 
 
 def generate():
@@ -44,12 +47,20 @@ def generate():
             sys.exit(f"single-header.py: {included_from} includes <{name}>, which is not under include/")
         seen.add(name)
         out.append(f"\n// ---- {name} ----\n")
-        for line in path.read_text().splitlines(keepends=True):
+        depth = 0  # of #if blocks: a keel include inside one would be inlined once, conditionally
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
             if PRAGMA_ONCE.match(line):
                 continue
+            if CONDITIONAL_START.match(line):
+                depth += 1
+            elif CONDITIONAL_END.match(line):
+                depth -= 1
             match = KEEL_INCLUDE.match(line)
-            if match:
+            if match and depth == 0:
                 inline(match.group(1), name)
+            elif ANY_KEEL_INCLUDE.match(line):
+                sys.exit(f"single-header.py: {name}:{number}: a keel include inside #if or with quotes "
+                         "cannot be inlined: include keel headers with <keel/...> outside conditionals")
             else:
                 out.append(line)
 
@@ -73,7 +84,7 @@ def generate():
 def main():
     text = generate()
     if sys.argv[1:] == ["--check"]:
-        current = OUTPUT.read_text() if OUTPUT.is_file() else ""
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.is_file() else ""
         if current != text:
             diff = difflib.unified_diff(current.splitlines(keepends=True), text.splitlines(keepends=True),
                                         str(OUTPUT.relative_to(ROOT)), "generated from include/")
@@ -85,7 +96,7 @@ def main():
     if sys.argv[1:]:
         sys.exit("usage: scripts/single-header.py [--check]")
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(text)
+    OUTPUT.write_text(text, encoding="utf-8")
     print(f"wrote {OUTPUT.relative_to(ROOT)} ({len(text.splitlines())} lines)")
     return 0
 

@@ -80,6 +80,7 @@ for part in "${parts[@]}"; do
       echo "== consumers: a project of a user's for each way of adding keel"
       [[ -f build/test-g/build.ninja ]] ||
         { echo "scripts/test.sh: the consumers part installs and packages the gcc part's build: run that first" >&2; exit 2; }
+      cmake --build build/test-g --target keel_ckpt  # what the install and the package ship
       tests/consumers/run.sh build/test-g build/consumers
       ;;
     clang)

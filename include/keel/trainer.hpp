@@ -147,67 +147,55 @@ class Trainer {
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
+  // The members that do the work are defined below the class, not inside it: not inline, so
+  // that a program with many translation units can compile a Trainer type once (an explicit
+  // instantiation in one file, `extern template` in the others: README "Compile time").
+
   // ---- training ------------------------------------------------------------------------------
 
   /// Trains on `train` until max_epochs or max_steps (or a callback's stop request).
   template <class TrainSet>
-  void fit(TrainSet& train) {
-    fit_impl<TrainSet, loop::NoValidation>(train, nullptr);
-  }
+  void fit(TrainSet& train);
   /// Trains on `train`, validating on `validation` at the end of each epoch (or as
   /// TrainerOptions::validate_every_epochs and validate_every_steps say).
   template <class TrainSet, class ValidationSet>
-  void fit(TrainSet& train, ValidationSet& validation) {
-    fit_impl(train, &validation);
-  }
+  void fit(TrainSet& train, ValidationSet& validation);
 
   /// Runs the model's validation_step over `dataset` (in order, no hooks) and returns the
   /// sample-weighted means of its metrics. Draws no random numbers.
   template <class Dataset>
-  Metrics evaluate(Dataset& dataset) {
-    return loop::evaluate(state_, dataset, /*with_hooks=*/false);
-  }
+  Metrics evaluate(Dataset& dataset);
 
   // ---- checkpoints ---------------------------------------------------------------------------
 
   /// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename).
   /// Refuses (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is
   /// never written over a good checkpoint.
-  void save_checkpoint(const ckpt::fs::path& path) { saver_.write(path); }
+  void save_checkpoint(const ckpt::fs::path& path);
 
   /// Restores the whole training state from `path`, or nothing: on any problem, throws one
   /// CheckpointError listing every problem, and the trainer is unchanged.
-  void load_checkpoint(const ckpt::fs::path& path) { apply(ckpt::read_container(path), path.string()); }
+  void load_checkpoint(const ckpt::fs::path& path);
   /// The same for a checkpoint's bytes held in memory (downloaded, say); `name` labels messages.
-  void load_checkpoint(std::vector<char> bytes, const std::string& name) {
-    apply(ckpt::parse_container(std::move(bytes), name), name);
-  }
+  void load_checkpoint(std::vector<char> bytes, const std::string& name);
 
   /// Restores the newest valid checkpoint of `directory` (skipping, with a warning, newer ones
   /// that fail verification). Returns its path, or nullopt when there is none.
-  std::optional<ckpt::fs::path> resume_latest(const ckpt::fs::path& directory) {
-    auto found = ckpt::newest_valid_checkpoint(directory, Format::extension);
-    if (!found) return std::nullopt;
-    apply(found->second, found->first.string());
-    return found->first;
-  }
+  std::optional<ckpt::fs::path> resume_latest(const ckpt::fs::path& directory);
 
   /// Starts this (new) run from a checkpoint's weights, or weights and optimizer state, as
   /// TrainerOptions::init_mode and init_strict say; recorded in the lineage. fit() does this
   /// itself for TrainerOptions::init_from when there is nothing to resume. Throws
   /// CheckpointError listing every problem, with nothing changed.
-  void warm_start(const ckpt::fs::path& path) {
-    state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
-    state_.publish_lrs();
-  }
+  void warm_start(const ckpt::fs::path& path);
 
   /// A hex digest of the whole training state: every byte a checkpoint would hold (weights,
   /// buffers, optimizer, scheduler, loop and data position, random streams, callbacks). Two
   /// runs print the same digest exactly when their checkpoints would be identical.
-  std::string state_digest() { return state::state_digest<Format>(state_); }
+  std::string state_digest();
 
   /// The configuration that must match for a resume.
-  Fingerprint fingerprint() const { return state_.fingerprint(Format::keel_name); }
+  Fingerprint fingerprint() const;
 
   // ---- access --------------------------------------------------------------------------------
 
@@ -230,12 +218,7 @@ class Trainer {
 
  private:
   explicit Trainer(Arguments&& arguments) : Trainer(arguments, prepare_process(arguments.options())) {}
-  Trainer(Arguments& arguments, TrainerOptions options)
-      : state_(options, on_device(arguments.model(), options.device()), arguments.optimizer_options(),
-               arguments.param_groups(), arguments.scheduler_options(), arguments.callbacks()),
-        saver_(state_) {
-    state::check_declarations(state_);
-  }
+  Trainer(Arguments& arguments, TrainerOptions options);
 
   /// Validates the options (no side effects), then applies the process-wide settings.
   static TrainerOptions prepare_process(TrainerOptions options) {
@@ -249,95 +232,172 @@ class Trainer {
   }
 
   template <class TrainSet, class ValidationSet>
-  void fit_impl(TrainSet& train, ValidationSet* validation) {
-    static_assert(data::check_dataset<TrainSet>());
-    static_assert(loop::check_training_step<Module, data::batch_t<TrainSet>>());
-    if constexpr (!std::is_same_v<ValidationSet, loop::NoValidation>)
-      static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
-
-    const auto& options = state_.options;
-    data::SamplerOptions sampling;
-    sampling.batch_size = options.batch_size();
-    sampling.shuffle = options.shuffle();
-    sampling.drop_last = options.drop_last();
-    const data::EpochSampler sampler(data::dataset_size(train), sampling, state_.loop.data_seed);
-    state_.train_size = sampler.dataset_size();
-    state_.view.batches_per_epoch = sampler.batches_per_epoch();
-    state_.view.steps_per_epoch = (sampler.batches_per_epoch() + options.accumulate() - 1) / options.accumulate();
-
-    saver_.lock_directory();
-    // From here on a stop signal ends training at the next optimizer-step boundary, saved.
-    loop::StopSignals signals(options.stop_signals());
-    resume_as_configured();
-    if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
-      throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
-                        " samples but this training set has " + std::to_string(state_.train_size) +
-                        "; resume with the same dataset");
-    loop::fit(state_, saver_, signals, train, validation, sampler);
-  }
-
+  void fit_impl(TrainSet& train, ValidationSet* validation);
   /// TrainerOptions::resume (and init_from when there is nothing to resume), once per Trainer
   /// (at the first fit).
-  void resume_as_configured() {
-    if (resume_handled_) return;
-    resume_handled_ = true;
-    const std::string& resume = state_.options.resume();
-    std::optional<ckpt::fs::path> from;
-    if (resume == "auto") {
-      const auto& start = state_.options.fork_from();
-      auto found = ckpt::newest_valid_checkpoint(state_.options.checkpoint_dir(), Format::extension);
-      if (found) {
-        check_run_owns(found->first, found->second);
-        apply(found->second, found->first.string());
-        from = found->first;
-      } else if (!start.empty()) {
-        load_checkpoint(start);
-        from = start;
-      }
-    } else if (resume != "never") {
-      load_checkpoint(resume);
-      from = resume;
-    }
-    if (from)
-      notice("resumed from " + from->string() + " (epoch " + std::to_string(state_.loop.epoch) + ", step " +
-             std::to_string(state_.loop.global_step) + ")");
-    else if (!state_.options.init_from().empty())
-      warm_start(state_.options.init_from());
-  }
-
+  void resume_as_configured();
   /// With fork_from or init_from, the checkpoint that resume("auto") found must be this run's:
   /// one whose lineage starts from that file (or, for fork_from, the file itself). Otherwise
   /// the directory belongs to another run, and resuming it would silently ignore the option.
-  void check_run_owns(const ckpt::fs::path& found, const ckpt::Container& container) const {
-    const auto& options = state_.options;
-    const std::string& start = !options.fork_from().empty() ? options.fork_from() : options.init_from();
-    if (start.empty()) return;
-    std::error_code ignored;
-    if (!options.fork_from().empty() && ckpt::fs::equivalent(found, start, ignored)) return;
-    for (const auto& entry : state::read_lineage<Format>(container).entries)
-      if (entry.source == start) return;
-    throw ConfigError("keel: checkpoint_dir '" + options.checkpoint_dir() + "' holds checkpoints of another run (newest: " +
-                      found.string() + ") that did not start from '" + start +
-                      "'; give this run a checkpoint directory of its own (the Fashion-MNIST example: --ckpt-dir)");
-  }
-
+  void check_run_owns(const ckpt::fs::path& found, const ckpt::Container& container) const;
   /// Applies a verified container to the whole state, or nothing; then a fork's changes.
-  void apply(const ckpt::Container& container, const std::string& path) {
-    auto loaded = state::load_checkpoint<Format>(state_, container, path);
-    loaded_train_size_ = loaded.train_size;
-    if (loaded.fork) state::apply_fork(state_, std::move(*loaded.fork));
-    state::follow_lineage(state_);  // checked by load_checkpoint: it does not throw
-    state_.publish_lrs();
-    state_.view.checkpoint_path = path;
-    saver_.loaded();
-    resume_handled_ = true;
-    state_.dispatch(event::on_load_checkpoint{});
-  }
+  void apply(const ckpt::Container& container, const std::string& path);
 
   State state_;
   loop::CheckpointSaver<State, Format> saver_;
   std::optional<std::int64_t> loaded_train_size_;  // of the checkpoint loaded last
   bool resume_handled_ = false;
 };
+
+// ---- the members that do the work ----------------------------------------------------------
+
+template <class... P>
+Trainer<P...>::Trainer(Arguments& arguments, TrainerOptions options)
+    : state_(options, on_device(arguments.model(), options.device()), arguments.optimizer_options(),
+             arguments.param_groups(), arguments.scheduler_options(), arguments.callbacks()),
+      saver_(state_) {
+  state::check_declarations(state_);
+}
+
+template <class... P>
+template <class TrainSet>
+void Trainer<P...>::fit(TrainSet& train) {
+  fit_impl<TrainSet, loop::NoValidation>(train, nullptr);
+}
+
+template <class... P>
+template <class TrainSet, class ValidationSet>
+void Trainer<P...>::fit(TrainSet& train, ValidationSet& validation) {
+  fit_impl(train, &validation);
+}
+
+template <class... P>
+template <class Dataset>
+Metrics Trainer<P...>::evaluate(Dataset& dataset) {
+  return loop::evaluate(state_, dataset, /*with_hooks=*/false);
+}
+
+template <class... P>
+void Trainer<P...>::save_checkpoint(const ckpt::fs::path& path) {
+  saver_.write(path);
+}
+
+template <class... P>
+void Trainer<P...>::load_checkpoint(const ckpt::fs::path& path) {
+  apply(ckpt::read_container(path), path.string());
+}
+
+template <class... P>
+void Trainer<P...>::load_checkpoint(std::vector<char> bytes, const std::string& name) {
+  apply(ckpt::parse_container(std::move(bytes), name), name);
+}
+
+template <class... P>
+std::optional<ckpt::fs::path> Trainer<P...>::resume_latest(const ckpt::fs::path& directory) {
+  auto found = ckpt::newest_valid_checkpoint(directory, Format::extension);
+  if (!found) return std::nullopt;
+  apply(found->second, found->first.string());
+  return found->first;
+}
+
+template <class... P>
+void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
+  state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
+  state_.publish_lrs();
+}
+
+template <class... P>
+std::string Trainer<P...>::state_digest() {
+  return state::state_digest<Format>(state_);
+}
+
+template <class... P>
+Fingerprint Trainer<P...>::fingerprint() const {
+  return state_.fingerprint(Format::keel_name);
+}
+
+template <class... P>
+template <class TrainSet, class ValidationSet>
+void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
+  static_assert(data::check_dataset<TrainSet>());
+  static_assert(loop::check_training_step<Module, data::batch_t<TrainSet>>());
+  if constexpr (!std::is_same_v<ValidationSet, loop::NoValidation>)
+    static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
+
+  const auto& options = state_.options;
+  data::SamplerOptions sampling;
+  sampling.batch_size = options.batch_size();
+  sampling.shuffle = options.shuffle();
+  sampling.drop_last = options.drop_last();
+  const data::EpochSampler sampler(data::dataset_size(train), sampling, state_.loop.data_seed);
+  state_.train_size = sampler.dataset_size();
+  state_.view.batches_per_epoch = sampler.batches_per_epoch();
+  state_.view.steps_per_epoch = (sampler.batches_per_epoch() + options.accumulate() - 1) / options.accumulate();
+
+  saver_.lock_directory();
+  // From here on a stop signal ends training at the next optimizer-step boundary, saved.
+  loop::StopSignals signals(options.stop_signals());
+  resume_as_configured();
+  if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
+    throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
+                      " samples but this training set has " + std::to_string(state_.train_size) +
+                      "; resume with the same dataset");
+  loop::fit(state_, saver_, signals, train, validation, sampler);
+}
+
+template <class... P>
+void Trainer<P...>::resume_as_configured() {
+  if (resume_handled_) return;
+  resume_handled_ = true;
+  const std::string& resume = state_.options.resume();
+  std::optional<ckpt::fs::path> from;
+  if (resume == "auto") {
+    const auto& start = state_.options.fork_from();
+    auto found = ckpt::newest_valid_checkpoint(state_.options.checkpoint_dir(), Format::extension);
+    if (found) {
+      check_run_owns(found->first, found->second);
+      apply(found->second, found->first.string());
+      from = found->first;
+    } else if (!start.empty()) {
+      load_checkpoint(start);
+      from = start;
+    }
+  } else if (resume != "never") {
+    load_checkpoint(resume);
+    from = resume;
+  }
+  if (from)
+    notice("resumed from " + from->string() + " (epoch " + std::to_string(state_.loop.epoch) + ", step " +
+           std::to_string(state_.loop.global_step) + ")");
+  else if (!state_.options.init_from().empty())
+    warm_start(state_.options.init_from());
+}
+
+template <class... P>
+void Trainer<P...>::check_run_owns(const ckpt::fs::path& found, const ckpt::Container& container) const {
+  const auto& options = state_.options;
+  const std::string& start = !options.fork_from().empty() ? options.fork_from() : options.init_from();
+  if (start.empty()) return;
+  std::error_code ignored;
+  if (!options.fork_from().empty() && ckpt::fs::equivalent(found, start, ignored)) return;
+  for (const auto& entry : state::read_lineage<Format>(container).entries)
+    if (entry.source == start) return;
+  throw ConfigError("keel: checkpoint_dir '" + options.checkpoint_dir() + "' holds checkpoints of another run (newest: " +
+                    found.string() + ") that did not start from '" + start +
+                    "'; give this run a checkpoint directory of its own (the Fashion-MNIST example: --ckpt-dir)");
+}
+
+template <class... P>
+void Trainer<P...>::apply(const ckpt::Container& container, const std::string& path) {
+  auto loaded = state::load_checkpoint<Format>(state_, container, path);
+  loaded_train_size_ = loaded.train_size;
+  if (loaded.fork) state::apply_fork(state_, std::move(*loaded.fork));
+  state::follow_lineage(state_);  // checked by load_checkpoint: it does not throw
+  state_.publish_lrs();
+  state_.view.checkpoint_path = path;
+  saver_.loaded();
+  resume_handled_ = true;
+  state_.dispatch(event::on_load_checkpoint{});
+}
 
 }  // namespace keel

@@ -26,12 +26,12 @@ mkdir -p "$2"
 out=$(realpath "$2")
 shift 2
 ways=("$@")
-((${#ways[@]})) || ways=(install deb add_subdirectory fetch_content single_header single_header_cxx20)
+((${#ways[@]})) || ways=(install add_subdirectory deb fetch_content single_header single_header_cxx20)
 
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 sudo=()
-[[ $(id -u) -ne 0 ]] && sudo=(sudo)
+[[ $(id -u) -ne 0 ]] && sudo=(sudo -n)
 
 fail() { echo "tests/consumers/run.sh: $way: $*" >&2; exit 1; }
 
@@ -58,8 +58,12 @@ train_and_resume() {
   local program=$out/$way/build/consumer run=$out/$way/run status=0
   "$program" "$run/stopped" 6 >"$run.stopped.out" 2>&1 || status=$?
   ((status == 143)) || { cat "$run.stopped.out"; fail "preempted at step 6, the consumer exited with $status, not 143"; }
+  # keel's handler, not SIGTERM's default action (which also gives 143): a checkpoint at step 6.
+  grep -q "stopped by SIGTERM after saving .*step-000000006" "$run.stopped.out" ||
+    { cat "$run.stopped.out"; fail "SIGTERM at step 6 did not save a checkpoint of step 6"; }
   "$program" "$run/stopped" >"$run.resumed.out" 2>&1 || { cat "$run.resumed.out"; fail "the resume failed"; }
-  grep -q "keel: resumed from" "$run.resumed.out" || { cat "$run.resumed.out"; fail "the second run did not resume"; }
+  grep -q "keel: resumed from .*(epoch 0, step 6)" "$run.resumed.out" ||
+    { cat "$run.resumed.out"; fail "the second run did not resume from step 6"; }
   "$program" "$run/whole" >"$run.whole.out" 2>&1 || { cat "$run.whole.out"; fail "the run never stopped failed"; }
   local resumed whole
   resumed=$(grep -o 'state_digest=[0-9a-f]*' "$run.resumed.out") || fail "no state digest after the resume"
@@ -91,6 +95,9 @@ run_way() {
         installed_tool "$out/$way/prefix/bin/keel-ckpt"
         ;;
       deb)
+        if ((${#sudo[@]})) && ! sudo -n true 2>/dev/null; then
+          fail "installing the package needs root or sudo without a password"
+        fi
         if dpkg-query -W -f='${Status}' keel 2>/dev/null | grep -q "install ok installed"; then
           fail "a keel package is installed already; this test installs and removes its own: remove it first (apt-get remove keel)"
         fi
@@ -98,7 +105,7 @@ run_way() {
         deb=$(ls "$out/$way/package"/keel_*.deb)
         echo "-- $way: $(basename "$deb"), $(dpkg-deb -f "$deb" Depends | cut -c1-150)..."
         trap '"${sudo[@]}" apt-get remove -y -q keel >/dev/null' EXIT
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$deb" >/dev/null
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" >/dev/null
         build find_package g++ 17
         train_and_resume
         installed_tool /usr/bin/keel-ckpt
@@ -130,6 +137,8 @@ run_way() {
 
 # The consumers build one translation unit each: as many lanes as cores, each taking every
 # lanes-th way in turn; the logs are printed in order at the end.
+"$repo/scripts/single-header.py" --check >/dev/null ||
+  { echo "tests/consumers/run.sh: single_include/keel/keel.hpp is out of date: run scripts/single-header.py" >&2; exit 1; }
 for way in "${ways[@]}"; do
   [[ " install deb add_subdirectory fetch_content single_header single_header_cxx20 " == *" $way "* ]] ||
     { echo "tests/consumers/run.sh: unknown way '$way'" >&2; exit 2; }
@@ -142,12 +151,19 @@ pids=()
 for ((lane = 0; lane < lanes; ++lane)); do
   (
     for ((i = lane; i < ${#ways[@]}; i += lanes)); do
-      run_way "${ways[i]}" >"$out/${ways[i]}.log" 2>&1 || { echo "${ways[i]}" >"$out/lane-$lane.failed"; exit 1; }
+      # errexit holds inside run_way only in a subshell of its own that no || or if tests.
+      set +e
+      (
+        set -e
+        run_way "${ways[i]}"
+      ) >"$out/${ways[i]}.log" 2>&1
+      rc=$?
+      set -e
+      ((rc == 0)) || echo "${ways[i]}" >>"$out/lane-$lane.failed"
     done
   ) &
   pids+=($!)
 done
-status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 for way in "${ways[@]}"; do
   if [[ -f $out/$way.log ]]; then
@@ -155,5 +171,9 @@ for way in "${ways[@]}"; do
     cat "$out/$way.log"
   fi
 done
-((status == 0)) || { echo "tests/consumers/run.sh: failed: $(cat "$out"/lane-*.failed | tr '\n' ' ')" >&2; exit 1; }
+failed=$(cat "$out"/lane-*.failed 2>/dev/null | tr '\n' ' ')
+if ((status != 0)) || [[ -n $failed ]]; then
+  echo "tests/consumers/run.sh: failed: ${failed:-a lane}" >&2
+  exit 1
+fi
 echo "== consumers: ${ways[*]}: built, preempted, resumed"
