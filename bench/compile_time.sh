@@ -8,10 +8,11 @@
 #      (bench/compile_time_extern.hpp: the TU that uses the Trainer, and the one file that
 #      compiles its members, bench/compile_time_instantiation.cpp). The script checks that the
 #      extern-template TU leaves fit undefined and that the two link into one program.
-#   bench/compile_time.sh [REPEATS]     (default 3)
+#   bench/compile_time.sh [REPEATS] [TABLES]     (default 3; TABLES: both, trainers or remedies)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
+tables=${2:-both}
 flags=(-std=c++17 -O2 -Iinclude -isystem /usr/include/torch/csrc/api/include)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -35,6 +36,7 @@ compile() {  # COMPILER SOURCE [EXTRA...]: one TU to an object in the work direc
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 declare -A trainer
+if [[ $tables != remedies ]]; then
 echo "| compiler | <torch/torch.h> only (s) | one Trainer (s) | ratio | two Trainer types (s) | the second type (s) |"
 echo "|---|---|---|---|---|---|"
 for compiler in g++ clang++; do
@@ -45,6 +47,8 @@ for compiler in g++ clang++; do
   printf '| %s | %.1f | %.1f | %s | %.1f | %.1f |\n' "$compiler" "$base" "$one" "$(ratio "$one" "$base")" "$two" \
     "$(awk -v a="$two" -v b="$one" 'BEGIN { print a - b }')"
 done
+fi
+[[ $tables == trainers ]] && exit 0
 
 echo
 echo "| compiler | one Trainer (s) | precompiled header, built once (s) | the Trainer TU with it (s) | extern template: the TU using the Trainer (s) | the one TU compiling its members (s) |"
@@ -64,7 +68,9 @@ for compiler in g++ clang++; do
   user=$(median_seconds compile "$compiler" bench/compile_time_extern_user.cpp)
   instantiation=$(median_seconds compile "$compiler" bench/compile_time_instantiation.cpp)
   # The extern-template TU must not have compiled fit, and the two objects must make a program.
-  nm -C "$work/compile_time_extern_user.o" | grep -q ' U .*::fit<Data, Data>' ||
+  [[ -n ${trainer[$compiler]:-} ]] || trainer[$compiler]=$(median_seconds compile "$compiler" bench/compile_time_trainer.cpp)
+  nm -C "$work/compile_time_extern_user.o" >"$work/symbols.txt"  # (grep -q on a pipe: SIGPIPE under pipefail)
+  grep -q ' U .*::fit<Data, Data>' "$work/symbols.txt" ||
     { echo "bench/compile_time.sh: the extern-template TU ($compiler) compiled fit itself" >&2; exit 1; }
   "$compiler" "$work/compile_time_extern_user.o" "$work/compile_time_instantiation.o" -o "$work/extern_program" \
     -L/usr/lib/x86_64-linux-gnu -ltorch -ltorch_cpu -lc10
