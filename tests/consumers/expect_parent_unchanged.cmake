@@ -1,8 +1,16 @@
-# After keel was added to a project (add_subdirectory, FetchContent): every cache entry the
-# project had is unchanged (keel may add its own, KEEL_* and what find_package records), and
-# none of keel's tests, examples, tools or install rules exist.
-function(expect_parent_unchanged names_before)
-  foreach(name IN LISTS names_before)
+# A project that adds keel (add_subdirectory, FetchContent) calls remember_parent_cache() before
+# and expect_parent_unchanged() after: every cache entry the project had is unchanged (keel may
+# add its own, KEEL_* and what find_package records), and none of keel's tests, examples, tools
+# or install rules exist.
+macro(remember_parent_cache)  # a macro: the snapshot lives in the project's scope
+  get_cmake_property(cache_before CACHE_VARIABLES)
+  foreach(name IN LISTS cache_before)
+    set(before_${name} "$CACHE{${name}}")
+  endforeach()
+endmacro()
+
+function(expect_parent_unchanged)
+  foreach(name IN LISTS cache_before)
     if(NOT "${before_${name}}" STREQUAL "$CACHE{${name}}")
       message(FATAL_ERROR "adding keel changed the project's cache entry ${name}: '${before_${name}}' -> '$CACHE{${name}}'")
     endif()
