@@ -1914,6 +1914,15 @@ struct no_policy {};
 // their names and matched by name on load.
 
 
+// ---- keel/optim/torch_optimizer_core.hpp ----
+// The half of keel::optim::TorchOptimizer that does not depend on the policy's Traits: the
+// saved form of an optimizer's state, and the bookkeeping by parameter name (which parameter
+// is which, the param groups' names and configured values, the checks of a checkpoint's state
+// against the live optimizer). It is plain code, not a template: a program with several
+// optimizer policies compiles it once per translation unit, not once per policy
+// (bench/README.md, "Compile time").
+
+
 // ---- keel/detail/torch_compat.hpp ----
 // Where the LibTorch versions keel supports (1.13 and 2.x) differ in API: one named shim per
 // difference, all here. keel code outside this header never tests the version.
@@ -2097,14 +2106,17 @@ class ParamGroups {
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace keel::optim {
+
+/// A param group's hyper-parameters by the names the optimizer saves them under.
+using HyperParameters = std::vector<std::pair<std::string, double>>;
 
 /// The saved state of one parameter: its step count (0 where the optimizer keeps none) and
 /// its named state tensors (momentum buffer, Adam moments...); undefined tensors are kept.
@@ -2125,7 +2137,7 @@ struct ParamState {
 /// `lr`) and the names of its parameters.
 struct GroupState {
   std::string name;  // saved by OptimizerState (layout 2), after the groups
-  std::vector<std::pair<std::string, double>> hyper_parameters;
+  HyperParameters hyper_parameters;
   std::vector<std::string> params;
 
   template <class Archive>
@@ -2167,22 +2179,41 @@ using NamedParameters = torch::OrderedDict<std::string, torch::Tensor>;
 
 /// The key of `param`'s entry in a LibTorch optimizer's state map, on every LibTorch version
 /// (a string in 1.x, a TensorImpl pointer from 2.x on): for an optimizer of one's own.
-inline detail::OptimizerStateKey state_key(const torch::Tensor& param) { return detail::optimizer_state_key(param); }
+inline keel::detail::OptimizerStateKey state_key(const torch::Tensor& param) {
+  return keel::detail::optimizer_state_key(param);
+}
 
-template <class Traits>
-class TorchOptimizer {
+namespace detail {
+
+/// Looks up a hyper-parameter by name in a saved list (check() guarantees it is there).
+inline double hyper(const HyperParameters& values, const char* name) {
+  for (const auto& [key, value] : values)
+    if (key == name) return value;
+  throw std::runtime_error(std::string("keel: hyper-parameter '") + name + "' missing");
+}
+
+/// One param group as the constructor makes it: its name, configured values and parameters.
+struct PlannedGroup {
+  std::string name;
+  HyperParameters values;
+  std::vector<torch::Tensor> members;
+};
+
+/// The parameters by name, and the param groups by name and configured values, of one
+/// optimizer; with what needs only that (checks, fingerprint, the groups of the saved state).
+/// TorchOptimizer<Traits> supplies what needs the Traits: the hyper-parameters read from a
+/// group's options, and the per-parameter state tensors.
+class OptimizerBook {
  public:
-  using Options = typename Traits::Options;
-  using TorchType = typename Traits::TorchType;
-  /// Its data is saved through state() (the section "optimizer"); a policy derived from it
-  /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
-  using torch_optimizer_base = TorchOptimizer;
-
-  /// One param group with `options`, or the groups of `groups` (each parameter in the first
-  /// group that selects it; the others in "default", with `options` as given).
-  TorchOptimizer(const NamedParameters& params, Options options, const ParamGroups& groups = {})
-      : options_(std::move(options)), params_(params) {
+  explicit OptimizerBook(const NamedParameters& params) : params_(params) {
     for (const auto& item : params_) names_.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  }
+
+  /// Each parameter goes to the first group of `groups` that selects it, the others to
+  /// "default" (first, with `defaults`); a group takes `defaults` with its own values set.
+  /// Records the groups' names and configured values, and returns the groups in that order.
+  std::vector<PlannedGroup> plan_groups(const ParamGroups& groups, const HyperParameters& defaults,
+                                        const std::string& optimizer_name) {
     // Members of "default" (index 0) and of each group, in module order.
     std::vector<std::vector<torch::Tensor>> members(groups.groups().size() + 1);
     for (const auto& item : params_) {
@@ -2191,42 +2222,23 @@ class TorchOptimizer {
         if (groups.groups()[g].selects(item.key(), item.value())) index = g + 1;
       members[index].push_back(item.value());
     }
-    if (groups.empty()) {
-      group_names_ = {"default"};
-      configured_ = {Traits::hyper_parameters(options_)};
-      optimizer_ = std::make_unique<TorchType>(std::move(members[0]), options_);
-      return;
-    }
-    std::vector<torch::optim::OptimizerParamGroup> torch_groups;
+    std::vector<PlannedGroup> planned;
     for (std::size_t index = 0; index < members.size(); ++index) {
-      if (index == 0 && members[0].empty()) continue;  // every parameter is in a named group
+      if (index == 0 && members[0].empty() && !groups.empty()) continue;  // every parameter is in a named group
       const std::string name = index == 0 ? "default" : groups.groups()[index - 1].name();
-      if (members[index].empty())
+      if (members[index].empty() && !groups.empty())
         throw ConfigError("keel::optim::ParamGroup '" + name + "' selects no parameter of the model" +
                           (index > 1 ? " (an earlier group may have taken them: a parameter goes to the first that selects it)" : ""));
-      auto values = Traits::hyper_parameters(options_);
-      if (index > 0) override_values(values, groups.groups()[index - 1]);
-      auto group_options = std::make_unique<Options>(options_);
-      Traits::set_hyper_parameters(*group_options, values);
+      HyperParameters values = defaults;
+      if (index > 0) override_values(values, groups.groups()[index - 1], optimizer_name);
       group_names_.push_back(name);
-      configured_.push_back(std::move(values));
-      torch_groups.emplace_back(std::move(members[index]), std::move(group_options));
+      configured_.push_back(values);
+      planned.push_back({name, std::move(values), std::move(members[index])});
     }
-    if constexpr (std::is_constructible_v<TorchType, std::vector<torch::optim::OptimizerParamGroup>, Options>) {
-      optimizer_ = std::make_unique<TorchType>(std::move(torch_groups), options_);
-    } else {
-      throw ConfigError(std::string(Traits::keel_name) + " takes no param groups (its LibTorch optimizer has no "
-                        "constructor from std::vector<torch::optim::OptimizerParamGroup>)");
-    }
+    return planned;
   }
 
-  /// One optimizer step on the accumulated gradients.
-  void step() { optimizer_->step(); }
-
-  /// Zeroes every gradient in place, allocating zero gradients for parameters that have none
-  /// yet. The Trainer calls it before the first micro-batch of a fit and after every step, so
-  /// backward always accumulates into zeroed tensors: a freshly resumed process (no gradients
-  /// at all) and an uninterrupted one (zeroed gradients) then take the very same path.
+  /// Zeroes every gradient in place, allocating zero gradients for parameters that have none.
   void zero_grad() {
     torch::NoGradGuard no_grad;
     for (auto& item : params_) {
@@ -2242,55 +2254,47 @@ class TorchOptimizer {
     }
   }
 
-  std::size_t group_count() const { return optimizer_->param_groups().size(); }
-  /// The name of param group `group` ("default" without ParamGroups).
+  const NamedParameters& params() const noexcept { return params_; }
   const std::string& group_name(std::size_t group) const { return group_names_.at(group); }
-  double lr(std::size_t group = 0) const {
-    return optimizer_->param_groups().at(group).options().get_lr();
-  }
-  void set_lr(std::size_t group, double lr) {
-    optimizer_->param_groups().at(group).options().set_lr(lr);
+  const std::vector<HyperParameters>& configured() const noexcept { return configured_; }
+
+  /// Each param group's configured learning rate (a ParamGroup may set its own).
+  std::vector<double> configured_lrs() const {
+    std::vector<double> lrs;
+    for (const auto& values : configured_)
+      for (const auto& value : values)
+        if (value.first == "lr") lrs.push_back(value.second);
+    return lrs;
   }
 
-  torch::optim::Optimizer& torch_optimizer() noexcept { return *optimizer_; }
-  const Options& options() const noexcept { return options_; }
-  const NamedParameters& named_parameters() const noexcept { return params_; }
-
-  /// The state in keel's form, parameters in module order.
-  OptimizerState state() const {
-    OptimizerState out;
-    const auto& groups = optimizer_->param_groups();
+  /// The groups of the saved state: names, `current` hyper-parameters, parameters by name.
+  std::vector<GroupState> saved_groups(const torch::optim::Optimizer& optimizer,
+                                       const std::vector<HyperParameters>& current) const {
+    std::vector<GroupState> out;
+    const auto& groups = optimizer.param_groups();
     for (std::size_t index = 0; index < groups.size(); ++index) {
-      const auto& group = groups[index];
       GroupState g;
       g.name = group_names_.at(index);
-      g.hyper_parameters = Traits::hyper_parameters(static_cast<const Options&>(group.options()));
-      for (const auto& p : group.params()) g.params.push_back(name_of(p));
-      out.groups.push_back(std::move(g));
-    }
-    const auto& torch_state = optimizer_->state();
-    for (const auto& item : params_) {
-      auto found = torch_state.find(key_of(item.value()));
-      if (found == torch_state.end()) continue;  // no step has touched this parameter yet
-      ParamState p;
-      p.name = item.key();
-      Traits::capture(static_cast<const typename Traits::ParamState&>(*found->second), p);
-      out.params.push_back(std::move(p));
+      g.hyper_parameters = current.at(index);
+      for (const auto& p : groups[index].params()) g.params.push_back(name_of(p));
+      out.push_back(std::move(g));
     }
     return out;
   }
 
-  /// Every reason `state` cannot be applied to this optimizer; empty when it can.
-  std::vector<std::string> check(const OptimizerState& state) const {
+  /// Every reason `state` cannot be applied to `optimizer` (whose groups hold `current`, and
+  /// whose parameters keep the state tensors `tensor_names`); empty when it can.
+  std::vector<std::string> check(const OptimizerState& state, const torch::optim::Optimizer& optimizer,
+                                 const std::vector<HyperParameters>& current,
+                                 const std::vector<std::string>& tensor_names, const std::string& optimizer_name) const {
     std::vector<std::string> problems;
-    const auto& groups = optimizer_->param_groups();
-    const auto order = saved_group_order(state, problems);
+    const auto& groups = optimizer.param_groups();
+    const auto order = saved_group_order(state, groups.size(), problems);
     for (std::size_t g = 0; g < order.size(); ++g) {
       if (order[g] < 0) continue;
       const GroupState& saved = state.groups[static_cast<std::size_t>(order[g])];
       const std::string label = "optimizer param group '" + group_names_.at(g) + "'";
-      const auto expected = Traits::hyper_parameters(static_cast<const Options&>(groups[g].options()));
-      if (!same_names(expected, saved.hyper_parameters))
+      if (!same_names(current.at(g), saved.hyper_parameters))
         problems.push_back(label + " has different hyper-parameter names in the checkpoint");
       std::vector<std::string> names;
       for (const auto& p : groups[g].params()) names.push_back(name_of(p));
@@ -2308,7 +2312,6 @@ class TorchOptimizer {
         continue;
       }
       const torch::Tensor& param = params_[p.name];
-      std::vector<std::string> expected = Traits::tensor_names();
       std::vector<std::string> got;
       for (const auto& [tensor_name, tensor] : p.tensors) {
         got.push_back(tensor_name);
@@ -2324,9 +2327,9 @@ class TorchOptimizer {
                              " in the checkpoint but the parameter has dtype " +
                              dtype_or_raw(param.scalar_type()));
       }
-      if (got != expected)
+      if (got != tensor_names)
         problems.push_back("optimizer state of parameter '" + p.name +
-                           "' does not have the tensors " + Traits::keel_name + " keeps");
+                           "' does not have the tensors " + optimizer_name + " keeps");
       if (p.step < 0)
         problems.push_back("optimizer step count of parameter '" + p.name + "' is negative (" +
                            std::to_string(p.step) + ")");
@@ -2334,68 +2337,11 @@ class TorchOptimizer {
     return problems;
   }
 
-  /// Replaces the whole optimizer state; call only after check() found no problem.
-  void apply(const OptimizerState& state) {
-    auto& groups = optimizer_->param_groups();
-    std::vector<std::string> ignored;
-    const auto order = saved_group_order(state, ignored);
-    for (std::size_t g = 0; g < groups.size(); ++g)
-      Traits::set_hyper_parameters(static_cast<Options&>(groups[g].options()),
-                                   state.groups.at(static_cast<std::size_t>(order.at(g))).hyper_parameters);
-    auto& torch_state = optimizer_->state();
-    torch_state.clear();
-    for (const auto& p : state.params) {
-      const torch::Tensor& param = params_[p.name];
-      ParamState on_device = p;
-      for (auto& item : on_device.tensors)
-        if (item.second.defined()) item.second = item.second.to(param.device());
-      torch_state[key_of(param)] = Traits::restore(on_device);
-    }
-  }
-
-  /// A fork changed the optimizer's configuration: every param group takes the configured
-  /// hyper-parameters again, except the learning rate, which the scheduler sets.
-  void reconfigure() {
-    auto& groups = optimizer_->param_groups();
-    for (std::size_t g = 0; g < groups.size(); ++g) {
-      const double lr = groups[g].options().get_lr();
-      Traits::set_hyper_parameters(static_cast<Options&>(groups[g].options()), configured_.at(g));
-      groups[g].options().set_lr(lr);
-    }
-  }
-  /// The learning rate the optimizer was configured with (the schedule's base).
-  double configured_lr() const { return options_.lr(); }
-  /// Each param group's configured learning rate (a ParamGroup may set its own).
-  std::vector<double> configured_lrs() const {
-    std::vector<double> lrs;
-    for (const auto& values : configured_)
-      for (const auto& value : values)
-        if (value.first == "lr") lrs.push_back(value.second);
-    return lrs;
-  }
-
-  /// Configuration that must match for a resume: the type and the initial hyper-parameters.
-  void describe(Fingerprint& fingerprint, const std::string& prefix) const {
-    fingerprint.add(prefix + "type", Traits::keel_name);
-    for (const auto& [name, value] : Traits::hyper_parameters(options_))
-      fingerprint.add(prefix + name, value);
-    if (group_names_.size() == 1 && group_names_[0] == "default") return;  // no ParamGroups: as before them
-    std::string names;
-    for (const auto& name : group_names_) names += (names.empty() ? "" : ",") + name;
-    fingerprint.add(prefix + "groups", names);
-    const auto defaults = Traits::hyper_parameters(options_);
-    for (std::size_t g = 0; g < group_names_.size(); ++g)
-      for (std::size_t i = 0; i < defaults.size(); ++i)
-        if (configured_[g][i].second != defaults[i].second)
-          fingerprint.add(prefix + "group." + group_names_[g] + "." + defaults[i].first, configured_[g][i].second);
-  }
-
- private:
-  /// For each of this run's groups, the index of its saved group (-1: none). Files with named
-  /// groups match by name (and must have this run's order); files of keel 0.2 (unnamed) by
-  /// position.
-  std::vector<long> saved_group_order(const OptimizerState& state, std::vector<std::string>& problems) const {
-    const std::size_t count = optimizer_->param_groups().size();
+  /// For each of this run's `count` groups, the index of its saved group (-1: none). Files
+  /// with named groups match by name (and must have this run's order); files of keel 0.2
+  /// (unnamed) by position.
+  std::vector<long> saved_group_order(const OptimizerState& state, std::size_t count,
+                                      std::vector<std::string>& problems) const {
     std::vector<long> order(count, -1);
     const bool named = std::any_of(state.groups.begin(), state.groups.end(), [](const GroupState& g) { return !g.name.empty(); });
     if (!named) {
@@ -2436,8 +2382,40 @@ class TorchOptimizer {
     return order;
   }
 
+  /// Configuration that must match for a resume: the type, the configured hyper-parameters
+  /// (`defaults`), and the groups' names and values where they differ from `defaults`.
+  void describe(Fingerprint& fingerprint, const std::string& prefix, const std::string& optimizer_name,
+                const HyperParameters& defaults) const {
+    fingerprint.add(prefix + "type", optimizer_name);
+    for (const auto& [name, value] : defaults) fingerprint.add(prefix + name, value);
+    if (group_names_.size() == 1 && group_names_[0] == "default") return;  // no ParamGroups: as before them
+    std::string names;
+    for (const auto& name : group_names_) names += (names.empty() ? "" : ",") + name;
+    fingerprint.add(prefix + "groups", names);
+    for (std::size_t g = 0; g < group_names_.size(); ++g)
+      for (std::size_t i = 0; i < defaults.size(); ++i)
+        if (configured_[g][i].second != defaults[i].second)
+          fingerprint.add(prefix + "group." + group_names_[g] + "." + defaults[i].first, configured_[g][i].second);
+  }
+
+  /// The live parameter that the saved `state` belongs to (check() found it), and a copy of
+  /// the state with its tensors on that parameter's device.
+  const torch::Tensor& param(const std::string& name) const { return params_[name]; }
+  static ParamState on_device_of(const ParamState& state, const torch::Tensor& param) {
+    ParamState moved = state;
+    for (auto& item : moved.tensors)
+      if (item.second.defined()) item.second = item.second.to(param.device());
+    return moved;
+  }
+
+  std::string name_of(const torch::Tensor& param) const {
+    auto found = names_.find(param.unsafeGetTensorImpl());
+    return found == names_.end() ? std::string("<unnamed>") : found->second;
+  }
+
+ private:
   /// Replaces the values `group` sets; an unknown name is refused with the names there are.
-  static void override_values(std::vector<std::pair<std::string, double>>& values, const ParamGroup& group) {
+  static void override_values(HyperParameters& values, const ParamGroup& group, const std::string& optimizer_name) {
     for (const auto& item : group.overrides()) {  // (not a structured binding: clang 14 cannot capture one)
       const std::string& name = item.first;
       const double value = item.second;
@@ -2445,22 +2423,13 @@ class TorchOptimizer {
       if (found == values.end()) {
         std::string known;
         for (const auto& v : values) known += (known.empty() ? "" : ", ") + v.first;
-        throw ConfigError("keel::optim::ParamGroup '" + group.name() + "': " + Traits::keel_name +
+        throw ConfigError("keel::optim::ParamGroup '" + group.name() + "': " + optimizer_name +
                           " has no hyper-parameter '" + name + "'; it has " + known);
       }
       found->second = value;
     }
   }
-
-  static detail::OptimizerStateKey key_of(const torch::Tensor& param) {
-    return detail::optimizer_state_key(param);
-  }
-  std::string name_of(const torch::Tensor& param) const {
-    auto found = names_.find(param.unsafeGetTensorImpl());
-    return found == names_.end() ? std::string("<unnamed>") : found->second;
-  }
-  static bool same_names(const std::vector<std::pair<std::string, double>>& a,
-                         const std::vector<std::pair<std::string, double>>& b) {
+  static bool same_names(const HyperParameters& a, const HyperParameters& b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i)
       if (a[i].first != b[i].first) return false;
@@ -2471,22 +2440,153 @@ class TorchOptimizer {
     return name ? name : c10::toString(type);
   }
 
-  Options options_;
   NamedParameters params_;
   std::vector<std::string> group_names_;  // "default" and the ParamGroups' names, in LibTorch's group order
-  std::vector<std::vector<std::pair<std::string, double>>> configured_;  // each group's configured values
+  std::vector<HyperParameters> configured_;  // each group's configured values
   std::unordered_map<const void*, std::string> names_;  // TensorImpl -> name in the module
-  std::unique_ptr<TorchType> optimizer_;
 };
 
-namespace detail {
-/// Looks up a hyper-parameter by name in a saved list (check() guarantees it is there).
-inline double hyper(const std::vector<std::pair<std::string, double>>& values, const char* name) {
-  for (const auto& [key, value] : values)
-    if (key == name) return value;
-  throw std::runtime_error(std::string("keel: hyper-parameter '") + name + "' missing");
-}
 }  // namespace detail
+}  // namespace keel::optim
+
+#include <torch/optim/optimizer.h>
+
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace keel::optim {
+
+template <class Traits>
+class TorchOptimizer {
+ public:
+  using Options = typename Traits::Options;
+  using TorchType = typename Traits::TorchType;
+  /// Its data is saved through state() (the section "optimizer"); a policy derived from it
+  /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
+  using torch_optimizer_base = TorchOptimizer;
+
+  /// One param group with `options`, or the groups of `groups` (each parameter in the first
+  /// group that selects it; the others in "default", with `options` as given).
+  TorchOptimizer(const NamedParameters& params, Options options, const ParamGroups& groups = {})
+      : options_(std::move(options)), book_(params) {
+    auto planned = book_.plan_groups(groups, Traits::hyper_parameters(options_), Traits::keel_name);
+    if (groups.empty()) {
+      optimizer_ = std::make_unique<TorchType>(std::move(planned.at(0).members), options_);
+      return;
+    }
+    std::vector<torch::optim::OptimizerParamGroup> torch_groups;
+    for (auto& group : planned) {
+      auto group_options = std::make_unique<Options>(options_);
+      Traits::set_hyper_parameters(*group_options, group.values);
+      torch_groups.emplace_back(std::move(group.members), std::move(group_options));
+    }
+    if constexpr (std::is_constructible_v<TorchType, std::vector<torch::optim::OptimizerParamGroup>, Options>) {
+      optimizer_ = std::make_unique<TorchType>(std::move(torch_groups), options_);
+    } else {
+      throw ConfigError(std::string(Traits::keel_name) + " takes no param groups (its LibTorch optimizer has no "
+                        "constructor from std::vector<torch::optim::OptimizerParamGroup>)");
+    }
+  }
+
+  /// One optimizer step on the accumulated gradients.
+  void step() { optimizer_->step(); }
+
+  /// Zeroes every gradient in place, allocating zero gradients for parameters that have none
+  /// yet. The Trainer calls it before the first micro-batch of a fit and after every step, so
+  /// backward always accumulates into zeroed tensors: a freshly resumed process (no gradients
+  /// at all) and an uninterrupted one (zeroed gradients) then take the very same path.
+  void zero_grad() { book_.zero_grad(); }
+
+  std::size_t group_count() const { return optimizer_->param_groups().size(); }
+  /// The name of param group `group` ("default" without ParamGroups).
+  const std::string& group_name(std::size_t group) const { return book_.group_name(group); }
+  double lr(std::size_t group = 0) const {
+    return optimizer_->param_groups().at(group).options().get_lr();
+  }
+  void set_lr(std::size_t group, double lr) {
+    optimizer_->param_groups().at(group).options().set_lr(lr);
+  }
+
+  torch::optim::Optimizer& torch_optimizer() noexcept { return *optimizer_; }
+  const Options& options() const noexcept { return options_; }
+  const NamedParameters& named_parameters() const noexcept { return book_.params(); }
+
+  /// The state in keel's form, parameters in module order.
+  OptimizerState state() const {
+    OptimizerState out;
+    out.groups = book_.saved_groups(*optimizer_, current_values());
+    const auto& torch_state = optimizer_->state();
+    for (const auto& item : book_.params()) {
+      auto found = torch_state.find(key_of(item.value()));
+      if (found == torch_state.end()) continue;  // no step has touched this parameter yet
+      ParamState p;
+      p.name = item.key();
+      Traits::capture(static_cast<const typename Traits::ParamState&>(*found->second), p);
+      out.params.push_back(std::move(p));
+    }
+    return out;
+  }
+
+  /// Every reason `state` cannot be applied to this optimizer; empty when it can.
+  std::vector<std::string> check(const OptimizerState& state) const {
+    return book_.check(state, *optimizer_, current_values(), Traits::tensor_names(), Traits::keel_name);
+  }
+
+  /// Replaces the whole optimizer state; call only after check() found no problem.
+  void apply(const OptimizerState& state) {
+    auto& groups = optimizer_->param_groups();
+    std::vector<std::string> ignored;
+    const auto order = book_.saved_group_order(state, groups.size(), ignored);
+    for (std::size_t g = 0; g < groups.size(); ++g)
+      Traits::set_hyper_parameters(static_cast<Options&>(groups[g].options()),
+                                   state.groups.at(static_cast<std::size_t>(order.at(g))).hyper_parameters);
+    auto& torch_state = optimizer_->state();
+    torch_state.clear();
+    for (const auto& p : state.params) {
+      const torch::Tensor& param = book_.param(p.name);
+      torch_state[key_of(param)] = Traits::restore(detail::OptimizerBook::on_device_of(p, param));
+    }
+  }
+
+  /// A fork changed the optimizer's configuration: every param group takes the configured
+  /// hyper-parameters again, except the learning rate, which the scheduler sets.
+  void reconfigure() {
+    auto& groups = optimizer_->param_groups();
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+      const double lr = groups[g].options().get_lr();
+      Traits::set_hyper_parameters(static_cast<Options&>(groups[g].options()), book_.configured().at(g));
+      groups[g].options().set_lr(lr);
+    }
+  }
+  /// The learning rate the optimizer was configured with (the schedule's base).
+  double configured_lr() const { return options_.lr(); }
+  /// Each param group's configured learning rate (a ParamGroup may set its own).
+  std::vector<double> configured_lrs() const { return book_.configured_lrs(); }
+
+  /// Configuration that must match for a resume: the type and the initial hyper-parameters.
+  void describe(Fingerprint& fingerprint, const std::string& prefix) const {
+    book_.describe(fingerprint, prefix, Traits::keel_name, Traits::hyper_parameters(options_));
+  }
+
+ private:
+  /// Each param group's hyper-parameters as its options hold them now.
+  std::vector<HyperParameters> current_values() const {
+    std::vector<HyperParameters> values;
+    for (const auto& group : optimizer_->param_groups())
+      values.push_back(Traits::hyper_parameters(static_cast<const Options&>(group.options())));
+    return values;
+  }
+  static keel::detail::OptimizerStateKey key_of(const torch::Tensor& param) {
+    return keel::detail::optimizer_state_key(param);
+  }
+
+  Options options_;
+  detail::OptimizerBook book_;  // parameters and groups by name: the part that needs no Traits
+  std::unique_ptr<TorchType> optimizer_;
+};
 
 }  // namespace keel::optim
 
@@ -4820,8 +4920,9 @@ class ReduceLROnPlateau {
 //   present()               (optional) false: this configuration has no such section (written
 //                           and read by none)
 //
-// write_sections(), stage_sections() and commit_sections() iterate a tuple of entries; they
-// hold no knowledge of any particular section.
+// SectionList holds the entries behind one interface (SectionSlot), so that writing, staging
+// and committing are plain code compiled once, whatever the Trainer type; it holds no
+// knowledge of any particular section.
 
 
 // ---- keel/checkpoint/container.hpp ----
@@ -5088,6 +5189,7 @@ inline std::vector<char> read_file(const fs::path& path) {
 #include <cereal/types/vector.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <cstring>
 #include <istream>
 #include <limits>
@@ -5172,8 +5274,24 @@ class MemoryBuffer : public std::streambuf {
 };
 }  // namespace detail
 
+/// Where a checkpoint's sections go, one at a time: a file (ContainerWriter) or the state
+/// digest (DigestWriter). An interface rather than a template parameter, so that a Trainer's
+/// list of sections is compiled once for both.
+class SectionWriter {
+ public:
+  /// Produces a section's bytes.
+  using WriteBytes = std::function<void(std::ostream&)>;
+  virtual void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) = 0;
+
+ protected:
+  SectionWriter() = default;
+  SectionWriter(const SectionWriter&) = default;
+  SectionWriter& operator=(const SectionWriter&) = default;
+  ~SectionWriter() = default;
+};
+
 /// Writes a container into a HashingFileSink, section by section.
-class ContainerWriter {
+class ContainerWriter final : public SectionWriter {
  public:
   ContainerWriter(HashingFileSink& sink, std::string format_name, std::uint32_t format_id)
       : sink_(sink), stream_(&sink) {
@@ -5190,8 +5308,7 @@ class ContainerWriter {
   }
 
   /// Appends one section; `write(std::ostream&)` produces its bytes.
-  template <class Write>
-  void section(std::string name, std::string type, std::uint32_t version, Write&& write) {
+  void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     SectionInfo info{std::move(name), std::move(type), version, sink_.offset(), 0, 0};
     sink_.begin_section();
     write(stream_);
@@ -5435,11 +5552,14 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
 #include <cereal/cereal.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <ostream>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -5526,25 +5646,6 @@ std::uint32_t layout_version_of(const T& component) {
   } else {
     return layout_version<T>();
   }
-}
-
-/// Appends every entry's section to `writer` (a ckpt::ContainerWriter, or a DigestWriter).
-template <class Format, class Writer, class Entries>
-void write_sections(Writer& writer, Entries& entries) {
-  std::apply(
-      [&](auto&... entry) {
-        auto one = [&](auto& e) {
-          if (!detail::is_present(e)) return;
-          const std::string name = e.name();
-          writer.section(name, e.type(), e.version(), [&](std::ostream& stream) {
-            const auto& value = e.capture();  // a reference, or a view of the live tensors
-            typename Format::output_archive archive(stream);
-            archive(cereal::make_nvp(name, value));
-          });
-        };
-        (one(entry), ...);
-      },
-      entries);
 }
 
 /// Finds the entry's section in the manifest, by its name or else by its legacy name.
@@ -5644,46 +5745,123 @@ auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPla
   return staged;
 }
 
-/// Stages every entry: a tuple with one Staged value per entry. A manifest section that no
-/// entry claims is a problem (a checkpoint of another Trainer composition), except `offline`,
-/// where it stays opaque (a user's callback).
-template <class Format, class Entries>
-auto stage_sections(const ckpt::Container& container, const Entries& entries, LoadPlan& plan, bool offline = false) {
-  auto staged = std::apply(
-      [&](const auto&... entry) { return std::make_tuple(stage_section<Format>(container, entry, plan, offline)...); },
-      entries);
-  if (!offline) {
-    for (const auto& s : container.manifest.sections) {
-      const bool claimed = std::apply(
-          [&](const auto&... entry) {
-            return ((detail::is_present(entry) &&
-                     (s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name()))) ||
-                    ... || false);
-          },
-          entries);
-      if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
-    }
-  }
-  return staged;
-}
+/// One entry of a section list behind an interface: what writing, staging and committing need,
+/// without the entry's type.
+class SectionSlot {
+ public:
+  virtual ~SectionSlot() = default;
+  /// Whether this configuration has the section (a keel::Optional callback switched off: no).
+  virtual bool present() const = 0;
+  /// Whether a manifest section of this name is this entry's (its name, or its legacy name).
+  virtual bool claims(const std::string& section_name) const = 0;
+  /// Appends the section to `writer` (when present).
+  virtual void write(ckpt::SectionWriter& writer) = 0;
+  /// Parses and checks the section into a staging value (stage_section); nothing live changes.
+  virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) = 0;
+  /// Applies the staged value, if any.
+  virtual void commit(const ckpt::Container& container) = 0;
+  /// The staged value (null when none) and its type.
+  virtual const void* staged_value() const = 0;
+  virtual const std::type_info& saved_type() const = 0;
+};
 
-/// Applies every staged value, in list order (random streams last). Call only when staging
-/// found no problem (offline: every section that parsed is applied).
-template <class Format, class Entries, class StagedTuple>
-void commit_sections(const ckpt::Container& container, Entries& entries, StagedTuple& staged) {
-  auto one = [&](auto& entry, auto& item) {
-    if (!item.value) return;
-    using Saved = std::decay_t<decltype(*item.value)>;
+/// The slot of one entry in a given checkpoint format.
+template <class Format, class Entry>
+class EntrySlot final : public SectionSlot {
+ public:
+  using Saved = std::decay_t<decltype(std::declval<const Entry&>().stage())>;
+
+  explicit EntrySlot(Entry entry) : entry_(std::move(entry)) {}
+
+  bool present() const override { return detail::is_present(entry_); }
+  bool claims(const std::string& section_name) const override {
+    if (!present()) return false;
+    const std::string legacy = entry_.legacy_name();
+    return section_name == entry_.name() || (!legacy.empty() && section_name == legacy);
+  }
+  void write(ckpt::SectionWriter& writer) override {
+    if (!present()) return;
+    const std::string name = entry_.name();
+    writer.section(name, entry_.type(), entry_.version(), [&](std::ostream& stream) {
+      const auto& value = entry_.capture();  // a reference, or a view of the live tensors
+      typename Format::output_archive archive(stream);
+      archive(cereal::make_nvp(name, value));
+    });
+  }
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) override {
+    staged_.reset();
+    staged_.emplace(stage_section<Format>(container, entry_, plan, offline));
+  }
+  void commit(const ckpt::Container& container) override {
+    if (!staged_ || !staged_->value) return;
     if constexpr (std::is_move_assignable_v<Saved>) {
-      entry.commit(std::move(*item.value));
+      entry_.commit(std::move(*staged_->value));
     } else {
       // Not assignable (a callback holding a reference, say): parse the bytes, which parsed
       // once already, straight into the live object.
-      ckpt::parse_section<Format>(container, *item.info, entry.live);
+      ckpt::parse_section<Format>(container, *staged_->info, entry_.live);
     }
-  };
-  std::apply([&](auto&... entry) { std::apply([&](auto&... item) { (one(entry, item), ...); }, staged); }, entries);
-}
+    staged_.reset();
+  }
+  const void* staged_value() const override { return staged_ && staged_->value ? &*staged_->value : nullptr; }
+  const std::type_info& saved_type() const override { return typeid(Saved); }
+
+ private:
+  Entry entry_;
+  std::optional<Staged<Saved>> staged_;  // (emplaced: a callback's value need not be assignable)
+};
+
+/// The entries of a checkpoint (keel/state/sections.hpp), in file order, each behind a slot.
+class SectionList {
+ public:
+  /// The list of `entries` (a tuple, as checkpoint_sections() returns it) in `Format`.
+  template <class Format, class Entries>
+  static SectionList of(Entries entries) {
+    SectionList list;
+    std::apply([&](auto&... entry) { (list.add<Format>(std::move(entry)), ...); }, entries);
+    return list;
+  }
+
+  /// Appends every present entry's section to `writer` (a ckpt::ContainerWriter, or a
+  /// DigestWriter).
+  void write(ckpt::SectionWriter& writer) {
+    for (auto& slot : slots_) slot->write(writer);
+  }
+
+  /// Stages every entry. A manifest section that no entry claims is a problem (a checkpoint of
+  /// another Trainer composition), except `offline`, where it stays opaque (a user's callback).
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline = false) {
+    for (auto& slot : slots_) slot->stage(container, plan, offline);
+    if (offline) return;
+    for (const auto& s : container.manifest.sections) {
+      bool claimed = false;
+      for (const auto& slot : slots_) claimed = claimed || slot->claims(s.name);
+      if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
+    }
+  }
+
+  /// Applies every staged value, in list order (random streams last). Call only when staging
+  /// found no problem (offline: every section that parsed is applied).
+  void commit(const ckpt::Container& container) {
+    for (auto& slot : slots_) slot->commit(container);
+  }
+
+  /// The staged value of entry `index`, of type Saved; null when that entry staged nothing.
+  template <class Saved>
+  const Saved* staged(std::size_t index) const {
+    const SectionSlot& slot = *slots_.at(index);
+    if (slot.saved_type() != typeid(Saved)) throw std::logic_error("keel: section list entry of another type");
+    return static_cast<const Saved*>(slot.staged_value());
+  }
+
+ private:
+  template <class Format, class Entry>
+  void add(Entry entry) {
+    slots_.push_back(std::make_unique<EntrySlot<Format, Entry>>(std::move(entry)));
+  }
+
+  std::vector<std::unique_ptr<SectionSlot>> slots_;
+};
 
 }  // namespace keel::state
 
@@ -6464,10 +6642,9 @@ inline void digest_section(Hasher128& hasher, const std::string& name, const std
 }
 
 /// Hashes what a checkpoint would hold, section by section, without writing anything.
-class DigestWriter {
+class DigestWriter final : public SectionWriter {
  public:
-  template <class Write>
-  void section(const std::string& name, const std::string& type, std::uint32_t version, Write&& write) {
+  void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     SectionHasher buffer;
     std::ostream stream(&buffer);
     write(stream);
@@ -9382,6 +9559,7 @@ void follow_lineage(State& s) {
 }  // namespace keel::state
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -9419,8 +9597,7 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
                          "learning rate or clip gradients");
   ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
     ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
-    auto sections = s.sections();
-    write_sections<Format>(writer, sections);
+    SectionList::of<Format>(s.sections()).write(writer);
     writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
   });
 }
@@ -9429,8 +9606,7 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
 template <class Format, class State>
 std::string state_digest(State& s) {
   ckpt::DigestWriter writer;
-  auto sections = s.sections();
-  write_sections<Format>(writer, sections);
+  SectionList::of<Format>(s.sections()).write(writer);
   return writer.hex();
 }
 
@@ -9446,6 +9622,47 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
   out = std::stoll(text);
   return true;
 }
+
+/// The part of load_checkpoint that needs no component type: stage every section, check the
+/// lineage the run will have (`schedule_problems`: whether the scheduler can follow it), then
+/// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).
+inline Loaded load_sections(SectionList& sections, const ckpt::Container& container, const std::string& path,
+                            const std::string& format_name, const Fingerprint& live, ForkPlan fork,
+                            const TrainerOptions& options,
+                            const std::function<std::vector<std::string>(const Lineage&)>& schedule_problems) {
+  LoadPlan plan;
+  if (container.manifest.format != format_name)
+    plan.problem("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
+  plan.problems_from(std::move(fork.refused));
+  sections.stage(container, plan);
+
+  // The lineage the run will have (the file's, plus this fork) must be one the scheduler can
+  // follow: checked here, before anything is applied.
+  Loaded loaded;
+  const LoopState* staged_loop = sections.staged<LoopState>(0);
+  const Lineage* staged_lineage = sections.staged<Lineage>(1);
+  if (staged_loop && staged_lineage) {
+    Lineage future = *staged_lineage;
+    if (!fork.changes.empty()) {
+      loaded.fork = fork_entry(std::move(fork.changes), path, staged_loop->global_step, staged_loop->epoch,
+                               container.manifest.fingerprint, live, options.schedule_extension());
+      future.entries.push_back(*loaded.fork);
+    }
+    plan.problems_from(schedule_problems(future));
+  }
+  const std::string train_size = container.manifest.fact("train_size");
+  std::int64_t size = 0;
+  if (!train_size.empty() && !parse_count(train_size, size))
+    plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
+  if (size > 0) loaded.train_size = size;
+
+  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems, fork.hint);
+  for (auto& line : machine_differences(container.manifest.facts))
+    plan.warnings.push_back(std::move(line));
+  for (const auto& line : plan.warnings) warn(path + ": " + line);
+  sections.commit(container);
+  return loaded;
+}
 }  // namespace detail
 
 /// Restores `s` from a verified container, or nothing: every section is parsed into a staging
@@ -9455,45 +9672,13 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 /// in Loaded::fork, for the caller to apply (apply_fork) once the state is loaded.
 template <class Format, class State>
 Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::string& path) {
-  LoadPlan plan;
-  if (container.manifest.format != Format::keel_name)
-    plan.problem(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
-                 Format::keel_name);
-  auto fork = plan_fork<typename State::Optimizer, typename State::Scheduler>(s.fingerprint(Format::keel_name),
-                                                                            container.manifest, s.options);
-  plan.problems_from(std::move(fork.refused));
-  auto sections = s.sections();
-  auto staged = stage_sections<Format>(container, sections, plan);
-
-  // The lineage the run will have (the file's, plus this fork) must be one the scheduler can
-  // follow: checked here, before anything is applied.
-  Loaded loaded;
-  static_assert(std::is_same_v<std::tuple_element_t<0, decltype(sections)>, LoopSection> &&
-                std::is_same_v<std::tuple_element_t<1, decltype(sections)>, LineageSection>);
-  const auto& staged_loop = std::get<0>(staged).value;
-  const auto& staged_lineage = std::get<1>(staged).value;
-  if (staged_loop && staged_lineage) {
-    Lineage future = *staged_lineage;
-    if (!fork.changes.empty()) {
-      loaded.fork = fork_entry(std::move(fork.changes), path, staged_loop->global_step, staged_loop->epoch,
-                               container.manifest.fingerprint, s.fingerprint(Format::keel_name),
-                               s.options.schedule_extension());
-      future.entries.push_back(*loaded.fork);
-    }
-    plan.problems_from(schedule_problems(s.scheduler, future));
-  }
-  const std::string train_size = container.manifest.fact("train_size");
-  std::int64_t size = 0;
-  if (!train_size.empty() && !detail::parse_count(train_size, size))
-    plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
-  if (size > 0) loaded.train_size = size;
-
-  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems, fork.hint);
-  for (auto& line : machine_differences(container.manifest.facts))
-    plan.warnings.push_back(std::move(line));
-  for (const auto& line : plan.warnings) warn(path + ": " + line);
-  commit_sections<Format>(container, sections, staged);
-  return loaded;
+  const Fingerprint live = s.fingerprint(Format::keel_name);
+  auto fork = plan_fork<typename State::Optimizer, typename State::Scheduler>(live, container.manifest, s.options);
+  auto sections = SectionList::of<Format>(s.sections());
+  static_assert(std::is_same_v<std::tuple_element_t<0, decltype(s.sections())>, LoopSection> &&
+                std::is_same_v<std::tuple_element_t<1, decltype(s.sections())>, LineageSection>);
+  return detail::load_sections(sections, container, path, Format::keel_name, live, std::move(fork), s.options,
+                               [&](const Lineage& future) { return schedule_problems(s.scheduler, future); });
 }
 
 }  // namespace keel::state
@@ -10425,6 +10610,7 @@ void check_declarations(const State& s) {
 // every check passes before any tensor is copied.
 
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -10443,27 +10629,38 @@ void parse_named(const ckpt::Container& container, const std::string& path, cons
 }
 }  // namespace detail
 
-/// Starts `s` from `container`'s weights (and optimizer state), as TrainerOptions says; throws
-/// CheckpointError listing every problem, with `s` unchanged.
-template <class Format, class State>
-void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
-  const TrainerOptions& options = s.options;
+/// What a warm start does with a Trainer's components, without their types.
+struct WarmStartTarget {
+  torch::nn::Module& model;
+  Fingerprint live;  // the run's configuration (its optimizer's type and settings)
+  const TrainerOptions& options;
+  Lineage& lineage;
+  std::function<void(ModelState&)> parse_model;                  // the file's "model" section
+  std::function<void(optim::OptimizerState&)> parse_optimizer;   // and its "optimizer" section
+  std::function<std::vector<std::string>(const optim::OptimizerState&)> check_optimizer;
+  std::function<void(const optim::OptimizerState&)> take_optimizer_state;  // keeps this run's settings
+};
+
+namespace detail {
+/// The work of warm_start, compiled once whatever the Trainer type.
+inline void warm_start(WarmStartTarget& target, const ckpt::Container& container, const std::string& path,
+                       const std::string& format_name) {
+  const TrainerOptions& options = target.options;
   const bool with_optimizer = options.init_mode() == InitFrom::weights_and_optimizer;
   std::vector<std::string> problems;
-  if (container.manifest.format != Format::keel_name)
-    problems.push_back(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
-                       Format::keel_name);
+  if (container.manifest.format != format_name)
+    problems.push_back("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
 
   ModelState saved;
-  detail::parse_named<Format>(container, path, "model", saved);
-  auto fit = saved.fit(*s.model);  // the check a resume makes, and what does fit
+  target.parse_model(saved);
+  auto fit = saved.fit(target.model);  // the check a resume makes, and what does fit
   std::vector<std::string> skipped = std::move(fit.differences);
   if (options.init_strict())
     for (const auto& line : skipped) problems.push_back(line);
 
   optim::OptimizerState optimizer;
   if (with_optimizer) {
-    const Fingerprint live = s.fingerprint(Format::keel_name);
+    const Fingerprint& live = target.live;
     const auto* mine = live.find("optimizer.type");
     const auto* theirs = container.manifest.fingerprint.find("optimizer.type");
     if (!mine || !theirs || mine->second != theirs->second) {
@@ -10477,8 +10674,8 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
                          container.manifest.fingerprint.find("optimizer.amsgrad")->second + " and this run has " +
                          amsgrad->second + ": AMSGrad changes which state Adam keeps; use InitFrom::weights");
     } else {
-      detail::parse_named<Format>(container, path, "optimizer", optimizer);
-      for (auto& p : s.optimizer.check(optimizer)) problems.push_back(std::move(p));
+      target.parse_optimizer(optimizer);
+      for (auto& p : target.check_optimizer(optimizer)) problems.push_back(std::move(p));
     }
   }
   const bool tensors_differ = options.init_strict() && !skipped.empty();
@@ -10491,19 +10688,12 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
 
   {
     torch::NoGradGuard no_grad;
-    auto live_params = s.model->named_parameters(true);
+    auto live_params = target.model.named_parameters(true);
     for (const auto* item : fit.parameters) live_params[item->name].copy_(item->tensor);
-    auto live_buffers = s.model->named_buffers(true);
+    auto live_buffers = target.model.named_buffers(true);
     for (const auto* item : fit.buffers) live_buffers[item->name].copy_(item->tensor);
   }
-  if (with_optimizer) {
-    // The checkpoint's per-parameter state; this run's hyper-parameters and scheduled lr.
-    std::vector<double> lrs;
-    for (std::size_t g = 0; g < s.optimizer.group_count(); ++g) lrs.push_back(s.optimizer.lr(g));
-    s.optimizer.apply(optimizer);
-    if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) s.optimizer.reconfigure();
-    for (std::size_t g = 0; g < lrs.size(); ++g) s.optimizer.set_lr(g, lrs[g]);
-  }
+  if (with_optimizer) target.take_optimizer_state(optimizer);
 
   LineageEntry entry;
   entry.kind = LineageEntry::Kind::warm_start;
@@ -10516,7 +10706,31 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
   std::string message;
   for (const auto& line : entry.describe()) message += (message.empty() ? "" : "\n") + line;
   notice(message);
-  s.lineage.entries.push_back(std::move(entry));
+  target.lineage.entries.push_back(std::move(entry));
+}
+}  // namespace detail
+
+/// Starts `s` from `container`'s weights (and optimizer state), as TrainerOptions says; throws
+/// CheckpointError listing every problem, with `s` unchanged.
+template <class Format, class State>
+void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
+  WarmStartTarget target{
+      *s.model,
+      s.fingerprint(Format::keel_name),
+      s.options,
+      s.lineage,
+      [&](ModelState& saved) { detail::parse_named<Format>(container, path, "model", saved); },
+      [&](optim::OptimizerState& saved) { detail::parse_named<Format>(container, path, "optimizer", saved); },
+      [&](const optim::OptimizerState& saved) { return s.optimizer.check(saved); },
+      [&](const optim::OptimizerState& saved) {
+        // The checkpoint's per-parameter state; this run's hyper-parameters and scheduled lr.
+        std::vector<double> lrs;
+        for (std::size_t g = 0; g < s.optimizer.group_count(); ++g) lrs.push_back(s.optimizer.lr(g));
+        s.optimizer.apply(saved);
+        if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) s.optimizer.reconfigure();
+        for (std::size_t g = 0; g < lrs.size(); ++g) s.optimizer.set_lr(g, lrs[g]);
+      }};
+  detail::warm_start(target, container, path, Format::keel_name);
 }
 
 }  // namespace keel::state

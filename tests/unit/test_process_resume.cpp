@@ -213,15 +213,15 @@ TEST_CASE("a kill inside a gradient-accumulation window replays from the last op
 /// Every section of a checkpoint file that any keel checkpoint has, read offline.
 keel::state::SavedState saved_state(const fs::path& path) {
   keel::state::SavedState saved;
-  auto sections = saved.sections();
+  auto sections = keel::state::SectionList::of<keel::format::Binary>(saved.sections());
   keel::state::LoadPlan plan;
   const auto container = keel::ckpt::read_container(path);
-  auto staged = keel::state::stage_sections<keel::format::Binary>(container, sections, plan, /*offline=*/true);
+  sections.stage(container, plan, /*offline=*/true);
   std::string problems;
   for (const auto& p : plan.problems) problems += p + "\n";
   INFO(path.string(), ": ", problems);
   REQUIRE(plan.problems.empty());
-  keel::state::commit_sections<keel::format::Binary>(container, sections, staged);
+  sections.commit(container);
   return saved;
 }
 

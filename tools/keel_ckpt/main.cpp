@@ -42,9 +42,9 @@ struct Parsed {
 template <class Format>
 Parsed parse_as(const Container& container, std::vector<std::string>& problems) {
   Parsed parsed;
-  auto sections = parsed.state.sections();
-  auto staged = keel::state::stage_sections<Format>(container, sections, parsed.plan, /*offline=*/true);
-  keel::state::commit_sections<Format>(container, sections, staged);  // every section that parsed
+  auto sections = keel::state::SectionList::of<Format>(parsed.state.sections());
+  sections.stage(container, parsed.plan, /*offline=*/true);
+  sections.commit(container);  // every section that parsed
   for (const auto& p : parsed.plan.problems) problems.push_back(p);
   return parsed;
 }

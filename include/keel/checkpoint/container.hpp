@@ -25,6 +25,7 @@
 #include <cereal/types/vector.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <cstring>
 #include <istream>
 #include <limits>
@@ -109,8 +110,24 @@ class MemoryBuffer : public std::streambuf {
 };
 }  // namespace detail
 
+/// Where a checkpoint's sections go, one at a time: a file (ContainerWriter) or the state
+/// digest (DigestWriter). An interface rather than a template parameter, so that a Trainer's
+/// list of sections is compiled once for both.
+class SectionWriter {
+ public:
+  /// Produces a section's bytes.
+  using WriteBytes = std::function<void(std::ostream&)>;
+  virtual void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) = 0;
+
+ protected:
+  SectionWriter() = default;
+  SectionWriter(const SectionWriter&) = default;
+  SectionWriter& operator=(const SectionWriter&) = default;
+  ~SectionWriter() = default;
+};
+
 /// Writes a container into a HashingFileSink, section by section.
-class ContainerWriter {
+class ContainerWriter final : public SectionWriter {
  public:
   ContainerWriter(HashingFileSink& sink, std::string format_name, std::uint32_t format_id)
       : sink_(sink), stream_(&sink) {
@@ -127,8 +144,7 @@ class ContainerWriter {
   }
 
   /// Appends one section; `write(std::ostream&)` produces its bytes.
-  template <class Write>
-  void section(std::string name, std::string type, std::uint32_t version, Write&& write) {
+  void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     SectionInfo info{std::move(name), std::move(type), version, sink_.offset(), 0, 0};
     sink_.begin_section();
     write(stream_);

@@ -25,10 +25,9 @@ inline void digest_section(Hasher128& hasher, const std::string& name, const std
 }
 
 /// Hashes what a checkpoint would hold, section by section, without writing anything.
-class DigestWriter {
+class DigestWriter final : public SectionWriter {
  public:
-  template <class Write>
-  void section(const std::string& name, const std::string& type, std::uint32_t version, Write&& write) {
+  void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     SectionHasher buffer;
     std::ostream stream(&buffer);
     write(stream);

@@ -15,6 +15,7 @@
 #include <keel/version.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -52,8 +53,7 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
                          "learning rate or clip gradients");
   ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
     ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
-    auto sections = s.sections();
-    write_sections<Format>(writer, sections);
+    SectionList::of<Format>(s.sections()).write(writer);
     writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
   });
 }
@@ -62,8 +62,7 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
 template <class Format, class State>
 std::string state_digest(State& s) {
   ckpt::DigestWriter writer;
-  auto sections = s.sections();
-  write_sections<Format>(writer, sections);
+  SectionList::of<Format>(s.sections()).write(writer);
   return writer.hex();
 }
 
@@ -79,6 +78,47 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
   out = std::stoll(text);
   return true;
 }
+
+/// The part of load_checkpoint that needs no component type: stage every section, check the
+/// lineage the run will have (`schedule_problems`: whether the scheduler can follow it), then
+/// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).
+inline Loaded load_sections(SectionList& sections, const ckpt::Container& container, const std::string& path,
+                            const std::string& format_name, const Fingerprint& live, ForkPlan fork,
+                            const TrainerOptions& options,
+                            const std::function<std::vector<std::string>(const Lineage&)>& schedule_problems) {
+  LoadPlan plan;
+  if (container.manifest.format != format_name)
+    plan.problem("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
+  plan.problems_from(std::move(fork.refused));
+  sections.stage(container, plan);
+
+  // The lineage the run will have (the file's, plus this fork) must be one the scheduler can
+  // follow: checked here, before anything is applied.
+  Loaded loaded;
+  const LoopState* staged_loop = sections.staged<LoopState>(0);
+  const Lineage* staged_lineage = sections.staged<Lineage>(1);
+  if (staged_loop && staged_lineage) {
+    Lineage future = *staged_lineage;
+    if (!fork.changes.empty()) {
+      loaded.fork = fork_entry(std::move(fork.changes), path, staged_loop->global_step, staged_loop->epoch,
+                               container.manifest.fingerprint, live, options.schedule_extension());
+      future.entries.push_back(*loaded.fork);
+    }
+    plan.problems_from(schedule_problems(future));
+  }
+  const std::string train_size = container.manifest.fact("train_size");
+  std::int64_t size = 0;
+  if (!train_size.empty() && !parse_count(train_size, size))
+    plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
+  if (size > 0) loaded.train_size = size;
+
+  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems, fork.hint);
+  for (auto& line : machine_differences(container.manifest.facts))
+    plan.warnings.push_back(std::move(line));
+  for (const auto& line : plan.warnings) warn(path + ": " + line);
+  sections.commit(container);
+  return loaded;
+}
 }  // namespace detail
 
 /// Restores `s` from a verified container, or nothing: every section is parsed into a staging
@@ -88,45 +128,13 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 /// in Loaded::fork, for the caller to apply (apply_fork) once the state is loaded.
 template <class Format, class State>
 Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::string& path) {
-  LoadPlan plan;
-  if (container.manifest.format != Format::keel_name)
-    plan.problem(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
-                 Format::keel_name);
-  auto fork = plan_fork<typename State::Optimizer, typename State::Scheduler>(s.fingerprint(Format::keel_name),
-                                                                            container.manifest, s.options);
-  plan.problems_from(std::move(fork.refused));
-  auto sections = s.sections();
-  auto staged = stage_sections<Format>(container, sections, plan);
-
-  // The lineage the run will have (the file's, plus this fork) must be one the scheduler can
-  // follow: checked here, before anything is applied.
-  Loaded loaded;
-  static_assert(std::is_same_v<std::tuple_element_t<0, decltype(sections)>, LoopSection> &&
-                std::is_same_v<std::tuple_element_t<1, decltype(sections)>, LineageSection>);
-  const auto& staged_loop = std::get<0>(staged).value;
-  const auto& staged_lineage = std::get<1>(staged).value;
-  if (staged_loop && staged_lineage) {
-    Lineage future = *staged_lineage;
-    if (!fork.changes.empty()) {
-      loaded.fork = fork_entry(std::move(fork.changes), path, staged_loop->global_step, staged_loop->epoch,
-                               container.manifest.fingerprint, s.fingerprint(Format::keel_name),
-                               s.options.schedule_extension());
-      future.entries.push_back(*loaded.fork);
-    }
-    plan.problems_from(schedule_problems(s.scheduler, future));
-  }
-  const std::string train_size = container.manifest.fact("train_size");
-  std::int64_t size = 0;
-  if (!train_size.empty() && !detail::parse_count(train_size, size))
-    plan.problem("its manifest holds an invalid training set size '" + train_size + "'");
-  if (size > 0) loaded.train_size = size;
-
-  if (!plan.problems.empty()) throw CheckpointError(path, plan.problems, fork.hint);
-  for (auto& line : machine_differences(container.manifest.facts))
-    plan.warnings.push_back(std::move(line));
-  for (const auto& line : plan.warnings) warn(path + ": " + line);
-  commit_sections<Format>(container, sections, staged);
-  return loaded;
+  const Fingerprint live = s.fingerprint(Format::keel_name);
+  auto fork = plan_fork<typename State::Optimizer, typename State::Scheduler>(live, container.manifest, s.options);
+  auto sections = SectionList::of<Format>(s.sections());
+  static_assert(std::is_same_v<std::tuple_element_t<0, decltype(s.sections())>, LoopSection> &&
+                std::is_same_v<std::tuple_element_t<1, decltype(s.sections())>, LineageSection>);
+  return detail::load_sections(sections, container, path, Format::keel_name, live, std::move(fork), s.options,
+                               [&](const Lineage& future) { return schedule_problems(s.scheduler, future); });
 }
 
 }  // namespace keel::state

@@ -14,8 +14,9 @@
 //   present()               (optional) false: this configuration has no such section (written
 //                           and read by none)
 //
-// write_sections(), stage_sections() and commit_sections() iterate a tuple of entries; they
-// hold no knowledge of any particular section.
+// SectionList holds the entries behind one interface (SectionSlot), so that writing, staging
+// and committing are plain code compiled once, whatever the Trainer type; it holds no
+// knowledge of any particular section.
 
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/parse_section.hpp>
@@ -23,11 +24,14 @@
 #include <cereal/cereal.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <ostream>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -114,25 +118,6 @@ std::uint32_t layout_version_of(const T& component) {
   } else {
     return layout_version<T>();
   }
-}
-
-/// Appends every entry's section to `writer` (a ckpt::ContainerWriter, or a DigestWriter).
-template <class Format, class Writer, class Entries>
-void write_sections(Writer& writer, Entries& entries) {
-  std::apply(
-      [&](auto&... entry) {
-        auto one = [&](auto& e) {
-          if (!detail::is_present(e)) return;
-          const std::string name = e.name();
-          writer.section(name, e.type(), e.version(), [&](std::ostream& stream) {
-            const auto& value = e.capture();  // a reference, or a view of the live tensors
-            typename Format::output_archive archive(stream);
-            archive(cereal::make_nvp(name, value));
-          });
-        };
-        (one(entry), ...);
-      },
-      entries);
 }
 
 /// Finds the entry's section in the manifest, by its name or else by its legacy name.
@@ -232,45 +217,122 @@ auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPla
   return staged;
 }
 
-/// Stages every entry: a tuple with one Staged value per entry. A manifest section that no
-/// entry claims is a problem (a checkpoint of another Trainer composition), except `offline`,
-/// where it stays opaque (a user's callback).
-template <class Format, class Entries>
-auto stage_sections(const ckpt::Container& container, const Entries& entries, LoadPlan& plan, bool offline = false) {
-  auto staged = std::apply(
-      [&](const auto&... entry) { return std::make_tuple(stage_section<Format>(container, entry, plan, offline)...); },
-      entries);
-  if (!offline) {
-    for (const auto& s : container.manifest.sections) {
-      const bool claimed = std::apply(
-          [&](const auto&... entry) {
-            return ((detail::is_present(entry) &&
-                     (s.name == entry.name() || (!entry.legacy_name().empty() && s.name == entry.legacy_name()))) ||
-                    ... || false);
-          },
-          entries);
-      if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
-    }
-  }
-  return staged;
-}
+/// One entry of a section list behind an interface: what writing, staging and committing need,
+/// without the entry's type.
+class SectionSlot {
+ public:
+  virtual ~SectionSlot() = default;
+  /// Whether this configuration has the section (a keel::Optional callback switched off: no).
+  virtual bool present() const = 0;
+  /// Whether a manifest section of this name is this entry's (its name, or its legacy name).
+  virtual bool claims(const std::string& section_name) const = 0;
+  /// Appends the section to `writer` (when present).
+  virtual void write(ckpt::SectionWriter& writer) = 0;
+  /// Parses and checks the section into a staging value (stage_section); nothing live changes.
+  virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) = 0;
+  /// Applies the staged value, if any.
+  virtual void commit(const ckpt::Container& container) = 0;
+  /// The staged value (null when none) and its type.
+  virtual const void* staged_value() const = 0;
+  virtual const std::type_info& saved_type() const = 0;
+};
 
-/// Applies every staged value, in list order (random streams last). Call only when staging
-/// found no problem (offline: every section that parsed is applied).
-template <class Format, class Entries, class StagedTuple>
-void commit_sections(const ckpt::Container& container, Entries& entries, StagedTuple& staged) {
-  auto one = [&](auto& entry, auto& item) {
-    if (!item.value) return;
-    using Saved = std::decay_t<decltype(*item.value)>;
+/// The slot of one entry in a given checkpoint format.
+template <class Format, class Entry>
+class EntrySlot final : public SectionSlot {
+ public:
+  using Saved = std::decay_t<decltype(std::declval<const Entry&>().stage())>;
+
+  explicit EntrySlot(Entry entry) : entry_(std::move(entry)) {}
+
+  bool present() const override { return detail::is_present(entry_); }
+  bool claims(const std::string& section_name) const override {
+    if (!present()) return false;
+    const std::string legacy = entry_.legacy_name();
+    return section_name == entry_.name() || (!legacy.empty() && section_name == legacy);
+  }
+  void write(ckpt::SectionWriter& writer) override {
+    if (!present()) return;
+    const std::string name = entry_.name();
+    writer.section(name, entry_.type(), entry_.version(), [&](std::ostream& stream) {
+      const auto& value = entry_.capture();  // a reference, or a view of the live tensors
+      typename Format::output_archive archive(stream);
+      archive(cereal::make_nvp(name, value));
+    });
+  }
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) override {
+    staged_.reset();
+    staged_.emplace(stage_section<Format>(container, entry_, plan, offline));
+  }
+  void commit(const ckpt::Container& container) override {
+    if (!staged_ || !staged_->value) return;
     if constexpr (std::is_move_assignable_v<Saved>) {
-      entry.commit(std::move(*item.value));
+      entry_.commit(std::move(*staged_->value));
     } else {
       // Not assignable (a callback holding a reference, say): parse the bytes, which parsed
       // once already, straight into the live object.
-      ckpt::parse_section<Format>(container, *item.info, entry.live);
+      ckpt::parse_section<Format>(container, *staged_->info, entry_.live);
     }
-  };
-  std::apply([&](auto&... entry) { std::apply([&](auto&... item) { (one(entry, item), ...); }, staged); }, entries);
-}
+    staged_.reset();
+  }
+  const void* staged_value() const override { return staged_ && staged_->value ? &*staged_->value : nullptr; }
+  const std::type_info& saved_type() const override { return typeid(Saved); }
+
+ private:
+  Entry entry_;
+  std::optional<Staged<Saved>> staged_;  // (emplaced: a callback's value need not be assignable)
+};
+
+/// The entries of a checkpoint (keel/state/sections.hpp), in file order, each behind a slot.
+class SectionList {
+ public:
+  /// The list of `entries` (a tuple, as checkpoint_sections() returns it) in `Format`.
+  template <class Format, class Entries>
+  static SectionList of(Entries entries) {
+    SectionList list;
+    std::apply([&](auto&... entry) { (list.add<Format>(std::move(entry)), ...); }, entries);
+    return list;
+  }
+
+  /// Appends every present entry's section to `writer` (a ckpt::ContainerWriter, or a
+  /// DigestWriter).
+  void write(ckpt::SectionWriter& writer) {
+    for (auto& slot : slots_) slot->write(writer);
+  }
+
+  /// Stages every entry. A manifest section that no entry claims is a problem (a checkpoint of
+  /// another Trainer composition), except `offline`, where it stays opaque (a user's callback).
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline = false) {
+    for (auto& slot : slots_) slot->stage(container, plan, offline);
+    if (offline) return;
+    for (const auto& s : container.manifest.sections) {
+      bool claimed = false;
+      for (const auto& slot : slots_) claimed = claimed || slot->claims(s.name);
+      if (!claimed) plan.problem("unexpected section '" + s.name + "' (" + s.type + ") that this Trainer does not have");
+    }
+  }
+
+  /// Applies every staged value, in list order (random streams last). Call only when staging
+  /// found no problem (offline: every section that parsed is applied).
+  void commit(const ckpt::Container& container) {
+    for (auto& slot : slots_) slot->commit(container);
+  }
+
+  /// The staged value of entry `index`, of type Saved; null when that entry staged nothing.
+  template <class Saved>
+  const Saved* staged(std::size_t index) const {
+    const SectionSlot& slot = *slots_.at(index);
+    if (slot.saved_type() != typeid(Saved)) throw std::logic_error("keel: section list entry of another type");
+    return static_cast<const Saved*>(slot.staged_value());
+  }
+
+ private:
+  template <class Format, class Entry>
+  void add(Entry entry) {
+    slots_.push_back(std::make_unique<EntrySlot<Format, Entry>>(std::move(entry)));
+  }
+
+  std::vector<std::unique_ptr<SectionSlot>> slots_;
+};
 
 }  // namespace keel::state

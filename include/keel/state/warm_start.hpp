@@ -8,13 +8,16 @@
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/parse_section.hpp>
 #include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
 #include <keel/lineage.hpp>
 #include <keel/log.hpp>
 #include <keel/model_state.hpp>
 #include <keel/optim/torch_optimizer.hpp>
 #include <keel/state/checkpoint_io.hpp>
 #include <keel/state/fork.hpp>
+#include <keel/trainer_options.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,27 +36,38 @@ void parse_named(const ckpt::Container& container, const std::string& path, cons
 }
 }  // namespace detail
 
-/// Starts `s` from `container`'s weights (and optimizer state), as TrainerOptions says; throws
-/// CheckpointError listing every problem, with `s` unchanged.
-template <class Format, class State>
-void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
-  const TrainerOptions& options = s.options;
+/// What a warm start does with a Trainer's components, without their types.
+struct WarmStartTarget {
+  torch::nn::Module& model;
+  Fingerprint live;  // the run's configuration (its optimizer's type and settings)
+  const TrainerOptions& options;
+  Lineage& lineage;
+  std::function<void(ModelState&)> parse_model;                  // the file's "model" section
+  std::function<void(optim::OptimizerState&)> parse_optimizer;   // and its "optimizer" section
+  std::function<std::vector<std::string>(const optim::OptimizerState&)> check_optimizer;
+  std::function<void(const optim::OptimizerState&)> take_optimizer_state;  // keeps this run's settings
+};
+
+namespace detail {
+/// The work of warm_start, compiled once whatever the Trainer type.
+inline void warm_start(WarmStartTarget& target, const ckpt::Container& container, const std::string& path,
+                       const std::string& format_name) {
+  const TrainerOptions& options = target.options;
   const bool with_optimizer = options.init_mode() == InitFrom::weights_and_optimizer;
   std::vector<std::string> problems;
-  if (container.manifest.format != Format::keel_name)
-    problems.push_back(std::string("was written in format ") + container.manifest.format + " but this Trainer uses " +
-                       Format::keel_name);
+  if (container.manifest.format != format_name)
+    problems.push_back("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
 
   ModelState saved;
-  detail::parse_named<Format>(container, path, "model", saved);
-  auto fit = saved.fit(*s.model);  // the check a resume makes, and what does fit
+  target.parse_model(saved);
+  auto fit = saved.fit(target.model);  // the check a resume makes, and what does fit
   std::vector<std::string> skipped = std::move(fit.differences);
   if (options.init_strict())
     for (const auto& line : skipped) problems.push_back(line);
 
   optim::OptimizerState optimizer;
   if (with_optimizer) {
-    const Fingerprint live = s.fingerprint(Format::keel_name);
+    const Fingerprint& live = target.live;
     const auto* mine = live.find("optimizer.type");
     const auto* theirs = container.manifest.fingerprint.find("optimizer.type");
     if (!mine || !theirs || mine->second != theirs->second) {
@@ -67,8 +81,8 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
                          container.manifest.fingerprint.find("optimizer.amsgrad")->second + " and this run has " +
                          amsgrad->second + ": AMSGrad changes which state Adam keeps; use InitFrom::weights");
     } else {
-      detail::parse_named<Format>(container, path, "optimizer", optimizer);
-      for (auto& p : s.optimizer.check(optimizer)) problems.push_back(std::move(p));
+      target.parse_optimizer(optimizer);
+      for (auto& p : target.check_optimizer(optimizer)) problems.push_back(std::move(p));
     }
   }
   const bool tensors_differ = options.init_strict() && !skipped.empty();
@@ -81,19 +95,12 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
 
   {
     torch::NoGradGuard no_grad;
-    auto live_params = s.model->named_parameters(true);
+    auto live_params = target.model.named_parameters(true);
     for (const auto* item : fit.parameters) live_params[item->name].copy_(item->tensor);
-    auto live_buffers = s.model->named_buffers(true);
+    auto live_buffers = target.model.named_buffers(true);
     for (const auto* item : fit.buffers) live_buffers[item->name].copy_(item->tensor);
   }
-  if (with_optimizer) {
-    // The checkpoint's per-parameter state; this run's hyper-parameters and scheduled lr.
-    std::vector<double> lrs;
-    for (std::size_t g = 0; g < s.optimizer.group_count(); ++g) lrs.push_back(s.optimizer.lr(g));
-    s.optimizer.apply(optimizer);
-    if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) s.optimizer.reconfigure();
-    for (std::size_t g = 0; g < lrs.size(); ++g) s.optimizer.set_lr(g, lrs[g]);
-  }
+  if (with_optimizer) target.take_optimizer_state(optimizer);
 
   LineageEntry entry;
   entry.kind = LineageEntry::Kind::warm_start;
@@ -106,7 +113,31 @@ void warm_start(State& s, const ckpt::Container& container, const std::string& p
   std::string message;
   for (const auto& line : entry.describe()) message += (message.empty() ? "" : "\n") + line;
   notice(message);
-  s.lineage.entries.push_back(std::move(entry));
+  target.lineage.entries.push_back(std::move(entry));
+}
+}  // namespace detail
+
+/// Starts `s` from `container`'s weights (and optimizer state), as TrainerOptions says; throws
+/// CheckpointError listing every problem, with `s` unchanged.
+template <class Format, class State>
+void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
+  WarmStartTarget target{
+      *s.model,
+      s.fingerprint(Format::keel_name),
+      s.options,
+      s.lineage,
+      [&](ModelState& saved) { detail::parse_named<Format>(container, path, "model", saved); },
+      [&](optim::OptimizerState& saved) { detail::parse_named<Format>(container, path, "optimizer", saved); },
+      [&](const optim::OptimizerState& saved) { return s.optimizer.check(saved); },
+      [&](const optim::OptimizerState& saved) {
+        // The checkpoint's per-parameter state; this run's hyper-parameters and scheduled lr.
+        std::vector<double> lrs;
+        for (std::size_t g = 0; g < s.optimizer.group_count(); ++g) lrs.push_back(s.optimizer.lr(g));
+        s.optimizer.apply(saved);
+        if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) s.optimizer.reconfigure();
+        for (std::size_t g = 0; g < lrs.size(); ++g) s.optimizer.set_lr(g, lrs[g]);
+      }};
+  detail::warm_start(target, container, path, Format::keel_name);
 }
 
 }  // namespace keel::state
