@@ -4,6 +4,7 @@
 // optimizer's and the scheduler's options, the optimizer's param groups, and callback objects. Anything left out is
 // default-constructed, or refused with a message saying what to pass.
 
+#include <keel/detail/type_count.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
 #include <keel/optim/param_groups.hpp>
@@ -28,7 +29,7 @@ template <class T, class Tuple>
 struct index_in_tuple;
 template <class T, class... Ts>
 struct index_in_tuple<T, std::tuple<Ts...>> {
-  static constexpr std::size_t count = (std::size_t{0} + ... + (std::is_same_v<T, Ts> ? 1 : 0));
+  static constexpr std::size_t count = type_count<T, Ts...>;
   static constexpr std::size_t value = [] {
     std::size_t i = 0;
     static_cast<void>(((std::is_same_v<T, Ts> ? false : (++i, true)) && ...));

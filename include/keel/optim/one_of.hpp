@@ -14,6 +14,7 @@
 // (keel's own and those of keel/optim/torch_optimizer.hpp's recipe) and keep all of their state
 // in state(): one that adds members of its own is refused at compile time.
 
+#include <keel/detail/type_count.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
@@ -30,15 +31,10 @@
 
 namespace keel::optim {
 
-namespace detail {
-template <class T, class... Ts>
-inline constexpr bool appears_once = (0 + ... + static_cast<int>(std::is_same_v<T, Ts>)) == 1;
-}  // namespace detail
-
 template <class... Policies>
 class OneOf {
   static_assert(sizeof...(Policies) > 0, "keel::optim::OneOf needs at least one optimizer policy");
-  static_assert((detail::appears_once<typename Policies::Options, typename Policies::Options...> && ...),
+  static_assert(((keel::detail::type_count<typename Policies::Options, typename Policies::Options...> == 1) && ...),
                 "keel::optim::OneOf: two policies take the same Options type, so the options cannot say which "
                 "policy they choose");
 

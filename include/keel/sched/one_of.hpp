@@ -13,6 +13,7 @@
 // schedule extensions of a fork.
 
 #include <keel/context.hpp>
+#include <keel/detail/type_count.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
@@ -32,8 +33,6 @@
 namespace keel::sched {
 
 namespace detail {
-template <class T, class... Ts>
-inline constexpr bool options_appear_once = (0 + ... + static_cast<int>(std::is_same_v<T, Ts>)) == 1;
 
 #define KEEL_SCHED_DETECT(trait, expression)                                   \
   template <class T, class = void>                                             \
@@ -50,7 +49,7 @@ KEEL_SCHED_DETECT(has_follow, std::declval<T&>().follow(std::declval<const Linea
 template <class... Schedulers>
 class OneOf {
   static_assert(sizeof...(Schedulers) > 0, "keel::sched::OneOf needs at least one scheduler policy");
-  static_assert((detail::options_appear_once<typename Schedulers::Options, typename Schedulers::Options...> && ...),
+  static_assert(((keel::detail::type_count<typename Schedulers::Options, typename Schedulers::Options...> == 1) && ...),
                 "keel::sched::OneOf: two schedulers take the same Options type, so the options cannot say which "
                 "scheduler they choose");
 
