@@ -2,7 +2,9 @@
 # Compile times of keel's Trainer (-O2, C++17, no ccache), with g++ and clang++, each the median
 # of REPEATS runs:
 #   1. a TU that only includes LibTorch, a TU with one full Trainer (bench/compile_time_trainer.cpp),
-#      and one with a second Trainer type beside it (bench/compile_time_two_trainers.cpp);
+#      and the same with a second Trainer type beside it: one with the same optimizer, scheduler
+#      and format but another model and callbacks (bench/compile_time_same_policies.cpp), and one
+#      with other policies throughout (bench/compile_time_two_trainers.cpp);
 #   2. the two remedies for a program with many TUs: a precompiled header of LibTorch and keel
 #      (bench/compile_time_pch.hpp: built once, then the Trainer TU with it), and `extern template`
 #      (bench/compile_time_extern.hpp: the TU that uses the Trainer, and the one file that
@@ -28,6 +30,25 @@ median_seconds() {  # COMPILER ARGS...: compiles REPEATS times, prints the media
   done
   printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((repeats + 1) / 2))p"
 }
+# COMPILER SOURCE...: compiles the sources in turn, REPEATS rounds (interleaved, so that the
+# host's drift over minutes touches each alike), and prints each source's median wall time.
+interleaved_medians() {
+  local compiler=$1
+  shift
+  local -A times=()
+  for ((i = 0; i < repeats; ++i)); do
+    for source in "$@"; do
+      local start end
+      start=$(date +%s.%N)
+      compile "$compiler" "$source"
+      end=$(date +%s.%N)
+      times[$source]+="$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }') "
+    done
+  done
+  for source in "$@"; do
+    printf '%s\n' ${times[$source]} | sort -n | sed -n "$(((repeats + 1) / 2))p"
+  done
+}
 compile() {  # COMPILER SOURCE [EXTRA...]: one TU to an object in the work directory
   local compiler=$1 source=$2
   shift 2
@@ -37,15 +58,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 declare -A trainer
 if [[ $tables != remedies ]]; then
-echo "| compiler | <torch/torch.h> only (s) | one Trainer (s) | ratio | two Trainer types (s) | the second type (s) |"
+echo "| compiler | <torch/torch.h> only (s) | one Trainer (s) | ratio | a second type, same policies (s) | a second type, other policies (s) |"
 echo "|---|---|---|---|---|---|"
 for compiler in g++ clang++; do
-  base=$(median_seconds compile "$compiler" bench/compile_time_torch.cpp)
-  one=$(median_seconds compile "$compiler" bench/compile_time_trainer.cpp)
-  two=$(median_seconds compile "$compiler" bench/compile_time_two_trainers.cpp)
+  interleaved_medians "$compiler" bench/compile_time_torch.cpp bench/compile_time_trainer.cpp \
+    bench/compile_time_same_policies.cpp bench/compile_time_two_trainers.cpp >"$work/medians"
+  { read -r base; read -r one; read -r same; read -r other; } <"$work/medians"
   trainer[$compiler]=$one
-  printf '| %s | %.1f | %.1f | %s | %.1f | %.1f |\n' "$compiler" "$base" "$one" "$(ratio "$one" "$base")" "$two" \
-    "$(awk -v a="$two" -v b="$one" 'BEGIN { print a - b }')"
+  printf '| %s | %.1f | %.1f | %s | +%.1f | +%.1f |\n' "$compiler" "$base" "$one" "$(ratio "$one" "$base")" \
+    "$(awk -v a="$same" -v b="$one" 'BEGIN { print a - b }')" "$(awk -v a="$other" -v b="$one" 'BEGIN { print a - b }')"
 done
 fi
 [[ $tables == trainers ]] && exit 0

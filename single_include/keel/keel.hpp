@@ -2398,9 +2398,9 @@ class OptimizerBook {
           fingerprint.add(prefix + "group." + group_names_[g] + "." + defaults[i].first, configured_[g][i].second);
   }
 
-  /// The live parameter that the saved `state` belongs to (check() found it), and a copy of
-  /// the state with its tensors on that parameter's device.
+  /// The live parameter of this name (check() found it there).
   const torch::Tensor& param(const std::string& name) const { return params_[name]; }
+  /// A copy of a parameter's saved state with its tensors on that parameter's device.
   static ParamState on_device_of(const ParamState& state, const torch::Tensor& param) {
     ParamState moved = state;
     for (auto& item : moved.tensors)
@@ -3372,6 +3372,21 @@ class Adagrad : public TorchOptimizer<AdagradTraits> {
 // in state(): one that adds members of its own is refused at compile time.
 
 
+// ---- keel/detail/type_count.hpp ----
+// How many times a type appears in a list of types: the one fold behind "each Options type
+// once" (keel::optim::OneOf, keel::sched::OneOf) and "a callback type once" (the Trainer's
+// constructor arguments).
+
+#include <cstddef>
+#include <type_traits>
+
+namespace keel::detail {
+
+template <class T, class... Ts>
+inline constexpr std::size_t type_count = (std::size_t{0} + ... + (std::is_same_v<T, Ts> ? 1 : 0));
+
+}  // namespace keel::detail
+
 // ---- keel/detail/type_name.hpp ----
 // Readable type names for checkpoint manifests and fingerprints. g++ and clang++ share the
 // Itanium ABI on Linux, so a name written by one is read back identically by the other.
@@ -3447,15 +3462,10 @@ std::string component_name_of(const T& component) {
 
 namespace keel::optim {
 
-namespace detail {
-template <class T, class... Ts>
-inline constexpr bool appears_once = (0 + ... + static_cast<int>(std::is_same_v<T, Ts>)) == 1;
-}  // namespace detail
-
 template <class... Policies>
 class OneOf {
   static_assert(sizeof...(Policies) > 0, "keel::optim::OneOf needs at least one optimizer policy");
-  static_assert((detail::appears_once<typename Policies::Options, typename Policies::Options...> && ...),
+  static_assert(((keel::detail::type_count<typename Policies::Options, typename Policies::Options...> == 1) && ...),
                 "keel::optim::OneOf: two policies take the same Options type, so the options cannot say which "
                 "policy they choose");
 
@@ -5189,8 +5199,8 @@ inline std::vector<char> read_file(const fs::path& path) {
 #include <cereal/types/vector.hpp>
 
 #include <cstdint>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <istream>
 #include <limits>
 #include <optional>
@@ -5758,7 +5768,7 @@ class SectionSlot {
   virtual void write(ckpt::SectionWriter& writer) = 0;
   /// Parses and checks the section into a staging value (stage_section); nothing live changes.
   virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) = 0;
-  /// Applies the staged value, if any.
+  /// Applies the staged value, if any, and lets go of it.
   virtual void commit(const ckpt::Container& container) = 0;
   /// The staged value (null when none) and its type.
   virtual const void* staged_value() const = 0;
@@ -5878,8 +5888,6 @@ class SectionList {
 namespace keel::sched {
 
 namespace detail {
-template <class T, class... Ts>
-inline constexpr bool options_appear_once = (0 + ... + static_cast<int>(std::is_same_v<T, Ts>)) == 1;
 
 #define KEEL_SCHED_DETECT(trait, expression)                                   \
   template <class T, class = void>                                             \
@@ -5896,7 +5904,7 @@ KEEL_SCHED_DETECT(has_follow, std::declval<T&>().follow(std::declval<const Linea
 template <class... Schedulers>
 class OneOf {
   static_assert(sizeof...(Schedulers) > 0, "keel::sched::OneOf needs at least one scheduler policy");
-  static_assert((detail::options_appear_once<typename Schedulers::Options, typename Schedulers::Options...> && ...),
+  static_assert(((keel::detail::type_count<typename Schedulers::Options, typename Schedulers::Options...> == 1) && ...),
                 "keel::sched::OneOf: two schedulers take the same Options type, so the options cannot say which "
                 "scheduler they choose");
 
@@ -9035,7 +9043,7 @@ template <class T, class Tuple>
 struct index_in_tuple;
 template <class T, class... Ts>
 struct index_in_tuple<T, std::tuple<Ts...>> {
-  static constexpr std::size_t count = (std::size_t{0} + ... + (std::is_same_v<T, Ts> ? 1 : 0));
+  static constexpr std::size_t count = type_count<T, Ts...>;
   static constexpr std::size_t value = [] {
     std::size_t i = 0;
     static_cast<void>(((std::is_same_v<T, Ts> ? false : (++i, true)) && ...));
@@ -9624,12 +9632,12 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 }
 
 /// The part of load_checkpoint that needs no component type: stage every section, check the
-/// lineage the run will have (`schedule_problems`: whether the scheduler can follow it), then
+/// lineage the run will have (`scheduler_problems`: whether the scheduler can follow it), then
 /// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).
 inline Loaded load_sections(SectionList& sections, const ckpt::Container& container, const std::string& path,
                             const std::string& format_name, const Fingerprint& live, ForkPlan fork,
                             const TrainerOptions& options,
-                            const std::function<std::vector<std::string>(const Lineage&)>& schedule_problems) {
+                            const std::function<std::vector<std::string>(const Lineage&)>& scheduler_problems) {
   LoadPlan plan;
   if (container.manifest.format != format_name)
     plan.problem("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
@@ -9648,7 +9656,7 @@ inline Loaded load_sections(SectionList& sections, const ckpt::Container& contai
                                container.manifest.fingerprint, live, options.schedule_extension());
       future.entries.push_back(*loaded.fork);
     }
-    plan.problems_from(schedule_problems(future));
+    plan.problems_from(scheduler_problems(future));
   }
   const std::string train_size = container.manifest.fact("train_size");
   std::int64_t size = 0;
@@ -10430,6 +10438,35 @@ struct names_groups<T, std::void_t<decltype(std::string(std::declval<const T&>()
     : std::true_type {};
 }  // namespace detail
 
+/// The options that must match for a resume: the data order's, the loop's settings that change
+/// the results (recorded only when set, so that files of runs without them keep resuming), and
+/// the user's own configuration.
+inline void describe_options(Fingerprint& f, const TrainerOptions& options) {
+  f.add("data.batch_size", options.batch_size());
+  f.add("data.accumulate", options.accumulate());
+  f.add("data.shuffle", options.shuffle());
+  f.add("data.drop_last", options.drop_last());
+  f.add("data.seed", options.seed());
+  if (options.precision() != Precision::fp32) f.add("loop.precision", precision_name(options.precision()));
+  if (options.deterministic()) f.add("loop.deterministic", true);  // on CUDA it selects other cuBLAS kernels
+  if (options.clip_grad_norm() > 0.0) {
+    f.add("loop.clip_grad_norm", options.clip_grad_norm());
+    f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
+  }
+  if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
+  if (options.scales_loss()) {
+    const LossScaling scaling = options.loss_scaling_or_default();
+    f.add("loop.loss_scaling.init_scale", scaling.init_scale());
+    f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
+    f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
+    f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
+    f.add("loop.loss_scaling.max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
+  }
+  if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
+  if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
+  for (const auto& [key, value] : options.config()) f.add("user." + key, value);
+}
+
 template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
 class TrainState {
  public:
@@ -10521,31 +10558,7 @@ class TrainState {
         callbacks);
     f.add("callbacks", names);
     describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
-    f.add("data.batch_size", options.batch_size());
-    f.add("data.accumulate", options.accumulate());
-    f.add("data.shuffle", options.shuffle());
-    f.add("data.drop_last", options.drop_last());
-    f.add("data.seed", options.seed());
-    // Loop settings that change the results, recorded only when set (files of runs without
-    // them keep resuming).
-    if (options.precision() != Precision::fp32) f.add("loop.precision", precision_name(options.precision()));
-    if (options.deterministic()) f.add("loop.deterministic", true);  // on CUDA it selects other cuBLAS kernels
-    if (options.clip_grad_norm() > 0.0) {
-      f.add("loop.clip_grad_norm", options.clip_grad_norm());
-      f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
-    }
-    if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
-    if (options.scales_loss()) {
-      const LossScaling scaling = options.loss_scaling_or_default();
-      f.add("loop.loss_scaling.init_scale", scaling.init_scale());
-      f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
-      f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
-      f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
-      f.add("loop.loss_scaling.max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
-    }
-    if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
-    if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
-    for (const auto& [key, value] : options.config()) f.add("user." + key, value);
+    describe_options(f, options);
     return f;
   }
 
@@ -10629,10 +10642,12 @@ void parse_named(const ckpt::Container& container, const std::string& path, cons
 }
 }  // namespace detail
 
-/// What a warm start does with a Trainer's components, without their types.
+namespace detail {
+/// What a warm start does with a Trainer's components, without their types. It holds
+/// references and lambdas over the caller's locals: it lives only for one warm_start call.
 struct WarmStartTarget {
   torch::nn::Module& model;
-  Fingerprint live;  // the run's configuration (its optimizer's type and settings)
+  std::function<Fingerprint()> live;  // the run's configuration (its optimizer's type and settings)
   const TrainerOptions& options;
   Lineage& lineage;
   std::function<void(ModelState&)> parse_model;                  // the file's "model" section
@@ -10641,7 +10656,6 @@ struct WarmStartTarget {
   std::function<void(const optim::OptimizerState&)> take_optimizer_state;  // keeps this run's settings
 };
 
-namespace detail {
 /// The work of warm_start, compiled once whatever the Trainer type.
 inline void warm_start(WarmStartTarget& target, const ckpt::Container& container, const std::string& path,
                        const std::string& format_name) {
@@ -10660,7 +10674,7 @@ inline void warm_start(WarmStartTarget& target, const ckpt::Container& container
 
   optim::OptimizerState optimizer;
   if (with_optimizer) {
-    const Fingerprint& live = target.live;
+    const Fingerprint live = target.live();  // (user code: each callback's describe())
     const auto* mine = live.find("optimizer.type");
     const auto* theirs = container.manifest.fingerprint.find("optimizer.type");
     if (!mine || !theirs || mine->second != theirs->second) {
@@ -10714,9 +10728,9 @@ inline void warm_start(WarmStartTarget& target, const ckpt::Container& container
 /// CheckpointError listing every problem, with `s` unchanged.
 template <class Format, class State>
 void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
-  WarmStartTarget target{
+  detail::WarmStartTarget target{
       *s.model,
-      s.fingerprint(Format::keel_name),
+      [&] { return s.fingerprint(Format::keel_name); },
       s.options,
       s.lineage,
       [&](ModelState& saved) { detail::parse_named<Format>(container, path, "model", saved); },

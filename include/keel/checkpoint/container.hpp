@@ -25,8 +25,8 @@
 #include <cereal/types/vector.hpp>
 
 #include <cstdint>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <istream>
 #include <limits>
 #include <optional>

@@ -311,9 +311,9 @@ class OptimizerBook {
           fingerprint.add(prefix + "group." + group_names_[g] + "." + defaults[i].first, configured_[g][i].second);
   }
 
-  /// The live parameter that the saved `state` belongs to (check() found it), and a copy of
-  /// the state with its tensors on that parameter's device.
+  /// The live parameter of this name (check() found it there).
   const torch::Tensor& param(const std::string& name) const { return params_[name]; }
+  /// A copy of a parameter's saved state with its tensors on that parameter's device.
   static ParamState on_device_of(const ParamState& state, const torch::Tensor& param) {
     ParamState moved = state;
     for (auto& item : moved.tensors)

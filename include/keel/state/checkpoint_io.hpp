@@ -80,12 +80,12 @@ inline bool parse_count(const std::string& text, std::int64_t& out) {
 }
 
 /// The part of load_checkpoint that needs no component type: stage every section, check the
-/// lineage the run will have (`schedule_problems`: whether the scheduler can follow it), then
+/// lineage the run will have (`scheduler_problems`: whether the scheduler can follow it), then
 /// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).
 inline Loaded load_sections(SectionList& sections, const ckpt::Container& container, const std::string& path,
                             const std::string& format_name, const Fingerprint& live, ForkPlan fork,
                             const TrainerOptions& options,
-                            const std::function<std::vector<std::string>(const Lineage&)>& schedule_problems) {
+                            const std::function<std::vector<std::string>(const Lineage&)>& scheduler_problems) {
   LoadPlan plan;
   if (container.manifest.format != format_name)
     plan.problem("was written in format " + container.manifest.format + " but this Trainer uses " + format_name);
@@ -104,7 +104,7 @@ inline Loaded load_sections(SectionList& sections, const ckpt::Container& contai
                                container.manifest.fingerprint, live, options.schedule_extension());
       future.entries.push_back(*loaded.fork);
     }
-    plan.problems_from(schedule_problems(future));
+    plan.problems_from(scheduler_problems(future));
   }
   const std::string train_size = container.manifest.fact("train_size");
   std::int64_t size = 0;

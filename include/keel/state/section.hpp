@@ -230,7 +230,7 @@ class SectionSlot {
   virtual void write(ckpt::SectionWriter& writer) = 0;
   /// Parses and checks the section into a staging value (stage_section); nothing live changes.
   virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) = 0;
-  /// Applies the staged value, if any.
+  /// Applies the staged value, if any, and lets go of it.
   virtual void commit(const ckpt::Container& container) = 0;
   /// The staged value (null when none) and its type.
   virtual const void* staged_value() const = 0;

@@ -34,6 +34,35 @@ struct names_groups<T, std::void_t<decltype(std::string(std::declval<const T&>()
     : std::true_type {};
 }  // namespace detail
 
+/// The options that must match for a resume: the data order's, the loop's settings that change
+/// the results (recorded only when set, so that files of runs without them keep resuming), and
+/// the user's own configuration.
+inline void describe_options(Fingerprint& f, const TrainerOptions& options) {
+  f.add("data.batch_size", options.batch_size());
+  f.add("data.accumulate", options.accumulate());
+  f.add("data.shuffle", options.shuffle());
+  f.add("data.drop_last", options.drop_last());
+  f.add("data.seed", options.seed());
+  if (options.precision() != Precision::fp32) f.add("loop.precision", precision_name(options.precision()));
+  if (options.deterministic()) f.add("loop.deterministic", true);  // on CUDA it selects other cuBLAS kernels
+  if (options.clip_grad_norm() > 0.0) {
+    f.add("loop.clip_grad_norm", options.clip_grad_norm());
+    f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
+  }
+  if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
+  if (options.scales_loss()) {
+    const LossScaling scaling = options.loss_scaling_or_default();
+    f.add("loop.loss_scaling.init_scale", scaling.init_scale());
+    f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
+    f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
+    f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
+    f.add("loop.loss_scaling.max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
+  }
+  if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
+  if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
+  for (const auto& [key, value] : options.config()) f.add("user." + key, value);
+}
+
 template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
 class TrainState {
  public:
@@ -125,31 +154,7 @@ class TrainState {
         callbacks);
     f.add("callbacks", names);
     describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
-    f.add("data.batch_size", options.batch_size());
-    f.add("data.accumulate", options.accumulate());
-    f.add("data.shuffle", options.shuffle());
-    f.add("data.drop_last", options.drop_last());
-    f.add("data.seed", options.seed());
-    // Loop settings that change the results, recorded only when set (files of runs without
-    // them keep resuming).
-    if (options.precision() != Precision::fp32) f.add("loop.precision", precision_name(options.precision()));
-    if (options.deterministic()) f.add("loop.deterministic", true);  // on CUDA it selects other cuBLAS kernels
-    if (options.clip_grad_norm() > 0.0) {
-      f.add("loop.clip_grad_norm", options.clip_grad_norm());
-      f.add("loop.clip_grad_norm_type", options.clip_grad_norm_type());
-    }
-    if (options.clip_grad_value() > 0.0) f.add("loop.clip_grad_value", options.clip_grad_value());
-    if (options.scales_loss()) {
-      const LossScaling scaling = options.loss_scaling_or_default();
-      f.add("loop.loss_scaling.init_scale", scaling.init_scale());
-      f.add("loop.loss_scaling.growth_factor", scaling.growth_factor());
-      f.add("loop.loss_scaling.growth_interval", scaling.growth_interval());
-      f.add("loop.loss_scaling.backoff_factor", scaling.backoff_factor());
-      f.add("loop.loss_scaling.max_backoffs_in_a_row", scaling.max_backoffs_in_a_row());
-    }
-    if (options.validate_every_steps() > 0) f.add("loop.validate_every_steps", options.validate_every_steps());
-    if (options.validate_every_epochs() != 1) f.add("loop.validate_every_epochs", options.validate_every_epochs());
-    for (const auto& [key, value] : options.config()) f.add("user." + key, value);
+    describe_options(f, options);
     return f;
   }
 

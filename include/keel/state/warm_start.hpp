@@ -36,10 +36,12 @@ void parse_named(const ckpt::Container& container, const std::string& path, cons
 }
 }  // namespace detail
 
-/// What a warm start does with a Trainer's components, without their types.
+namespace detail {
+/// What a warm start does with a Trainer's components, without their types. It holds
+/// references and lambdas over the caller's locals: it lives only for one warm_start call.
 struct WarmStartTarget {
   torch::nn::Module& model;
-  Fingerprint live;  // the run's configuration (its optimizer's type and settings)
+  std::function<Fingerprint()> live;  // the run's configuration (its optimizer's type and settings)
   const TrainerOptions& options;
   Lineage& lineage;
   std::function<void(ModelState&)> parse_model;                  // the file's "model" section
@@ -48,7 +50,6 @@ struct WarmStartTarget {
   std::function<void(const optim::OptimizerState&)> take_optimizer_state;  // keeps this run's settings
 };
 
-namespace detail {
 /// The work of warm_start, compiled once whatever the Trainer type.
 inline void warm_start(WarmStartTarget& target, const ckpt::Container& container, const std::string& path,
                        const std::string& format_name) {
@@ -67,7 +68,7 @@ inline void warm_start(WarmStartTarget& target, const ckpt::Container& container
 
   optim::OptimizerState optimizer;
   if (with_optimizer) {
-    const Fingerprint& live = target.live;
+    const Fingerprint live = target.live();  // (user code: each callback's describe())
     const auto* mine = live.find("optimizer.type");
     const auto* theirs = container.manifest.fingerprint.find("optimizer.type");
     if (!mine || !theirs || mine->second != theirs->second) {
@@ -121,9 +122,9 @@ inline void warm_start(WarmStartTarget& target, const ckpt::Container& container
 /// CheckpointError listing every problem, with `s` unchanged.
 template <class Format, class State>
 void warm_start(State& s, const ckpt::Container& container, const std::string& path) {
-  WarmStartTarget target{
+  detail::WarmStartTarget target{
       *s.model,
-      s.fingerprint(Format::keel_name),
+      [&] { return s.fingerprint(Format::keel_name); },
       s.options,
       s.lineage,
       [&](ModelState& saved) { detail::parse_named<Format>(container, path, "model", saved); },
