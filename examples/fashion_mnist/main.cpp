@@ -54,6 +54,7 @@ struct Flags {
   int workers = 2;
   bool augment = false;
   bool continue_on_save_error = false;
+  bool async_save = false;
   std::string optimizer = "adamw";
   double momentum = 0.9;  // SGD's and RMSprop's
   double weight_decay = 1e-4;
@@ -170,6 +171,7 @@ int train(const Flags& flags) {
                       .validation_batch_size(1000)
                       .workers(flags.workers)
                       .continue_on_save_error(flags.continue_on_save_error)
+                      .async_save(flags.async_save)
                       .config("model", flags.model)
                       .config("mlp_hidden", std::to_string(flags.mlp_hidden))
                       .config("augment", flags.augment ? "on" : "off")
@@ -255,6 +257,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--continue-on-save-error", flags.continue_on_save_error,
                "when a checkpoint cannot be written (disk full...), warn and retry at the next save");
+  app.add_flag("--async-save", flags.async_save,
+               "write checkpoints on a thread of their own while training continues (same files)");
   app.add_flag("--augment", flags.augment, "random shifts by up to 2 pixels and left-right flips");
   app.add_option("--log-every", flags.log_every, "log a row (and, off a terminal, print a line) every N steps")
       ->capture_default_str()

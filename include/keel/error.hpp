@@ -51,6 +51,17 @@ class CheckpointError : public Error {
   std::vector<std::string> problems_;
 };
 
+/// A load that failed after every check had passed, while it read the tensors it had left in
+/// the file into place (an I/O error, or the file changed on disk meanwhile): the state is
+/// partly from the checkpoint. The Trainer refuses to train or save until a load succeeds.
+class IncompleteLoadError : public CheckpointError {
+ public:
+  IncompleteLoadError(std::string path, const std::string& reason)
+      : CheckpointError(std::move(path), {"could not be read to the end after every check had passed (" + reason + ")"},
+                        "The Trainer's state is now partly from this checkpoint: load a checkpoint again (this one, "
+                        "once it reads, or another), or construct a new Trainer.") {}
+};
+
 // Also keel::Error, declared beside what throws them: ckpt::IoError (a checkpoint cannot be
 // written, status 4), Interrupted (a stop signal, 128 + signal), data::LoadError (a sample
 // cannot be loaded, 1).

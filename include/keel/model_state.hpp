@@ -71,12 +71,13 @@ struct ModelState {
   std::vector<std::string> check(const torch::nn::Module& module) const { return fit(module).differences; }
 
   /// Copies the values into the module (onto its device); call only after check() passed.
+  /// Tensors a load left in the file are read straight into the module's (ckpt::copy_into).
   void apply(torch::nn::Module& module) const {
     torch::NoGradGuard no_grad;
     auto params = module.named_parameters(true);
-    for (const auto& item : parameters) params[item.name].copy_(item.tensor);
+    for (const auto& item : parameters) ckpt::copy_into(params[item.name], item.tensor);
     auto bufs = module.named_buffers(true);
-    for (const auto& item : buffers) bufs[item.name].copy_(item.tensor);
+    for (const auto& item : buffers) ckpt::copy_into(bufs[item.name], item.tensor);
   }
 
   template <class Archive>

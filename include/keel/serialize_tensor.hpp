@@ -4,6 +4,7 @@
 // them in base64). Reading validates the shape before allocating anything.
 
 #include <keel/checkpoint/bounded_archive.hpp>
+#include <keel/checkpoint/deferred_tensor.hpp>
 #include <keel/error.hpp>
 
 #include <cereal/cereal.hpp>
@@ -16,6 +17,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace keel {
@@ -159,6 +161,16 @@ void load(Archive& archive, at::Tensor& tensor) {
     if (bytes > archive.remaining())
       throw std::runtime_error("tensor shape " + keel::shape_string(shape) + " needs " + std::to_string(bytes) +
                                " bytes but only " + std::to_string(archive.remaining()) + " are left");
+  }
+  if constexpr (std::is_same_v<Archive, keel::ckpt::BoundedInputArchive>) {
+    // Large tensors of a load stay in the file until applied (deferred_tensor.hpp). Not bool:
+    // its bytes are checked here, before anything is applied.
+    if (type != at::kBool && archive.defers(bytes)) {
+      tensor = keel::ckpt::deferred_tensor(archive.deferral_source(), archive.position(), bytes, type, shape,
+                                           archive.swaps_bytes());
+      archive.skip(bytes);
+      return;
+    }
   }
   at::Tensor result = at::empty(shape, at::TensorOptions().dtype(type));
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {

@@ -174,7 +174,10 @@ class Trainer {
   void save_checkpoint(const ckpt::fs::path& path);
 
   /// Restores the whole training state from `path`, or nothing: on any problem, throws one
-  /// CheckpointError listing every problem, and the trainer is unchanged.
+  /// CheckpointError listing every problem, and the trainer is unchanged. The file is read
+  /// piece by piece, the large tensors straight into the live ones once every check passed;
+  /// should that reading fail (an I/O error, the file changed on disk meanwhile), it throws
+  /// IncompleteLoadError and the trainer refuses to fit or save until a load succeeds.
   void load_checkpoint(const ckpt::fs::path& path);
   /// The same for a checkpoint's bytes held in memory (downloaded, say); `name` labels messages.
   void load_checkpoint(std::vector<char> bytes, const std::string& name);
@@ -242,11 +245,14 @@ class Trainer {
   void check_run_owns(const ckpt::fs::path& found, const ckpt::Container& container) const;
   /// Applies a verified container to the whole state, or nothing; then a fork's changes.
   void apply(const ckpt::Container& container, const std::string& path);
+  /// Throws IncompleteLoadError while the state is partly from a load that failed partway.
+  void require_whole_state() const;
 
   State state_;
   loop::CheckpointSaver<State, Format> saver_;
   std::optional<std::int64_t> loaded_train_size_;  // of the checkpoint loaded last
   bool resume_handled_ = false;
+  std::string incomplete_load_;  // the checkpoint whose load failed partway (IncompleteLoadError)
 };
 
 // ---- the members that do the work ----------------------------------------------------------
@@ -279,6 +285,7 @@ Metrics Trainer<P...>::evaluate(Dataset& dataset) {
 
 template <class... P>
 void Trainer<P...>::save_checkpoint(const ckpt::fs::path& path) {
+  require_whole_state();
   saver_.write(path);
 }
 
@@ -308,6 +315,7 @@ void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
 
 template <class... P>
 std::string Trainer<P...>::state_digest() {
+  require_whole_state();
   return state::state_digest<Format>(state_);
 }
 
@@ -334,6 +342,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   state_.view.batches_per_epoch = sampler.batches_per_epoch();
   state_.view.steps_per_epoch = (sampler.batches_per_epoch() + options.accumulate() - 1) / options.accumulate();
 
+  require_whole_state();
   saver_.lock_directory();
   // From here on a stop signal ends training at the next optimizer-step boundary, saved.
   loop::StopSignals signals(options.stop_signals());
@@ -389,7 +398,15 @@ void Trainer<P...>::check_run_owns(const ckpt::fs::path& found, const ckpt::Cont
 
 template <class... P>
 void Trainer<P...>::apply(const ckpt::Container& container, const std::string& path) {
-  auto loaded = state::load_checkpoint<Format>(state_, container, path);
+  auto loaded = [&] {
+    try {
+      return state::load_checkpoint<Format>(state_, container, path);
+    } catch (const IncompleteLoadError&) {
+      incomplete_load_ = path;
+      throw;
+    }
+  }();
+  incomplete_load_.clear();
   loaded_train_size_ = loaded.train_size;
   if (loaded.fork) state::apply_fork(state_, std::move(*loaded.fork));
   state::follow_lineage(state_);  // checked by load_checkpoint: it does not throw
@@ -398,6 +415,12 @@ void Trainer<P...>::apply(const ckpt::Container& container, const std::string& p
   saver_.loaded();
   resume_handled_ = true;
   state_.dispatch(event::on_load_checkpoint{});
+}
+
+template <class... P>
+void Trainer<P...>::require_whole_state() const {
+  if (!incomplete_load_.empty())
+    throw IncompleteLoadError(incomplete_load_, "see the error that load threw; nothing has been trained or saved since");
 }
 
 }  // namespace keel

@@ -153,6 +153,14 @@ struct TrainerOptions {
   /// When a checkpoint cannot be written (disk full, quota, I/O error): false stops training
   /// with the error; true warns and retries at the next save (the previous checkpoint stays).
   TORCH_ARG(bool, continue_on_save_error) = false;
+  /// Checkpoints written by a thread of their own while training goes on: at the step boundary
+  /// the state is copied into memory (kept from one save to the next: it costs the state's size
+  /// in RAM) and training continues while the copy is written, fsync'ed and committed. At most
+  /// one save is in flight; the next save, the end of fit, a stop signal and an exception wait
+  /// for it; last.ckpt moves only once it is committed; a write that fails follows
+  /// continue_on_save_error when the training thread learns of it (at the next save or the end
+  /// of fit). The files are the same bytes as without it.
+  TORCH_ARG(bool, async_save) = false;
   /// A NaN or infinite loss (any micro-batch) or gradient (before each optimizer step).
   TORCH_ARG(NonFinitePolicy, on_nonfinite) = NonFinitePolicy::stop;
 

@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 namespace fs = std::filesystem;
 
@@ -359,6 +360,234 @@ TEST_CASE("keel::format::Json: readable sections in keel's container, its own fi
     INFO(diff.output);
     CHECK(diff.exit_code == 0);  // the resumed run's file holds the same state
   }
+}
+
+// ---- loads read the file piece by piece; large tensors straight into place ------------------
+
+/// A model with tensors above ckpt::deferred_tensor_min_bytes (fc1's weight is 128 KiB, its Adam
+/// moments too), so that loads leave them in the file until they are read into place.
+struct WideNetImpl : torch::nn::Module {
+  WideNetImpl()
+      : fc1(register_module("fc1", torch::nn::Linear(64, 512))), fc2(register_module("fc2", torch::nn::Linear(512, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return torch::nn::functional::cross_entropy(fc2(torch::relu(fc1(b.data.flatten(1)))), b.target);
+  }
+  BOOST_HANA_DEFINE_STRUCT(WideNetImpl, (torch::nn::Linear, fc1), (torch::nn::Linear, fc2));
+};
+using WideTrainer = keel::Trainer<keel::model<WideNetImpl>, keel::optimizer<keel::optim::AdamW>>;
+
+WideTrainer make_wide(const fs::path& dir, std::int64_t max_steps) {
+  keel::seed_everything(1);
+  return WideTrainer(std::make_shared<WideNetImpl>(),
+                     keel::TrainerOptions().max_steps(max_steps).batch_size(8).checkpoint_dir(dir.string()).save_every_steps(3),
+                     torch::optim::AdamWOptions(1e-3));
+}
+
+/// The storage of every parameter and Adam moment, by name.
+std::map<std::string, const void*> storages(WideTrainer& trainer) {
+  std::map<std::string, const void*> out;
+  for (const auto& p : trainer.model()->named_parameters()) {
+    out["param." + p.key()] = p.value().data_ptr();
+    const auto& state = trainer.optimizer().torch_optimizer().state();
+    for (const auto& [key, value] : state)
+      if (key == keel::optim::state_key(p.value()))
+        out["exp_avg." + p.key()] = static_cast<torch::optim::AdamWParamState&>(*value).exp_avg().data_ptr();
+  }
+  return out;
+}
+
+TEST_CASE("a load reads large tensors straight into the live ones, and the resume is exact") {
+  SyntheticImages data(96, 3);
+  const auto dir = fresh_directory("wide");
+  auto uninterrupted = make_wide(dir, 6);
+  uninterrupted.fit(data);  // saves steps 3 and 6
+  const auto step3 = dir / keel::ckpt::step_file_name(3);
+  {
+    const auto container = keel::ckpt::read_container(step3);
+    const auto* model = container.manifest.find("model");
+    REQUIRE(model != nullptr);
+    keel::ModelState staged;
+    keel::ckpt::parse_section<keel::format::Binary>(container, *model, staged, /*defer_tensors=*/true);
+    int deferred = 0;
+    for (const auto& t : staged.parameters) deferred += keel::ckpt::is_deferred(t.tensor);
+    CHECK(deferred == 1);  // fc1.weight only: the others are under the threshold
+  }
+
+  // Into a trained trainer: the parameters keep their memory (the values are copied in), and
+  // so does the large moment (read into place); small moments become the staged tensors.
+  const auto other = fresh_directory("wide-other");
+  auto resumed = make_wide(other, 5);
+  resumed.fit(data);
+  const auto before = storages(resumed);
+  REQUIRE(before.size() == 8);
+  resumed.load_checkpoint(step3);
+  auto after = storages(resumed);
+  for (const char* kept : {"param.fc1.weight", "param.fc1.bias", "param.fc2.weight", "param.fc2.bias", "exp_avg.fc1.weight"}) {
+    CAPTURE(kept);
+    CHECK(after.at(kept) == before.at(kept));
+  }
+  CHECK(after.at("exp_avg.fc2.weight") != before.at("exp_avg.fc2.weight"));
+  CHECK(resumed.loop().global_step == 3);
+
+  // The state is exactly the one saved: continuing gives the uninterrupted run's step 6.
+  auto fresh = make_wide(fresh_directory("wide-fresh"), 6);
+  fresh.load_checkpoint(step3);  // no optimizer state yet: the moments get memory of their own
+  fresh.fit(data);
+  CHECK(fresh.state_digest() == uninterrupted.state_digest());
+  resumed.load_checkpoint(dir / keel::ckpt::step_file_name(6));
+  CHECK(resumed.state_digest() == uninterrupted.state_digest());
+}
+
+TEST_CASE("a deferred tensor keeps reading the file it was checked in, even once that name holds another file") {
+  SyntheticImages data(96, 3);
+  const auto dir = fresh_directory("wide-renamed");
+  auto trainer = make_wide(dir, 6);
+  trainer.fit(data);
+  const auto step3 = dir / keel::ckpt::step_file_name(3), step6 = dir / keel::ckpt::step_file_name(6);
+  const auto container = keel::ckpt::read_container(step3);
+  const auto& model = *container.manifest.find("model");
+  keel::ModelState expected, staged;
+  keel::ckpt::parse_section<keel::format::Binary>(container, model, expected);  // read in full
+  keel::ckpt::parse_section<keel::format::Binary>(container, model, staged, true);
+  fs::rename(step6, step3);  // the name now holds step 6's checkpoint; the open file is still step 3's
+  const auto renamed = keel::ckpt::read_container(step3);
+  keel::ModelState later;
+  keel::ckpt::parse_section<keel::format::Binary>(renamed, *renamed.manifest.find("model"), later);
+  REQUIRE(staged.parameters.size() == expected.parameters.size());
+  for (std::size_t i = 0; i < staged.parameters.size(); ++i) {
+    CAPTURE(staged.parameters[i].name);
+    auto handle = staged.parameters[i].tensor;
+    keel::ckpt::materialize(handle);
+    CHECK_FALSE(keel::ckpt::is_deferred(staged.parameters[i].tensor));  // every handle of it sees the bytes
+    CHECK(keel::bitwise_equal(staged.parameters[i].tensor, expected.parameters[i].tensor));
+    if (staged.parameters[i].name == "fc1.weight")
+      CHECK_FALSE(keel::bitwise_equal(staged.parameters[i].tensor, later.parameters[i].tensor));
+  }
+  // copy_into reads a placeholder into tensors of every layout: contiguous, or not.
+  keel::ModelState again;
+  keel::ckpt::parse_section<keel::format::Binary>(container, *container.manifest.find("model"), again, true);
+  const auto& placeholder = again.parameters[0].tensor;  // fc1.weight, [512, 64]
+  REQUIRE(keel::ckpt::is_deferred(placeholder));
+  auto transposed = torch::zeros({64, 512}).t();
+  keel::ckpt::copy_into(transposed, placeholder);
+  CHECK(keel::bitwise_equal(transposed.contiguous(), expected.parameters[0].tensor));
+}
+
+TEST_CASE("a checkpoint changed on disk between the checks and the reads") {
+  SyntheticImages data(96, 3);
+  const auto dir = fresh_directory("wide-changed");
+  auto trainer = make_wide(dir, 3);
+  trainer.fit(data);
+  const auto file = dir / keel::ckpt::step_file_name(3);
+  const auto container = keel::ckpt::read_container(file);
+  CHECK(container.source->unchanged());
+  keel::ModelState staged;
+  keel::ckpt::parse_section<keel::format::Binary>(container, *container.manifest.find("model"), staged, true);
+  fs::resize_file(file, 100);  // rewritten in place by someone else
+  CHECK_FALSE(container.source->unchanged());
+  auto weight = torch::zeros({512, 64});
+  CHECK_THROWS_WITH_AS(keel::ckpt::copy_into(weight, staged.parameters[0].tensor),
+                       doctest::Contains(doctest::String(("cannot read '" + file.string() + "'").c_str())), keel::ckpt::IoError);
+}
+
+/// A plain model member whose assignment from a checkpoint truncates that checkpoint (what
+/// another program writing it could do): the load fails after its checks, midway through
+/// reading the tensors into place.
+struct Saboteur {
+  static inline fs::path target;
+  std::int64_t value = 0;
+  Saboteur() = default;
+  Saboteur(const Saboteur&) = default;
+  Saboteur& operator=(const Saboteur&) = default;
+  Saboteur(Saboteur&&) = default;
+  Saboteur& operator=(Saboteur&& other) {
+    value = other.value;
+    if (!target.empty()) fs::resize_file(target, 0);
+    return *this;
+  }
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(value);
+  }
+};
+struct SabotagedNetImpl : torch::nn::Module {
+  SabotagedNetImpl()
+      : fc1(register_module("fc1", torch::nn::Linear(64, 512))), fc2(register_module("fc2", torch::nn::Linear(512, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    return torch::nn::functional::cross_entropy(fc2(torch::relu(fc1(b.data.flatten(1)))), b.target);
+  }
+  BOOST_HANA_DEFINE_STRUCT(SabotagedNetImpl, (torch::nn::Linear, fc1), (torch::nn::Linear, fc2), (Saboteur, saboteur));
+};
+
+TEST_CASE("a load that fails after its checks says so, and the trainer refuses to train or save until a load succeeds") {
+  using Trainer = keel::Trainer<keel::model<SabotagedNetImpl>, keel::optimizer<keel::optim::AdamW>>;
+  SyntheticImages data(96, 3);
+  const auto dir = fresh_directory("sabotaged");
+  auto make = [&](const fs::path& checkpoint_dir, std::uint64_t seed) {
+    keel::seed_everything(seed);
+    return Trainer(std::make_shared<SabotagedNetImpl>(),
+                   keel::TrainerOptions().max_steps(3).batch_size(8).checkpoint_dir(checkpoint_dir.string()).resume("never"),
+                   torch::optim::AdamWOptions(1e-3));
+  };
+  auto source = make(dir, 1);
+  source.fit(data);
+  const auto file = dir / keel::ckpt::step_file_name(3);
+  const auto copy = dir / "copy.ckpt";
+  fs::copy_file(file, copy);
+
+  auto trainer = make(fresh_directory("sabotaged-target"), 2);  // other initial weights
+  trainer.fit(data);
+  REQUIRE(trainer.state_digest() != source.state_digest());
+  Saboteur::target = file;  // the model's members commit before the optimizer's moments are read
+  CHECK_THROWS_WITH_AS(trainer.load_checkpoint(file), doctest::Contains("could not be read to the end after every check had passed"),
+                       keel::IncompleteLoadError);
+  Saboteur::target.clear();
+  CHECK_THROWS_WITH_AS(trainer.save_checkpoint(dir / "partial.ckpt"), doctest::Contains("load a checkpoint again"),
+                       keel::IncompleteLoadError);
+  CHECK_FALSE(fs::exists(dir / "partial.ckpt"));
+  CHECK_THROWS_AS(trainer.state_digest(), keel::IncompleteLoadError);
+  CHECK_THROWS_AS(trainer.fit(data), keel::IncompleteLoadError);
+
+  trainer.load_checkpoint(copy);  // a load that succeeds makes the state whole again
+  CHECK(trainer.state_digest() == source.state_digest());
+}
+
+TEST_CASE("async_save writes the same files as a synchronous save, all committed when fit returns") {
+  SyntheticImages data(96, 3);
+  auto train = [&](const fs::path& dir, bool async, std::int64_t steps, const std::string& resume) {
+    keel::seed_everything(1);
+    WideTrainer trainer(std::make_shared<WideNetImpl>(),
+                        keel::TrainerOptions()
+                            .max_steps(steps)
+                            .batch_size(8)
+                            .checkpoint_dir(dir.string())
+                            .save_every_steps(2)
+                            .keep_last(0)
+                            .async_save(async)
+                            .resume(resume),
+                        torch::optim::AdamWOptions(1e-3));
+    trainer.fit(data);
+    return trainer.state_digest();
+  };
+  const auto sync_dir = fresh_directory("sync-saves"), async_dir = fresh_directory("async-saves");
+  const auto reference = train(sync_dir, false, 9, "auto");
+  CHECK(train(async_dir, true, 9, "auto") == reference);
+  const auto files = keel::ckpt::list_checkpoints(async_dir);
+  REQUIRE(files.size() == 5);  // steps 2, 4, 6, 8 and the end, 9
+  for (const auto& file : files) {
+    CAPTURE(file.path);
+    CHECK(read_bytes(file.path) == read_bytes(sync_dir / file.path.filename()));
+  }
+  CHECK(fs::read_symlink(async_dir / "last.ckpt") == fs::read_symlink(sync_dir / "last.ckpt"));
+  for (const auto& entry : fs::directory_iterator(async_dir))
+    CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+
+  // Resumed with async saves from a checkpoint an async run wrote: the same end.
+  fs::remove(async_dir / keel::ckpt::step_file_name(9));
+  fs::remove(async_dir / keel::ckpt::step_file_name(8));
+  keel::ckpt::point_link_atomically(async_dir / "last.ckpt", keel::ckpt::step_file_name(6));
+  CHECK(train(async_dir, true, 9, "auto") == reference);
+  CHECK(read_bytes(async_dir / keel::ckpt::step_file_name(9)) == read_bytes(sync_dir / keel::ckpt::step_file_name(9)));
 }
 
 }  // namespace checkpoint_test

@@ -81,7 +81,15 @@ void check_last_verifies(const fs::path& dir) {
 // for kills to land inside them.
 const std::vector<std::string> big_model = {"--mlp-hidden", "2048", "--max-steps", "60", "--save-every-steps", "1"};
 
+/// `flags` with --async-save added.
+std::vector<std::string> with_async(std::vector<std::string> flags) {
+  flags.push_back("--async-save");
+  return flags;
+}
+
 TEST_CASE("fault: SIGKILL at 24 random moments, half of them inside a checkpoint write, resumes to the same digest") {
+  // Every other life writes its checkpoints in the background (--async-save): kills land in
+  // those writes too, while training goes on, and the files are the same either way.
   const auto reference = digest_of_run(example_args(fresh_directory("kill-reference"), big_model));
 
   const auto dir = fresh_directory("kill");
@@ -90,9 +98,10 @@ TEST_CASE("fault: SIGKILL at 24 random moments, half of them inside a checkpoint
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> anywhere_ms(50, 4000);  // start-up, a step, or a write
   std::uniform_int_distribution<int> into_write_us(0, 20000);
-  int kills = 0, inside_writes = 0, finished = 0;
+  int kills = 0, inside_writes = 0, inside_async_writes = 0, finished = 0;
   for (int life = 0; kills < 24 && life < 200; ++life) {
-    Process process(example_args(dir, big_model));
+    const bool async = (life / 2) % 2 == 1;  // two lives each way: aimed kills land in both kinds of write
+    Process process(example_args(dir, async ? with_async(big_model) : big_model));
     bool ended = false;
     if (kills % 2 == 0) {
       ended = process.pump(std::chrono::milliseconds(anywhere_ms(rng)));
@@ -115,18 +124,25 @@ TEST_CASE("fault: SIGKILL at 24 random moments, half of them inside a checkpoint
     process.kill(SIGKILL);
     REQUIRE(process.wait().signal == SIGKILL);
     ++kills;
-    if (write_in_progress(dir)) ++inside_writes;  // its temporary file outlived it
+    if (write_in_progress(dir)) {  // its temporary file outlived it
+      ++inside_writes;
+      inside_async_writes += async;
+    }
     check_last_verifies(dir);
   }
   REQUIRE(kills == 24);
-  MESSAGE(kills << " kills, " << inside_writes << " inside a checkpoint write, " << finished << " chains finished");
+  MESSAGE(kills << " kills, " << inside_writes << " inside a checkpoint write (" << inside_async_writes
+                << " of them in the background), " << finished << " chains finished");
   CHECK(inside_writes >= 6);
+  CHECK(inside_async_writes >= 1);
   CHECK(digest_of_run(example_args(dir, big_model)) == reference);
   CHECK_FALSE(write_in_progress(dir));  // the resumed run removed what the killed writers left
   keel_test::report_fault("SIGKILL at a random moment (start-up, step, write)", kills - inside_writes,
                           "last.ckpt verifies after every kill; final state_digest equal to the uninterrupted run");
-  keel_test::report_fault("SIGKILL inside a checkpoint write (temporary file left behind)", inside_writes,
+  keel_test::report_fault("SIGKILL inside a checkpoint write (temporary file left behind)", inside_writes - inside_async_writes,
                           "previous checkpoint intact, temporary removed on resume; final state_digest equal");
+  keel_test::report_fault("SIGKILL inside a background checkpoint write (--async-save)", inside_async_writes,
+                          "previous checkpoint and last.ckpt intact, temporary removed on resume; final state_digest equal");
 }
 
 TEST_CASE("fault: SIGTERM, SIGINT and SIGUSR1 stop after the step with a checkpoint, exit 128+signal, and resume exactly") {
@@ -138,10 +154,12 @@ TEST_CASE("fault: SIGTERM, SIGINT and SIGUSR1 stop after the step with a checkpo
   std::mt19937 rng(std::random_device{}());
   std::uniform_int_distribution<int> delay_ms(0, 600);
   std::int64_t previous_step = -1;
-  int stops = 0;
+  int stops = 0, life = 0;
   for (int signal : {SIGTERM, SIGINT, SIGUSR1, SIGTERM, SIGINT, SIGUSR1}) {
     CAPTURE(signal);
-    Process process(example_args(dir, flags));
+    const bool async = life++ >= 3;  // the second round saves in the background: the stop waits for it
+    CAPTURE(async);
+    Process process(example_args(dir, async ? with_async(flags) : flags));
     REQUIRE(process.pump_until("| step ", 60s));  // training has started: the handler is installed
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
     process.kill(signal);
@@ -233,9 +251,25 @@ TEST_CASE("fault: a disk that refuses the checkpoint write (RLIMIT_FSIZE) leaves
   CHECK(fs::read_symlink(dir / "last.ckpt").string() == newest);
   CHECK_FALSE(write_in_progress(dir));
 
+  // The same with the writes in the background: the failure surfaces at the next save or the
+  // end of fit, with the same message and the same outcome.
+  const auto stopped_async = run(limited(with_async(flags)));
+  INFO(stopped_async.output);
+  CHECK(stopped_async.exit_code == 4);
+  CHECK(stopped_async.output.find("keel: cannot write '" + dir.string() + "/.step-") != std::string::npos);
+  CHECK(fs::read_symlink(dir / "last.ckpt").string() == newest);
+  CHECK(keel::ckpt::list_checkpoints(dir).size() == 1);
+  CHECK_FALSE(write_in_progress(dir));
+  const auto continued_async = run(limited(with_async(flags_continue)));
+  INFO(continued_async.output);
+  CHECK(continued_async.exit_code == 0);
+  CHECK(continued_async.output.find("not saved: keel: cannot write") != std::string::npos);
+  CHECK(fs::read_symlink(dir / "last.ckpt").string() == newest);
+  CHECK_FALSE(write_in_progress(dir));
+
   // Space again: the run resumes from the checkpoint that survived and ends exactly.
   CHECK(digest_of_run(example_args(dir, flags)) == reference);
-  keel_test::report_fault("checkpoint write fails (file size limit, EFBIG: disk full)", 2,
+  keel_test::report_fault("checkpoint write fails (file size limit, EFBIG: disk full), in the foreground and with --async-save", 4,
                           "exit 4 naming the path and 'File too large' (or warning and retry with "
                           "--continue-on-save-error); previous checkpoint and last.ckpt untouched, no temporary left");
 }
@@ -262,8 +296,9 @@ TEST_CASE("fault: every flag combination of the example, killed with SIGKILL and
       {"--optimizer", "rmsprop", "--scheduler", "cosine", "--clip-value", "0.5", "--format", "json"},
       {"--optimizer", "adagrad", "--scheduler", "cosine-restarts", "--max-time", "3600"},
       {"--optimizer", "sgd", "--scheduler", "warmup-linear", "--momentum", "0.5", "--weight-decay", "0.01"},
-      {"--optimizer", "adam", "--scheduler", "onecycle", "--precision", "bf16", "--format", "json", "--ema", "0.9"},
-      {"--optimizer", "adamw", "--scheduler", "plateau", "--validate-every-steps", "5", "--lr", "0.01"},
+      {"--optimizer", "adam", "--scheduler", "onecycle", "--precision", "bf16", "--format", "json", "--ema", "0.9",
+       "--async-save"},
+      {"--optimizer", "adamw", "--scheduler", "plateau", "--validate-every-steps", "5", "--lr", "0.01", "--async-save"},
       {"--optimizer", "rmsprop", "--scheduler", "constant", "--lr", "1e-4", "--tensorboard", "TB", "--no-decay-bias-norm"},
       {"--optimizer", "adagrad", "--scheduler", "warmup-cosine", "--clip-norm", "0.5", "--precision", "bf16"},
   };

@@ -168,6 +168,28 @@ TEST_CASE("a parameter that became non-finite is never written over a good check
   CHECK(keel::ckpt::read_file(target) == before);
 }
 
+TEST_CASE("the save's finiteness check finds NaN and infinities anywhere, in every floating type") {
+  using keel::loop::detail::all_finite;
+  for (const auto type : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16}) {
+    CAPTURE(type);
+    const auto good = torch::randn({1000, 37}).to(type);
+    CHECK(all_finite(good));
+    for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()})
+      for (const std::int64_t at : {std::int64_t(0), std::int64_t(17), good.numel() - 1}) {
+        CAPTURE(bad);
+        CAPTURE(at);
+        auto t = good.clone();
+        t.view({-1})[at] = bad;
+        CHECK_FALSE(all_finite(t));
+        CHECK_FALSE(all_finite(t.t()));  // not contiguous
+      }
+  }
+  CHECK(all_finite(torch::empty({0})));
+  CHECK(all_finite(torch::tensor({1, 2, 3})));  // integers are always finite
+  CHECK(all_finite(torch::full({4}, std::numeric_limits<float>::max())));  // the largest finite value is finite
+  CHECK(all_finite(torch::full({4}, std::numeric_limits<double>::max(), torch::kDouble)));
+}
+
 /// Records the validation loss after each epoch.
 struct RecordValidation {
   std::map<std::int64_t, double> val_loss;  // epoch -> value

@@ -39,11 +39,16 @@ struct Parsed {
   bool has(const char* section) const { return plan.was_staged(section); }
 };
 
+/// How a command needs the tensors: their dtypes and shapes, read one at a time (placeholders
+/// that leave the bytes in the file: a multi-GB checkpoint is checked in constant memory), or
+/// all of them in memory.
+enum class Tensors { deferred, in_memory };
+
 template <class Format>
-Parsed parse_as(const Container& container, std::vector<std::string>& problems) {
+Parsed parse_as(const Container& container, std::vector<std::string>& problems, Tensors tensors) {
   Parsed parsed;
   auto sections = keel::state::SectionList::of<Format>(parsed.state.sections());
-  sections.stage(container, parsed.plan, /*offline=*/true);
+  sections.stage(container, parsed.plan, /*offline=*/true, /*defer_all=*/tensors == Tensors::deferred);
   sections.commit(container);  // every section that parsed
   for (const auto& p : parsed.plan.problems) problems.push_back(p);
   return parsed;
@@ -58,9 +63,9 @@ bool with_format(const Container& container, F&& f) {
   return false;
 }
 
-Parsed parse(const Container& container, std::vector<std::string>& problems) {
+Parsed parse(const Container& container, std::vector<std::string>& problems, Tensors tensors = Tensors::deferred) {
   Parsed parsed;
-  if (!with_format(container, [&](auto format) { parsed = parse_as<decltype(format)>(container, problems); }))
+  if (!with_format(container, [&](auto format) { parsed = parse_as<decltype(format)>(container, problems, tensors); }))
     problems.push_back("format '" + container.manifest.format + "' is not one keel ships (" +
                        keel::format::Binary::keel_name + ", " + keel::format::Json::keel_name +
                        "): its sections cannot be read here");
@@ -232,9 +237,13 @@ int diff(const std::string& a_path, const std::string& b_path) {
     const auto& y = found->second;
     if (x.sizes() != y.sizes() || x.scalar_type() != y.scalar_type()) {
       report("tensor " + name + ": " + describe(x) + " vs " + describe(y));
-    } else if (!keel::bitwise_equal(x, y)) {
+      continue;
+    }
+    const torch::Tensor a_values = keel::ckpt::read_values(x), b_values = keel::ckpt::read_values(y);  // this pair only
+    if (!keel::bitwise_equal(a_values, b_values)) {
       const double max_diff =
-          x.numel() == 0 ? 0.0 : (x.to(torch::kFloat64) - y.to(torch::kFloat64)).abs().max().item<double>();
+          x.numel() == 0 ? 0.0
+                         : (a_values.to(torch::kFloat64) - b_values.to(torch::kFloat64)).abs().max().item<double>();
       char line[512];
       std::snprintf(line, sizeof line, "tensor %s: max |a - b| = %.9g", name.c_str(), max_diff);
       report(line);
@@ -264,7 +273,7 @@ int export_pt(const std::string& path, const std::string& out, bool with_optimiz
   auto container = open_checked(path);
   if (!container) return 2;
   std::vector<std::string> problems;
-  const auto parsed = parse(*container, problems);
+  const auto parsed = parse(*container, problems, Tensors::in_memory);
   if (!parsed.has("model") || (with_optimizer && !parsed.has("optimizer"))) {
     for (const auto& p : problems) std::fprintf(stderr, "keel-ckpt: %s\n", p.c_str());
     return 2;

@@ -1,12 +1,15 @@
 #pragma once
 // keel::ckpt::BoundedInputArchive: reads what cereal's PortableBinaryOutputArchive writes, from
-// bytes already in memory, and refuses any length that the remaining bytes cannot hold.
+// a checkpoint section or bytes in memory, and refuses any length that the remaining bytes
+// cannot hold. It can also leave large tensors in the file (deferred_tensor.hpp).
 //
 // Why not cereal's PortableBinaryInputArchive: it reads a container's length, then allocates
 // (std::string::resize, std::vector::resize) and only then finds the bytes missing. A damaged
 // or hostile checkpoint could ask for terabytes before failing. Here every length is checked
 // against the bytes left before anything is allocated, so reading a file of N bytes allocates
 // O(N) at most, and fails with a message that says which length did not fit.
+
+#include <keel/checkpoint/source.hpp>
 
 #include <cereal/archives/portable_binary.hpp>
 #include <cereal/cereal.hpp>
@@ -24,10 +27,12 @@ namespace keel::ckpt {
 
 class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cereal::AllowEmptyClassElision> {
  public:
-  /// `stream` must read from memory (its buffer's in_avail() is the exact count of bytes left),
-  /// as keel's section and manifest readers do.
+  /// `stream` reads a checkpoint section (a SectionReader, which knows the bytes left), or
+  /// bytes in memory (a buffer whose in_avail() is the exact count of bytes left).
   explicit BoundedInputArchive(std::istream& stream)
-      : cereal::InputArchive<BoundedInputArchive, cereal::AllowEmptyClassElision>(this), buffer_(*stream.rdbuf()) {
+      : cereal::InputArchive<BoundedInputArchive, cereal::AllowEmptyClassElision>(this),
+        buffer_(*stream.rdbuf()),
+        reader_(dynamic_cast<SectionReader*>(stream.rdbuf())) {
     std::uint8_t stream_little_endian = 0;
     (*this)(stream_little_endian);
     if (stream_little_endian > 1)
@@ -37,9 +42,34 @@ class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cer
 
   /// Bytes not read yet.
   std::uint64_t remaining() const {
+    if (reader_) return reader_->remaining();
     const std::streamsize left = buffer_.in_avail();
     return left > 0 ? static_cast<std::uint64_t>(left) : 0;
   }
+
+  // ---- deferred tensors (keel/checkpoint/deferred_tensor.hpp) ----------------------------
+
+  /// Tensors of at least `min_bytes` read from now on stay in `source` (the source the
+  /// SectionReader reads): their parse records where their bytes are and passes over them.
+  void defer_tensors(std::shared_ptr<const ByteSource> source, std::uint64_t min_bytes) {
+    if (reader_) {
+      deferral_source_ = std::move(source);
+      defer_min_bytes_ = min_bytes;
+    }
+  }
+  /// Whether a tensor of `bytes` bytes, the next thing in the stream, is to be deferred.
+  bool defers(std::uint64_t bytes) const { return deferral_source_ && bytes >= defer_min_bytes_; }
+  const std::shared_ptr<const ByteSource>& deferral_source() const noexcept { return deferral_source_; }
+  /// The source offset of the next byte, and passing over bytes (deferred tensors only).
+  std::uint64_t position() const { return reader_->position(); }
+  void skip(std::uint64_t bytes) {
+    if (bytes > remaining())
+      throw cereal::Exception("needs " + std::to_string(bytes) + " bytes but only " + std::to_string(remaining()) +
+                              " are left (truncated or damaged)");
+    reader_->skip(bytes);
+  }
+  /// Whether the bytes were written on a host of the other byte order.
+  bool swaps_bytes() const noexcept { return swap_bytes_; }
 
   /// Refuses a length of `count` elements when the bytes left cannot hold them (every element
   /// of a string, vector or map takes at least one byte).
@@ -65,7 +95,10 @@ class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cer
 
  private:
   std::streambuf& buffer_;
+  SectionReader* reader_;
   bool swap_bytes_ = false;
+  std::shared_ptr<const ByteSource> deferral_source_;
+  std::uint64_t defer_min_bytes_ = 0;
 };
 
 // The overloads cereal looks for (found by argument-dependent lookup on the archive's type).

@@ -14,6 +14,7 @@
 
 #include <keel/checkpoint/bounded_archive.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/source.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
 #include <keel/hash.hpp>
@@ -26,8 +27,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <functional>
 #include <istream>
+#include <memory>
 #include <limits>
 #include <optional>
 #include <ostream>
@@ -186,17 +189,20 @@ class ContainerWriter final : public SectionWriter {
   Manifest manifest_;
 };
 
-/// A container read into memory and verified: every checksum matched and every section lies
-/// inside the file. Sections are parsed later, by the components.
+/// A verified container: every checksum matched and every section lies inside the file. Only
+/// the manifest is held in memory; sections are read from `source` when components parse them.
 struct Container {
-  std::vector<char> bytes;
+  std::shared_ptr<const ByteSource> source;
   std::uint32_t version = 0;
   std::string library_version;
   std::uint32_t format_id = 0;
   Manifest manifest;
 
-  std::string_view section(const SectionInfo& info) const {
-    return {bytes.data() + info.offset, static_cast<std::size_t>(info.size)};
+  /// The bytes of one section (for tools and tests; components parse from a SectionReader).
+  std::string section(const SectionInfo& info) const {
+    std::string bytes(static_cast<std::size_t>(info.size), '\0');
+    source->read(info.offset, bytes.data(), bytes.size());
+    return bytes;
   }
 };
 
@@ -237,85 +243,151 @@ inline std::optional<Manifest> read_manifest(const fs::path& path) {
   }
 }
 
-/// Verifies a container held in memory (`where` names it in messages) and returns it. Throws
-/// CheckpointError listing every problem found.
+namespace detail {
+/// The checksums of a file, in one sequential pass through a block buffer: the whole-file hash
+/// (every byte before the trailer's last 16) and, when `sections` is given, each section's.
+struct FileHashes {
+  std::uint64_t file = 0;
+  std::vector<std::uint64_t> sections;
+};
+inline FileHashes hash_source(const ByteSource& source, const std::vector<SectionInfo>* sections) {
+  constexpr std::size_t block = 4 << 20;
+  std::vector<char> buffer(block);
+  const std::uint64_t hashed_end = source.size() - 16;
+  Hasher64 file;
+  std::vector<Hasher64> per_section(sections ? sections->size() : 0);
+  std::size_t next_section = 0;  // sections are in file order, not overlapping (checked by the caller)
+  for (std::uint64_t at = 0; at < hashed_end;) {
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(block, hashed_end - at));
+    source.read(at, buffer.data(), n);
+    file.update(buffer.data(), n);
+    for (std::size_t i = next_section; sections && i < sections->size(); ++i) {
+      const SectionInfo& s = (*sections)[i];
+      if (s.offset >= at + n) break;
+      const std::uint64_t from = std::max(s.offset, at), to = std::min(s.offset + s.size, at + n);
+      if (from < to) per_section[i].update(buffer.data() + (from - at), static_cast<std::size_t>(to - from));
+      if (s.offset + s.size <= at + n) next_section = i + 1;
+    }
+    at += n;
+  }
+  FileHashes out;
+  out.file = file.digest();
+  for (const auto& h : per_section) out.sections.push_back(h.digest());
+  return out;
+}
+}  // namespace detail
+
+/// Verifies the container in `source` (`where` names it in messages) and returns it, holding
+/// the source for the sections to be read from. Reads the file once, sequentially, through a
+/// small buffer: memory does not grow with the file. Throws CheckpointError listing every
+/// problem found.
 ///
 /// Fuzzing builds (FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, the libFuzzer convention) skip the
 /// checksum comparisons, so that mutated bytes reach the parsers behind them.
-inline Container parse_container(std::vector<char> bytes, const std::string& where) {
+inline Container verify_container(std::shared_ptr<const ByteSource> source, const std::string& where) {
 #ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
   constexpr bool check_checksums = false;
 #else
   constexpr bool check_checksums = true;
 #endif
   Container c;
-  c.bytes = std::move(bytes);
-  const auto& b = c.bytes;
-  if (b.empty()) throw CheckpointError(where, {"is empty (0 bytes): the write that made it never completed"});
-  if (b.size() < 8 || std::memcmp(b.data(), file_magic, 8) != 0)
+  c.source = std::move(source);
+  const ByteSource& b = *c.source;
+  const std::uint64_t size = b.size();
+  if (size == 0) throw CheckpointError(where, {"is empty (0 bytes): the write that made it never completed"});
+  char header[header_size] = {};
+  b.read(0, header, static_cast<std::size_t>(std::min<std::uint64_t>(size, header_size)));
+  if (size < 8 || std::memcmp(header, file_magic, 8) != 0)
     throw CheckpointError(where, {"is not a keel checkpoint (the first bytes are not \"KEELCKPT\")"});
-  if (b.size() < header_size + trailer_size)
-    throw CheckpointError(where, {"is truncated: " + std::to_string(b.size()) +
+  if (size < header_size + trailer_size)
+    throw CheckpointError(where, {"is truncated: " + std::to_string(size) +
                                   " bytes is shorter than any complete checkpoint"});
-  c.version = static_cast<std::uint32_t>(detail::get_u(b.data() + 8, 4));
+  c.version = static_cast<std::uint32_t>(detail::get_u(header + 8, 4));
   if (c.version > container_version)
     throw CheckpointError(where, {"was written by a newer keel (container version " +
                                   std::to_string(c.version) + "; this keel " + KEEL_VERSION_STRING +
                                   " reads up to version " + std::to_string(container_version) +
                                   "): upgrade keel to read it"});
-  if (c.version == 0 || detail::get_u(b.data() + 12, 4) != header_size)
+  if (c.version == 0 || detail::get_u(header + 12, 4) != header_size)
     throw CheckpointError(where, {"has a damaged header (container version " +
                                   std::to_string(c.version) + ", header size " +
-                                  std::to_string(detail::get_u(b.data() + 12, 4)) + ")"});
-  c.library_version = std::to_string(detail::get_u(b.data() + 16, 2)) + "." +
-                      std::to_string(detail::get_u(b.data() + 18, 2)) + "." +
-                      std::to_string(detail::get_u(b.data() + 20, 2));
-  c.format_id = static_cast<std::uint32_t>(detail::get_u(b.data() + 24, 4));
+                                  std::to_string(detail::get_u(header + 12, 4)) + ")"});
+  c.library_version = std::to_string(detail::get_u(header + 16, 2)) + "." +
+                      std::to_string(detail::get_u(header + 18, 2)) + "." +
+                      std::to_string(detail::get_u(header + 20, 2));
+  c.format_id = static_cast<std::uint32_t>(detail::get_u(header + 24, 4));
 
-  const char* trailer = b.data() + b.size() - trailer_size;
+  char trailer[trailer_size];
+  b.read(size - trailer_size, trailer, trailer_size);
   if (std::memcmp(trailer + 32, end_magic, 8) != 0)
     throw CheckpointError(where, {"is truncated or was not completely written (no end marker "
                                   "\"KEELEND\" in its last bytes)"});
   const std::uint64_t stored_file_hash = detail::get_u(trailer + 24, 8);
-  const std::uint64_t actual_file_hash = hash64(b.data(), b.size() - 16);
-  std::vector<std::string> problems;
-  if (check_checksums && stored_file_hash != actual_file_hash)
-    problems.push_back("is damaged: the whole-file checksum does not match (stored " +
-                       hex64(stored_file_hash) + ", computed " + hex64(actual_file_hash) + ")");
-
-  const std::uint64_t body_end = b.size() - trailer_size;
+  const std::uint64_t body_end = size - trailer_size;
   const std::uint64_t manifest_offset = detail::get_u(trailer, 8);
   const std::uint64_t manifest_size = detail::get_u(trailer + 8, 8);
-  if (manifest_offset < header_size || manifest_offset > body_end ||
-      manifest_size > body_end - manifest_offset) {
-    problems.push_back("has a manifest position outside the file (offset " +
-                       std::to_string(manifest_offset) + ", size " + std::to_string(manifest_size) +
-                       ", file body ends at " + std::to_string(body_end) + ")");
+  const bool manifest_inside =
+      manifest_offset >= header_size && manifest_offset <= body_end && manifest_size <= body_end - manifest_offset;
+
+  // The manifest first (it says where the sections are), then one pass for every checksum.
+  std::vector<char> manifest_bytes;
+  std::string manifest_problem;
+  if (manifest_inside) {
+    manifest_bytes.resize(static_cast<std::size_t>(manifest_size));
+    b.read(manifest_offset, manifest_bytes.data(), manifest_bytes.size());
+    if (check_checksums && hash64(manifest_bytes.data(), manifest_bytes.size()) != detail::get_u(trailer + 16, 8)) {
+      manifest_problem = "has a damaged manifest (checksum mismatch)";
+    } else {
+      try {
+        detail::MemoryBuffer buffer(manifest_bytes.data(), manifest_bytes.size());
+        std::istream stream(&buffer);
+        BoundedInputArchive archive(stream);
+        archive(c.manifest);
+      } catch (const std::exception& e) {
+        manifest_problem = std::string("has a manifest that cannot be parsed: ") + e.what();
+      }
+    }
+  }
+  std::vector<std::string> problems;
+  // Sections inside the section area, in file order; the others are problems, not hashed.
+  std::vector<SectionInfo> inside;
+  std::vector<std::string> placement;
+  if (manifest_inside && manifest_problem.empty()) {
+    std::uint64_t previous_end = header_size;
+    for (const auto& s : c.manifest.sections) {
+      if (s.offset < previous_end || s.offset > manifest_offset || s.size > manifest_offset - s.offset) {
+        placement.push_back("section '" + s.name + "' lies outside the file's section area (offset " +
+                            std::to_string(s.offset) + ", size " + std::to_string(s.size) + ")");
+        continue;
+      }
+      previous_end = s.offset + s.size;
+      inside.push_back(s);
+    }
+  }
+  const bool sections_known = manifest_inside && manifest_problem.empty();
+  const detail::FileHashes hashes = detail::hash_source(b, sections_known ? &inside : nullptr);
+  if (check_checksums && stored_file_hash != hashes.file)
+    problems.push_back("is damaged: the whole-file checksum does not match (stored " +
+                       hex64(stored_file_hash) + ", computed " + hex64(hashes.file) + ")");
+  if (!manifest_inside) {
+    problems.push_back("has a manifest position outside the file (offset " + std::to_string(manifest_offset) +
+                       ", size " + std::to_string(manifest_size) + ", file body ends at " + std::to_string(body_end) + ")");
     throw CheckpointError(where, problems);
   }
-  const char* manifest_bytes = b.data() + manifest_offset;
-  if (check_checksums && hash64(manifest_bytes, manifest_size) != detail::get_u(trailer + 16, 8)) {
-    problems.push_back("has a damaged manifest (checksum mismatch)");
+  if (!manifest_problem.empty()) {
+    problems.push_back(manifest_problem);
     throw CheckpointError(where, problems);
   }
-  try {
-    detail::MemoryBuffer buffer(manifest_bytes, manifest_size);
-    std::istream stream(&buffer);
-    BoundedInputArchive archive(stream);
-    archive(c.manifest);
-  } catch (const std::exception& e) {
-    problems.push_back(std::string("has a manifest that cannot be parsed: ") + e.what());
-    throw CheckpointError(where, problems);
-  }
+  // In manifest order, as before: out-of-place sections and checksum mismatches interleaved.
+  std::size_t next_inside = 0, next_placement = 0;
   std::uint64_t previous_end = header_size;
   for (const auto& s : c.manifest.sections) {
     if (s.offset < previous_end || s.offset > manifest_offset || s.size > manifest_offset - s.offset) {
-      problems.push_back("section '" + s.name + "' lies outside the file's section area (offset " +
-                         std::to_string(s.offset) + ", size " + std::to_string(s.size) + ")");
+      problems.push_back(placement.at(next_placement++));
       continue;
     }
     previous_end = s.offset + s.size;
-    const std::uint64_t actual = hash64(b.data() + s.offset, s.size);
+    const std::uint64_t actual = hashes.sections.at(next_inside++);
     if (check_checksums && actual != s.checksum)
       problems.push_back("section '" + s.name + "' is damaged (checksum " + hex64(actual) +
                          ", manifest says " + hex64(s.checksum) + ")");
@@ -324,17 +396,24 @@ inline Container parse_container(std::vector<char> bytes, const std::string& whe
   return c;
 }
 
-/// Reads and verifies a container file. Throws CheckpointError listing every problem found.
+/// Verifies a container held in memory (`where` names it in messages) and returns it. Throws
+/// CheckpointError listing every problem found.
+inline Container parse_container(std::vector<char> bytes, const std::string& where) {
+  return verify_container(std::make_shared<MemorySource>(std::move(bytes)), where);
+}
+
+/// Opens and verifies a container file, which stays open for its sections to be read. Throws
+/// CheckpointError listing every problem found.
 inline Container read_container(const fs::path& path) {
   const std::string where = path.string();
-  std::vector<char> bytes;
+  std::shared_ptr<const ByteSource> source;
   try {
-    bytes = read_file(path);
+    source = std::make_shared<FileSource>(path);
+    return verify_container(std::move(source), where);
   } catch (const IoError& e) {
     if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
     throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
   }
-  return parse_container(std::move(bytes), where);
 }
 
 }  // namespace keel::ckpt

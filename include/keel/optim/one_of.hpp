@@ -14,6 +14,7 @@
 // (keel's own and those of keel/optim/torch_optimizer.hpp's recipe) and keep all of their state
 // in state(): one that adds members of its own is refused at compile time.
 
+#include <keel/checkpoint/deferred_tensor.hpp>
 #include <keel/detail/type_count.hpp>
 #include <keel/detail/type_name.hpp>
 #include <keel/error.hpp>
@@ -43,6 +44,8 @@ class OneOf {
   /// The policies, for keel's compile-time checks (each is checked as if it stood alone).
   using alternatives = std::tuple<Policies...>;
   using Options = std::variant<typename Policies::Options...>;
+  /// apply() passes a load's placeholders on only when every policy reads them itself.
+  static constexpr bool reads_deferred_tensors = (ckpt::reads_deferred_tensors<Policies> && ...);
 
   OneOf(const NamedParameters& params, Options options, const ParamGroups& groups = {})
       : chosen_(make(params, std::move(options), groups)) {}

@@ -14,6 +14,7 @@
 #include <torch/optim/optimizer.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -29,6 +30,9 @@ class TorchOptimizer {
   /// Its data is saved through state() (the section "optimizer"); a policy derived from it
   /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
   using torch_optimizer_base = TorchOptimizer;
+  /// apply() reads the tensors a load left in the file itself (a derived policy that replaces
+  /// apply() must set this to false, to receive real tensors).
+  static constexpr bool reads_deferred_tensors = true;
 
   /// One param group with `options`, or the groups of `groups` (each parameter in the first
   /// group that selects it; the others in "default", with `options` as given).
@@ -105,12 +109,21 @@ class TorchOptimizer {
     for (std::size_t g = 0; g < groups.size(); ++g)
       Traits::set_hyper_parameters(static_cast<Options&>(groups[g].options()),
                                    state.groups.at(static_cast<std::size_t>(order.at(g))).hyper_parameters);
+    // Each parameter's new state is placed first, reading into the current state's tensors
+    // where they fit (OptimizerBook::placed), then the whole state is replaced.
     auto& torch_state = optimizer_->state();
-    torch_state.clear();
+    std::vector<std::pair<keel::detail::OptimizerStateKey, ParamState>> placed;
     for (const auto& p : state.params) {
       const torch::Tensor& param = book_.param(p.name);
-      torch_state[key_of(param)] = Traits::restore(detail::OptimizerBook::on_device_of(p, param));
+      std::optional<ParamState> live;
+      if (auto found = torch_state.find(key_of(param)); found != torch_state.end()) {
+        live.emplace();
+        Traits::capture(static_cast<const typename Traits::ParamState&>(*found->second), *live);
+      }
+      placed.emplace_back(key_of(param), detail::OptimizerBook::placed(p, live ? &*live : nullptr, param));
     }
+    torch_state.clear();
+    for (const auto& [key, p] : placed) torch_state[key] = Traits::restore(p);
   }
 
   /// A fork changed the optimizer's configuration: every param group takes the configured

@@ -6,6 +6,7 @@
 // optimizer policies compiles it once per translation unit, not once per policy
 // (bench/README.md, "Compile time").
 
+#include <keel/checkpoint/deferred_tensor.hpp>
 #include <keel/detail/torch_compat.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
@@ -319,6 +320,30 @@ class OptimizerBook {
     for (auto& item : moved.tensors)
       if (item.second.defined()) item.second = item.second.to(param.device());
     return moved;
+  }
+
+  /// A parameter's saved state, ready to become the live one: each tensor a load left in the
+  /// file (ckpt::is_deferred) is read straight into the tensor of the same name, shape and
+  /// dtype in `live` (the optimizer's current state of that parameter, if it has one), which
+  /// then takes its place: no new memory. The others get memory of their own. Then every
+  /// tensor goes onto the parameter's device (on_device_of).
+  static ParamState placed(ParamState saved, const ParamState* live, const torch::Tensor& param) {
+    for (auto& [name, tensor] : saved.tensors) {
+      if (!ckpt::is_deferred(tensor)) continue;
+      const torch::Tensor* reuse = nullptr;
+      if (live)
+        for (const auto& [live_name, live_tensor] : live->tensors)
+          if (live_name == name && live_tensor.defined() && live_tensor.sizes() == tensor.sizes() &&
+              live_tensor.scalar_type() == tensor.scalar_type() && live_tensor.device() == param.device())
+            reuse = &live_tensor;
+      if (reuse) {
+        ckpt::copy_into(*reuse, tensor);
+        tensor = *reuse;
+      } else {
+        ckpt::materialize(tensor);
+      }
+    }
+    return on_device_of(saved, param);
   }
 
   std::string name_of(const torch::Tensor& param) const {

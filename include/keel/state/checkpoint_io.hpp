@@ -1,10 +1,12 @@
 #pragma once
 // A TrainState to and from a checkpoint, through the one list of sections: the atomic write,
-// the state digest (the same bytes, hashed, nothing written) and the all-or-nothing load.
+// the snapshot for a background write, the state digest (the same bytes, hashed, nothing
+// written) and the all-or-nothing load.
 
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/digest.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/snapshot.hpp>
 #include <keel/error.hpp>
 #include <keel/log.hpp>
 #include <keel/loop/nonfinite.hpp>
@@ -41,21 +43,39 @@ Facts manifest_facts(const State& s, Facts extra) {
   return facts;
 }
 
-/// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename). Refuses
-/// (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is never
-/// written over a good checkpoint.
-template <class Format, class State>
-void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = {}) {
+namespace detail {
+/// Refuses (NonFiniteError) to save a state whose parameters hold NaN or an infinity.
+template <class State>
+void refuse_nonfinite(const State& s, const ckpt::fs::path& path) {
   if (const std::string bad = loop::first_nonfinite_parameter(*s.model); !bad.empty())
     throw NonFiniteError("keel: parameter '" + bad + "' holds NaN or infinite values at step " +
                          std::to_string(s.loop.global_step) + "; " + path.string() +
                          " was not written, and the checkpoints before it are untouched. Lower the "
                          "learning rate or clip gradients");
+}
+}  // namespace detail
+
+/// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename). Refuses
+/// (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is never
+/// written over a good checkpoint.
+template <class Format, class State>
+void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = {}) {
+  detail::refuse_nonfinite(s, path);
   ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
     ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
     SectionList::of<Format>(s.sections()).write(writer);
     writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
   });
+}
+
+/// Captures in `snapshot` what write_checkpoint would write to `path` (the same refusal, the
+/// same bytes), for a thread of its own to write (ckpt::SectionSnapshot::write_container).
+template <class Format, class State>
+void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path, Facts extra_facts = {}) {
+  detail::refuse_nonfinite(s, path);
+  snapshot.clear();
+  SectionList::of<Format>(s.sections()).write(snapshot);
+  snapshot.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
 }
 
 /// A hex digest of every byte a checkpoint of `s` would hold; equal digests, equal states.
@@ -116,7 +136,17 @@ inline Loaded load_sections(SectionList& sections, const ckpt::Container& contai
   for (auto& line : machine_differences(container.manifest.facts))
     plan.warnings.push_back(std::move(line));
   for (const auto& line : plan.warnings) warn(path + ": " + line);
-  sections.commit(container);
+  // The model's and optimizer's large tensors are read now, into place (deferred_tensor.hpp):
+  // the file must still be the one that was checked, before and after.
+  if (!container.source->unchanged())
+    throw CheckpointError(path, {"changed on disk while it was being loaded (its size or modification time is not "
+                                 "that of the file checked): another program is writing it; load it again"});
+  try {
+    sections.commit(container);
+  } catch (const std::exception& e) {
+    throw IncompleteLoadError(path, e.what());
+  }
+  if (!container.source->unchanged()) throw IncompleteLoadError(path, "it changed on disk while its tensors were read");
   return loaded;
 }
 }  // namespace detail

@@ -11,6 +11,9 @@
 //   commit(staged)          apply it (only once every section checked out)
 //   absent_is_empty         (optional, static) a file without the section reads as stage():
 //                           state that older keel versions did not write
+//   reads_deferred_tensors  (optional, static) the section's large tensors stay in the file
+//                           while staging (checkpoint/deferred_tensor.hpp): check() sees their
+//                           dtype and shape, and commit() reads them into place
 //   present()               (optional) false: this configuration has no such section (written
 //                           and read by none)
 //
@@ -88,6 +91,7 @@ struct absent_is_empty : std::false_type {};
 template <class Entry>
 struct absent_is_empty<Entry, std::void_t<decltype(Entry::absent_is_empty)>>
     : std::bool_constant<Entry::absent_is_empty> {};
+
 }  // namespace detail
 
 /// The layout version of a component's section: its `static constexpr std::uint32_t
@@ -185,8 +189,13 @@ auto stage_for(const Entry& entry, std::uint32_t version) {
 /// Parses one entry's section into a staging object and checks it. Problems go to `plan`;
 /// nothing live changes here. `offline` (keel-ckpt): a section of a type the entry cannot read
 /// stays opaque instead of a problem.
+///
+/// The large tensors of entries that read them into place (reads_deferred_tensors) stay in the
+/// file, and with `defer_all` (keel-ckpt) those of every entry: placeholders that know their
+/// dtype, shape and place in the file (checkpoint/deferred_tensor.hpp).
 template <class Format, class Entry>
-auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPlan& plan, bool offline) {
+auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPlan& plan, bool offline,
+                   bool defer_all = false) {
   using Saved = std::decay_t<decltype(entry.stage())>;
   Staged<Saved> staged;
   if (!detail::is_present(entry)) return staged;  // nothing to read, nothing to apply
@@ -204,7 +213,8 @@ auto stage_section(const ckpt::Container& container, const Entry& entry, LoadPla
   if (!info) return staged;
   staged.value.emplace(stage_for(entry, info->version));
   try {
-    ckpt::parse_section<Format>(container, *info, *staged.value);  // older layouts: the versioned serialize reads them
+    // (older layouts: the versioned serialize reads them)
+    ckpt::parse_section<Format>(container, *info, *staged.value, defer_all || ckpt::reads_deferred_tensors<Entry>);
   } catch (const std::exception& e) {
     plan.problem(e.what());
     staged.value.reset();
@@ -229,7 +239,7 @@ class SectionSlot {
   /// Appends the section to `writer` (when present).
   virtual void write(ckpt::SectionWriter& writer) = 0;
   /// Parses and checks the section into a staging value (stage_section); nothing live changes.
-  virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) = 0;
+  virtual void stage(const ckpt::Container& container, LoadPlan& plan, bool offline, bool defer_all) = 0;
   /// Applies the staged value, if any, and lets go of it.
   virtual void commit(const ckpt::Container& container) = 0;
   /// The staged value (null when none) and its type.
@@ -260,9 +270,9 @@ class EntrySlot final : public SectionSlot {
       archive(cereal::make_nvp(name, value));
     });
   }
-  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline) override {
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline, bool defer_all) override {
     staged_.reset();
-    staged_.emplace(stage_section<Format>(container, entry_, plan, offline));
+    staged_.emplace(stage_section<Format>(container, entry_, plan, offline, defer_all));
   }
   void commit(const ckpt::Container& container) override {
     if (!staged_ || !staged_->value) return;
@@ -302,8 +312,10 @@ class SectionList {
 
   /// Stages every entry. A manifest section that no entry claims is a problem (a checkpoint of
   /// another Trainer composition), except `offline`, where it stays opaque (a user's callback).
-  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline = false) {
-    for (auto& slot : slots_) slot->stage(container, plan, offline);
+  /// `defer_all` (offline tools that look at dtypes and shapes, or read tensors one at a time):
+  /// every large tensor stays in the file as a placeholder (checkpoint/deferred_tensor.hpp).
+  void stage(const ckpt::Container& container, LoadPlan& plan, bool offline = false, bool defer_all = false) {
+    for (auto& slot : slots_) slot->stage(container, plan, offline, defer_all);
     if (offline) return;
     for (const auto& s : container.manifest.sections) {
       bool claimed = false;

@@ -59,6 +59,8 @@ struct LoopSection {
 template <class Live>
 struct ModelSection {
   static constexpr bool offline = std::is_same_v<Live, ModelState>;
+  /// Live: the weights are read straight into the module's at commit (ModelState::apply).
+  static constexpr bool reads_deferred_tensors = !offline;
   Live& live;
 
   std::string name() const { return "model"; }
@@ -98,6 +100,10 @@ struct ModelSection {
 template <class Live>
 struct OptimizerSection {
   static constexpr bool offline = std::is_same_v<Live, optim::OptimizerState>;
+  /// With a policy that reads a load's placeholders itself (TorchOptimizer's), the moments
+  /// stay in the file until commit reads them into place (deferred_tensor.hpp); any other
+  /// policy, and keel-ckpt, get them in full.
+  static constexpr bool reads_deferred_tensors = !offline && ckpt::reads_deferred_tensors<Live>;
   Live& live;
 
   std::string name() const { return "optimizer"; }

@@ -1,0 +1,303 @@
+// Benchmark: how fast keel saves and loads a checkpoint, against LibTorch's own archive
+// (torch::serialize::OutputArchive::save_to / InputArchive::load_from) of the same tensors,
+// and how much memory a load needs on top of the state it restores.
+//
+// The model is a stack of Linear(width, width) layers trained one AdamW step, so that the
+// checkpoint holds parameters and both Adam moments (three tensors' worth per parameter).
+// A round is keel save, LibTorch save, keel load, LibTorch load (every save fsync'ed, every
+// load from the page cache, right after the save of the same file). One process runs an
+// untimed round, then P timed rounds alternating who goes first, and prints one `key=value`
+// line per figure; bench/checkpoint_io.sh runs several processes and takes medians.
+//
+//   bench_checkpoint_io --width W --layers L --dir DIR [--order keel-first|torch-first]
+//                       [--passes P] [--only keel]
+//   bench_checkpoint_io --mode async --width W --layers L --dir DIR [--batch B] [--steps N] [--every K]
+//                       (background saves: see background_saves below)
+//
+// Peak memory of a load (the untimed round's): the kernel's high-water mark of resident memory
+// (VmHWM), reset just before the load (/proc/self/clear_refs), less the resident memory just
+// before it.
+
+#include <keel/keel.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct StackImpl : torch::nn::Module {
+  StackImpl(std::int64_t width, std::int64_t layers) {
+    for (std::int64_t i = 0; i < layers; ++i)
+      stack->push_back(torch::nn::Linear(width, width));
+    register_module("stack", stack);
+  }
+  torch::Tensor training_step(const keel::data::Example& batch) {
+    return torch::mse_loss(stack->forward(batch.data), batch.target);
+  }
+  BOOST_HANA_DEFINE_STRUCT(StackImpl, (torch::nn::Sequential, stack));
+};
+
+/// One batch, whatever the indices.
+struct OneBatch {
+  keel::data::Example batch;
+  std::size_t size() const { return static_cast<std::size_t>(batch.data.size(0)); }
+  keel::data::Example get_batch(const std::vector<std::int64_t>&) const { return batch; }
+};
+
+using Trainer = keel::Trainer<keel::model<StackImpl>, keel::optimizer<keel::optim::AdamW>>;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+/// Every tensor of the checkpoint under one name: parameters, buffers, and Adam's moments.
+std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& model, torch::optim::Optimizer& optimizer) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : model.named_parameters()) {
+    out.emplace_back("param." + p.key(), p.value());
+    auto& state = static_cast<torch::optim::AdamWParamState&>(
+        *optimizer.state().at(c10::guts::to_string(p.value().unsafeGetTensorImpl())));
+    out.emplace_back("exp_avg." + p.key(), state.exp_avg());
+    out.emplace_back("exp_avg_sq." + p.key(), state.exp_avg_sq());
+  }
+  return out;
+}
+
+/// Measures a fit: how long each save holds the training thread (from on_save_checkpoint_start
+/// to the start of the next step) and how long each step takes (start to start). Measurements,
+/// not training state: nothing to save.
+struct SaveClock {
+  std::vector<double>* held = nullptr;
+  std::vector<double>* steps = nullptr;
+  Clock::time_point save_started{}, step_started{};
+  bool saving = false;
+  template <class Archive>
+  void serialize(Archive&) {}
+  void on_save_checkpoint_start(keel::Context&) {
+    save_started = Clock::now();
+    saving = true;
+  }
+  void on_train_batch_start(keel::Context&) {
+    const auto now = Clock::now();
+    if (saving) held->push_back(std::chrono::duration<double>(now - save_started).count());
+    else if (step_started != Clock::time_point{}) steps->push_back(std::chrono::duration<double>(now - step_started).count());
+    saving = false;
+    step_started = now;
+  }
+};
+using ClockedTrainer = keel::Trainer<keel::model<StackImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<SaveClock>>;
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+/// --mode async: a fit of `steps` steps of batch `batch` saving every `every` steps, three
+/// ways: no checkpoints, synchronous saves, async_save. Prints, in seconds: the median time a
+/// save holds the training thread (the first save of each fit left out: it allocates the
+/// snapshot's memory), the median step time of steps that hold no save (with async_save a
+/// write is in flight during most of them), and the time of a plain copy of the state into
+/// memory already allocated, the floor for a snapshot.
+void background_saves(std::int64_t width, std::int64_t layers, const std::string& dir, std::int64_t batch,
+                      std::int64_t steps, std::int64_t every) {
+  const OneBatch data{{torch::randn({batch, width}), torch::randn({batch, width})}};
+  auto fit = [&](const char* how, bool save, bool async) {
+    std::vector<double> held, step_times;
+    torch::manual_seed(1);
+    const std::string run_dir = dir + "/" + how;
+    std::filesystem::remove_all(run_dir);
+    ClockedTrainer trainer(std::make_shared<StackImpl>(width, layers),
+                           keel::TrainerOptions()
+                               .batch_size(batch)
+                               .max_epochs(0)
+                               .max_steps(steps)
+                               .checkpoint_dir(save ? run_dir : "")
+                               .save_every_steps(every)
+                               .keep_last(1)
+                               .async_save(async),
+                           torch::optim::AdamWOptions(1e-3), SaveClock{&held, &step_times});
+    auto copy = data;
+    trainer.fit(copy);
+    if (!held.empty()) held.erase(held.begin());
+    std::printf("%s_held_s=%.4f\n%s_step_s=%.4f\n", how, median(held), how, median(step_times));
+    std::filesystem::remove_all(run_dir);
+    return trainer.state_digest();
+  };
+  const auto none = fit("no_saves", false, false);
+  const auto sync = fit("sync", true, false);
+  const auto async = fit("async", true, true);
+  if (none != sync || sync != async) throw std::runtime_error("the three fits ended in different states");
+
+  // The floor: copying every tensor of the state into tensors that already exist.
+  torch::manual_seed(1);
+  Trainer trainer(std::make_shared<StackImpl>(width, layers), keel::TrainerOptions().batch_size(batch).max_epochs(0).max_steps(1),
+                  torch::optim::AdamWOptions(1e-3));
+  auto copy = data;
+  trainer.fit(copy);
+  std::vector<torch::Tensor> from, to;
+  for (const auto& [name, t] : state_tensors(*trainer.model(), trainer.optimizer().torch_optimizer())) {
+    from.push_back(t);
+    to.push_back(torch::empty_like(t).fill_(1));  // touched: the memory is in use already
+  }
+  std::vector<double> copies;
+  for (int r = 0; r < 5; ++r) {
+    const auto start = Clock::now();
+    for (std::size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
+    copies.push_back(seconds_since(start));
+  }
+  std::printf("state_copy_s=%.4f\n", median(copies));
+}
+
+/// A line of /proc/self/status in bytes (VmRSS, VmHWM).
+std::int64_t status_bytes(const char* key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  const std::string prefix = std::string(key) + ":";
+  while (std::getline(status, line))
+    if (line.rfind(prefix, 0) == 0) return std::stoll(line.substr(prefix.size())) * 1024;
+  throw std::runtime_error(std::string("no ") + key + " in /proc/self/status");
+}
+
+void reset_peak() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+}
+
+void fsync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0 || ::fsync(fd) != 0) throw std::runtime_error("cannot fsync " + path);
+  ::close(fd);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::int64_t width = 3200, layers = 5;
+  int passes = 2;
+  std::string mode = "io";
+  std::int64_t batch = 256, steps = 9, every = 2;
+  std::string dir = "/tmp/keel-bench-ckpt", order = "keel-first", only;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--width")) width = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--layers")) layers = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--dir")) dir = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--order")) order = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--passes")) passes = std::stoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--batch")) batch = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--steps")) steps = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--every")) every = std::stoll(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  std::filesystem::create_directories(dir);
+  if (mode == "async") {
+    background_saves(width, layers, dir, batch, steps, every);
+    return 0;
+  }
+  torch::manual_seed(1);
+  const std::string keel_file = dir + "/keel.ckpt", torch_file = dir + "/torch.pt";
+
+  Trainer trainer(std::make_shared<StackImpl>(width, layers),
+                  keel::TrainerOptions().batch_size(4).max_epochs(0).max_steps(1),
+                  torch::optim::AdamWOptions(1e-3));
+  OneBatch data{{torch::randn({4, width}), torch::randn({4, width})}};
+  trainer.fit(data);
+  // The live tensors, fetched anew for every use: a keel load replaces the optimizer's moments.
+  auto tensors = [&] { return state_tensors(*trainer.model(), trainer.optimizer().torch_optimizer()); };
+  std::int64_t state_bytes = 0, largest = 0, parameters = 0;
+  for (const auto& [name, t] : tensors()) {
+    state_bytes += t.numel() * t.element_size();
+    largest = std::max<std::int64_t>(largest, t.numel() * t.element_size());
+  }
+  for (const auto& p : trainer.model()->parameters()) parameters += p.numel();
+  std::printf("parameters=%lld\nstate_bytes=%lld\nlargest_tensor_bytes=%lld\n", static_cast<long long>(parameters),
+              static_cast<long long>(state_bytes), static_cast<long long>(largest));
+
+  // Each operation runs once untimed first: the first write of a process, or the first touch of
+  // fresh memory, costs this virtual machine up to a second more (the host maps the guest's
+  // pages on first use), which would measure the machine rather than the code. The untimed
+  // loads give the peak memory (fresh allocations), the timed ones the speed.
+  bool timed = false;
+  auto report = [&](const char* key, double value) {
+    if (timed) std::printf("%s=%.4f\n", key, value);
+  };
+  auto keel_save = [&] {
+    const auto start = Clock::now();
+    trainer.save_checkpoint(keel_file);
+    report("keel_save_s", seconds_since(start));
+    std::printf("keel_file_bytes=%lld\n", static_cast<long long>(std::filesystem::file_size(keel_file)));
+  };
+  auto torch_save = [&] {
+    const auto start = Clock::now();
+    torch::serialize::OutputArchive archive;
+    for (const auto& [name, t] : tensors()) archive.write(name, t);
+    archive.save_to(torch_file);
+    fsync_file(torch_file);
+    report("torch_save_s", seconds_since(start));
+    std::printf("torch_file_bytes=%lld\n", static_cast<long long>(std::filesystem::file_size(torch_file)));
+  };
+  auto keel_load = [&] {
+    const std::int64_t before = status_bytes("VmRSS");
+    reset_peak();
+    const auto start = Clock::now();
+    trainer.load_checkpoint(keel_file);
+    report("keel_load_s", seconds_since(start));
+    if (!timed) std::printf("keel_load_peak_extra_bytes=%lld\n", static_cast<long long>(status_bytes("VmHWM") - before));
+  };
+  auto torch_load = [&] {
+    const auto live = tensors();
+    const std::int64_t before = status_bytes("VmRSS");
+    reset_peak();
+    const auto start = Clock::now();
+    {
+      torch::serialize::InputArchive archive;
+      archive.load_from(torch_file);
+      torch::NoGradGuard no_grad;
+      for (const auto& [name, t] : live) {
+        torch::Tensor read;
+        archive.read(name, read);
+        t.copy_(read);  // into the live state, as a restore does
+      }
+    }
+    report("torch_load_s", seconds_since(start));
+    if (!timed) std::printf("torch_load_peak_extra_bytes=%lld\n", static_cast<long long>(status_bytes("VmHWM") - before));
+  };
+  auto round = [&](bool keel_first) {
+    if (only == "keel") {  // for profiling keel alone
+      keel_save();
+      keel_load();
+    } else if (keel_first) {
+      keel_save();
+      torch_save();
+      keel_load();
+      torch_load();
+    } else {
+      torch_save();
+      keel_save();
+      torch_load();
+      keel_load();
+    }
+  };
+  round(order == "keel-first");
+  timed = true;
+  for (int pass = 0; pass < passes; ++pass) round((order == "keel-first") == (pass % 2 == 0));
+  std::filesystem::remove(keel_file);
+  std::filesystem::remove(torch_file);
+  return 0;
+}
