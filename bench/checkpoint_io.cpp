@@ -67,7 +67,7 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& mode
   for (const auto& p : model.named_parameters()) {
     out.emplace_back("param." + p.key(), p.value());
     auto& state = static_cast<torch::optim::AdamWParamState&>(
-        *optimizer.state().at(c10::guts::to_string(p.value().unsafeGetTensorImpl())));
+        *optimizer.state().at(keel::optim::state_key(p.value())));
     out.emplace_back("exp_avg." + p.key(), state.exp_avg());
     out.emplace_back("exp_avg_sq." + p.key(), state.exp_avg_sq());
   }
@@ -125,6 +125,7 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
                                .max_steps(steps)
                                .checkpoint_dir(save ? run_dir : "")
                                .save_every_steps(every)
+                               .save_on_epoch_end(false)  // (one batch per epoch here)
                                .keep_last(1)
                                .async_save(async),
                            torch::optim::AdamWOptions(1e-3), SaveClock{&held, &step_times});

@@ -51,13 +51,14 @@ class CheckpointError : public Error {
   std::vector<std::string> problems_;
 };
 
-/// A load that failed after every check had passed, while it read the tensors it had left in
-/// the file into place (an I/O error, or the file changed on disk meanwhile): the state is
-/// partly from the checkpoint. The Trainer refuses to train or save until a load succeeds.
+/// A load that failed after every check had passed, while it applied the state (reading the
+/// tensors it had left in the file into place: an I/O error, or the file changed on disk
+/// meanwhile): the state is partly from the checkpoint. The Trainer refuses to train, evaluate,
+/// save or digest until a load succeeds.
 class IncompleteLoadError : public CheckpointError {
  public:
   IncompleteLoadError(std::string path, const std::string& reason)
-      : CheckpointError(std::move(path), {"could not be read to the end after every check had passed (" + reason + ")"},
+      : CheckpointError(std::move(path), {"could not be applied to the end after every check had passed (" + reason + ")"},
                         "The Trainer's state is now partly from this checkpoint: load a checkpoint again (this one, "
                         "once it reads, or another), or construct a new Trainer.") {}
 };

@@ -120,6 +120,8 @@ void save(Archive& archive, const at::Tensor& tensor) {
   const bool defined = tensor.defined();
   archive(cereal::make_nvp("defined", defined));
   if (!defined) return;
+  if (keel::ckpt::is_deferred(tensor))  // a load's placeholder never reached live state: a keel bug if it did
+    throw std::logic_error("keel: a tensor still waiting to be read from a checkpoint cannot be saved");
   const char* dtype = keel::dtype_name(tensor.scalar_type());
   if (!dtype)
     throw std::runtime_error(std::string("keel: cannot save a tensor of dtype ") +

@@ -280,6 +280,7 @@ void Trainer<P...>::fit(TrainSet& train, ValidationSet& validation) {
 template <class... P>
 template <class Dataset>
 Metrics Trainer<P...>::evaluate(Dataset& dataset) {
+  require_whole_state();
   return loop::evaluate(state_, dataset, /*with_hooks=*/false);
 }
 

@@ -159,7 +159,8 @@ struct TrainerOptions {
   /// one save is in flight; the next save, the end of fit, a stop signal and an exception wait
   /// for it; last.ckpt moves only once it is committed; a write that fails follows
   /// continue_on_save_error when the training thread learns of it (at the next save or the end
-  /// of fit). The files are the same bytes as without it.
+  /// of fit). The files are the same bytes as without it. on_save_checkpoint_end comes then
+  /// too, once the file is committed: callbacks see a later step by that time.
   TORCH_ARG(bool, async_save) = false;
   /// A NaN or infinite loss (any micro-batch) or gradient (before each optimizer step).
   TORCH_ARG(NonFinitePolicy, on_nonfinite) = NonFinitePolicy::stop;

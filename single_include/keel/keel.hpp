@@ -107,13 +107,14 @@ class CheckpointError : public Error {
   std::vector<std::string> problems_;
 };
 
-/// A load that failed after every check had passed, while it read the tensors it had left in
-/// the file into place (an I/O error, or the file changed on disk meanwhile): the state is
-/// partly from the checkpoint. The Trainer refuses to train or save until a load succeeds.
+/// A load that failed after every check had passed, while it applied the state (reading the
+/// tensors it had left in the file into place: an I/O error, or the file changed on disk
+/// meanwhile): the state is partly from the checkpoint. The Trainer refuses to train, evaluate,
+/// save or digest until a load succeeds.
 class IncompleteLoadError : public CheckpointError {
  public:
   IncompleteLoadError(std::string path, const std::string& reason)
-      : CheckpointError(std::move(path), {"could not be read to the end after every check had passed (" + reason + ")"},
+      : CheckpointError(std::move(path), {"could not be applied to the end after every check had passed (" + reason + ")"},
                         "The Trainer's state is now partly from this checkpoint: load a checkpoint again (this one, "
                         "once it reads, or another), or construct a new Trainer.") {}
 };
@@ -1277,6 +1278,7 @@ inline std::vector<char> read_file(const fs::path& path) {
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <streambuf>
 #include <string>
 #include <utility>
@@ -1296,8 +1298,9 @@ class ByteSource {
   /// Reads exactly `size` bytes at `offset` into `out`. Throws IoError when they cannot be
   /// read (a file that shrank or changed since it was opened reads as changed).
   virtual void read(std::uint64_t offset, void* out, std::size_t size) const = 0;
-  /// Whether the bytes are still those that were opened (a file: same size and modification
-  /// time). keel never rewrites a checkpoint in place; another program might.
+  /// Whether the bytes are still those that were opened (a file: same size, modification and
+  /// status-change times; the last cannot be set back by a program). keel never rewrites a
+  /// checkpoint in place; another program might.
   virtual bool unchanged() const = 0;
 };
 
@@ -1362,7 +1365,8 @@ class FileSource final : public ByteSource {
   bool unchanged() const override {
     struct stat now {};
     return ::fstat(fd_, &now) == 0 && now.st_size == opened_.st_size && now.st_mtim.tv_sec == opened_.st_mtim.tv_sec &&
-           now.st_mtim.tv_nsec == opened_.st_mtim.tv_nsec;
+           now.st_mtim.tv_nsec == opened_.st_mtim.tv_nsec && now.st_ctim.tv_sec == opened_.st_ctim.tv_sec &&
+           now.st_ctim.tv_nsec == opened_.st_ctim.tv_nsec;
   }
 
   const fs::path& path() const noexcept { return path_; }
@@ -1375,7 +1379,9 @@ class FileSource final : public ByteSource {
 
 /// An input stream buffer over bytes [begin, end) of a source, read in blocks; reads larger
 /// than a block (tensor data) go straight to their destination. `remaining()` is exact, which
-/// the bounded archive relies on, and `skip` passes over bytes without reading them.
+/// the bounded archive relies on, and `skip` passes over bytes without reading them. It hashes
+/// every byte it reads from the source, so that a parse can prove it read the bytes that were
+/// verified (`read_hash`, when nothing was skipped and everything read).
 class SectionReader : public std::streambuf {
  public:
   static constexpr std::size_t block_size = 64 * 1024;
@@ -1399,6 +1405,13 @@ class SectionReader : public std::streambuf {
     count -= buffered;
     setg(nullptr, nullptr, nullptr);
     next_ += std::min(count, end_ - next_);
+    skipped_ = true;
+  }
+  /// The hash of the bytes read from the source, when they are the whole range, in order (no
+  /// skip, nothing left): comparable with the section's checksum.
+  std::optional<std::uint64_t> read_hash() const {
+    if (skipped_ || next_ != end_) return std::nullopt;
+    return hash_.digest();
   }
   const ByteSource& source() const noexcept { return source_; }
 
@@ -1409,6 +1422,7 @@ class SectionReader : public std::streambuf {
     if (buffer_.empty()) buffer_.resize(block_size);
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block_size, end_ - next_));
     source_.read(next_, buffer_.data(), n);
+    hash_.update(buffer_.data(), n);
     next_ += n;
     setg(buffer_.data(), buffer_.data(), buffer_.data() + n);
     return traits_type::to_int_type(*gptr());
@@ -1428,6 +1442,7 @@ class SectionReader : public std::streambuf {
     if (static_cast<std::size_t>(rest) >= block_size) {  // large: straight into place
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(rest), end_ - next_));
       source_.read(next_, out + done, n);
+      hash_.update(out + done, n);
       next_ += n;
       return done + static_cast<std::streamsize>(n);
     }
@@ -1449,6 +1464,8 @@ class SectionReader : public std::streambuf {
   std::uint64_t next_;  // source offset of the byte after the buffered ones
   std::uint64_t end_;
   std::vector<char> buffer_;
+  Hasher64 hash_;
+  bool skipped_ = false;
 };
 
 }  // namespace keel::ckpt
@@ -1660,8 +1677,8 @@ inline at::Tensor deferred_tensor(std::shared_ptr<const ByteSource> source, std:
   void* element = where->element;
   c10::DataPtr data(element, where.get(), &detail::delete_deferred, c10::Device(c10::kCPU));
   where.release();  // the storage owns it now
-  c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<std::int64_t>(c10::elementSize(type)),
-                       std::move(data), /*allocator=*/nullptr, /*resizable=*/false);
+  c10::Storage storage(c10::Storage::use_byte_size_t(), c10::elementSize(type), std::move(data), /*allocator=*/nullptr,
+                       /*resizable=*/false);
   const std::vector<std::int64_t> strides(shape.size(), 0);
   at::Tensor placeholder = at::empty({0}, at::TensorOptions().dtype(type));
   placeholder.set_(storage, 0, shape, strides);
@@ -1708,9 +1725,10 @@ inline void copy_into(const at::Tensor& live, const at::Tensor& saved) {
     live.copy_(saved);
     return;
   }
-  if (live.is_cpu() && live.is_contiguous() && live.scalar_type() == saved.scalar_type() &&
+  if (live.is_cpu() && live.is_contiguous() && !live.is_complex() && live.scalar_type() == saved.scalar_type() &&
       live.sizes() == saved.sizes()) {
     detail::read_deferred(*where, live);
+    live.unsafeGetTensorImpl()->bump_version();  // as copy_ does: autograd sees the change
     return;
   }
   at::Tensor bytes = at::empty(saved.sizes(), at::TensorOptions().dtype(saved.scalar_type()));
@@ -1833,6 +1851,8 @@ void save(Archive& archive, const at::Tensor& tensor) {
   const bool defined = tensor.defined();
   archive(cereal::make_nvp("defined", defined));
   if (!defined) return;
+  if (keel::ckpt::is_deferred(tensor))  // a load's placeholder never reached live state: a keel bug if it did
+    throw std::logic_error("keel: a tensor still waiting to be read from a checkpoint cannot be saved");
   const char* dtype = keel::dtype_name(tensor.scalar_type());
   if (!dtype)
     throw std::runtime_error(std::string("keel: cannot save a tensor of dtype ") +
@@ -3094,6 +3114,18 @@ class OptimizerBook {
 namespace keel::optim {
 
 template <class Traits>
+class TorchOptimizer;
+
+/// Whether optimizer policy O applies a loaded state with TorchOptimizer's own apply(), which
+/// reads the tensors a load left in the file into place (ckpt::copy_into). A policy that
+/// replaces apply() is given real tensors instead.
+template <class O, class = void>
+inline constexpr bool applies_deferred_tensors = false;
+template <class O>
+inline constexpr bool applies_deferred_tensors<O, std::void_t<typename O::torch_optimizer_base, decltype(&O::apply)>> =
+    std::is_same_v<decltype(&O::apply), decltype(&O::torch_optimizer_base::apply)>;
+
+template <class Traits>
 class TorchOptimizer {
  public:
   using Options = typename Traits::Options;
@@ -3101,9 +3133,6 @@ class TorchOptimizer {
   /// Its data is saved through state() (the section "optimizer"); a policy derived from it
   /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
   using torch_optimizer_base = TorchOptimizer;
-  /// apply() reads the tensors a load left in the file itself (a derived policy that replaces
-  /// apply() must set this to false, to receive real tensors).
-  static constexpr bool reads_deferred_tensors = true;
 
   /// One param group with `options`, or the groups of `groups` (each parameter in the first
   /// group that selects it; the others in "default", with `options` as given).
@@ -4122,7 +4151,7 @@ class OneOf {
   using alternatives = std::tuple<Policies...>;
   using Options = std::variant<typename Policies::Options...>;
   /// apply() passes a load's placeholders on only when every policy reads them itself.
-  static constexpr bool reads_deferred_tensors = (ckpt::reads_deferred_tensors<Policies> && ...);
+  static constexpr bool reads_deferred_tensors = (applies_deferred_tensors<Policies> && ...);
 
   OneOf(const NamedParameters& params, Options options, const ParamGroups& groups = {})
       : chosen_(make(params, std::move(options), groups)) {}
@@ -5910,6 +5939,12 @@ inline Container verify_container(std::shared_ptr<const ByteSource> source, cons
   const std::uint64_t manifest_size = detail::get_u(trailer + 8, 8);
   const bool manifest_inside =
       manifest_offset >= header_size && manifest_offset <= body_end && manifest_size <= body_end - manifest_offset;
+  // The manifest is the one part read into memory: a few kilobytes (a line per section, the
+  // fingerprint); a damaged trailer must not make it the file's size.
+  constexpr std::uint64_t largest_manifest = 64 << 20;
+  if (manifest_inside && manifest_size > largest_manifest)
+    throw CheckpointError(where, {"has a manifest of " + std::to_string(manifest_size) + " bytes (at most " +
+                                  std::to_string(largest_manifest) + "): its trailer is damaged"});
 
   // The manifest first (it says where the sections are), then one pass for every checksum.
   std::vector<char> manifest_bytes;
@@ -5994,6 +6029,9 @@ inline Container read_container(const fs::path& path) {
     return verify_container(std::move(source), where);
   } catch (const IoError& e) {
     if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
+    if (e.error_code() == ESTALE)
+      throw CheckpointError(where, {"changed while it was being read (it is shorter than when it was opened): "
+                                    "another program is writing it; read it again"});
     throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
   }
 }
@@ -6047,6 +6085,10 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
     if constexpr (detail::checks_sections<Format>::value) {
       // A text format's own check wants the section's bytes, and its parser reads them whole.
       const std::string bytes = container.section(info);
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+      if (hash64(bytes.data(), bytes.size()) != info.checksum)
+        throw std::runtime_error("it changed on disk after it was verified; load it again");
+#endif
       Format::check_section(bytes);
       detail::MemoryBuffer buffer(bytes.data(), bytes.size());
       std::istream text(&buffer);
@@ -6070,6 +6112,13 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
   if (reader.remaining() != 0)
     throw std::runtime_error("section '" + info.name + "' has " + std::to_string(reader.remaining()) +
                              " bytes after its end (written by another version of " + info.type + "?)");
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // (fuzzing skips checksums: see verify_container)
+  // The bytes parsed are those verified, unless the file changed in between (a section whose
+  // tensors stayed in the file is read partly; its bytes are checked when read: unchanged()).
+  if (const auto read = reader.read_hash(); read && *read != info.checksum)
+    throw std::runtime_error("section '" + info.name + "' changed on disk after it was verified (checksum " +
+                             hex64(*read) + ", manifest says " + hex64(info.checksum) + "); load it again");
+#endif
 }
 
 }  // namespace keel::ckpt
@@ -8718,7 +8767,8 @@ struct TrainerOptions {
   /// one save is in flight; the next save, the end of fit, a stop signal and an exception wait
   /// for it; last.ckpt moves only once it is committed; a write that fails follows
   /// continue_on_save_error when the training thread learns of it (at the next save or the end
-  /// of fit). The files are the same bytes as without it.
+  /// of fit). The files are the same bytes as without it. on_save_checkpoint_end comes then
+  /// too, once the file is committed: callbacks see a later step by that time.
   TORCH_ARG(bool, async_save) = false;
   /// A NaN or infinite loss (any micro-batch) or gradient (before each optimizer step).
   TORCH_ARG(NonFinitePolicy, on_nonfinite) = NonFinitePolicy::stop;
@@ -9174,7 +9224,8 @@ struct OptimizerSection {
   /// With a policy that reads a load's placeholders itself (TorchOptimizer's), the moments
   /// stay in the file until commit reads them into place (deferred_tensor.hpp); any other
   /// policy, and keel-ckpt, get them in full.
-  static constexpr bool reads_deferred_tensors = !offline && ckpt::reads_deferred_tensors<Live>;
+  static constexpr bool reads_deferred_tensors =
+      !offline && (optim::applies_deferred_tensors<Live> || ckpt::reads_deferred_tensors<Live>);
   Live& live;
 
   std::string name() const { return "optimizer"; }
@@ -9734,7 +9785,9 @@ class ConstructorArgs {
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <ios>
 #include <ostream>
+#include <stdexcept>
 #include <streambuf>
 #include <string>
 #include <utility>
@@ -9806,8 +9859,10 @@ class SectionSnapshot final : public SectionWriter {
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     const std::size_t offset = buffer_.size();
     std::ostream stream(&buffer_);
+    stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
     write(stream);
     stream.flush();
+    if (!stream) throw std::runtime_error("keel: the snapshot of section '" + name + "' is incomplete");
     sections_.push_back({std::move(name), std::move(type), version, offset, buffer_.size() - offset});
   }
 
@@ -10521,7 +10576,7 @@ class CheckpointSaver {
     try {
       finish_background_save();
     } catch (const std::exception& e) {
-      warn(std::string("the checkpoint being written when training failed was not saved: ") + e.what());
+      warn(std::string("while training failed, the checkpoint written in the background: ") + e.what());
     } catch (...) {
     }
   }
@@ -10552,13 +10607,18 @@ class CheckpointSaver {
     s_.dispatch(event::on_save_checkpoint_start{});
     Pending save{directory, name, previous_path, s_.loop.global_step, validation_unsaved_};
     if (options.async_save()) {
-      state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
-      background_.start([this, save] {
-        ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
-          snapshot_.write_container(sink, Format::keel_name, Format::format_id);
+      try {
+        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
+        background_.start([this, save] {
+          ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
+            snapshot_.write_container(sink, Format::keel_name, Format::format_id);
+          });
+          ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
         });
-        ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
-      });
+      } catch (...) {  // nothing started: as if the save had not begun
+        s_.view.checkpoint_path = previous_path;
+        throw;
+      }
       pending_ = std::move(save);
       // The state is captured: from here on only what changes is unsaved (a failed write says
       // otherwise when it is collected).
@@ -10573,6 +10633,8 @@ class CheckpointSaver {
       not_saved(save, e);
       return;  // still unsaved: the next save (or the end of fit) writes this state's successor
     }
+    validation_unsaved_ = false;
+    unsaved_ = false;
     committed(save);
   }
 
@@ -10602,8 +10664,6 @@ class CheckpointSaver {
                  ckpt::Retention{options.keep_last(), options.keep_best(), options.monitor(),
                                  options.monitor_higher_is_better()},
                  save.name, Format::extension);
-    validation_unsaved_ = false;
-    unsaved_ = false;
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 
@@ -10615,19 +10675,19 @@ class CheckpointSaver {
     const Pending save = std::move(*pending_);
     pending_.reset();
     if (!error) {
-      // (what changed since the snapshot stays unsaved)
-      const bool unsaved = unsaved_, validation_unsaved = validation_unsaved_;
-      committed(save);
-      unsaved_ = unsaved;
-      validation_unsaved_ = validation_unsaved;
+      committed(save);  // (what changed since the snapshot stays unsaved)
       return;
     }
+    // That state never reached the disk: the next save, or the end of fit, writes its successor.
+    unsaved_ = true;
+    validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
     try {
       std::rethrow_exception(error);
     } catch (const ckpt::IoError& e) {
-      unsaved_ = true;  // that state never reached the disk: the next save, or the end of fit, writes it
-      validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
       not_saved(save, e);
+    } catch (...) {
+      s_.view.checkpoint_path = save.previous_path;
+      throw;
     }
   }
 
@@ -11825,6 +11885,7 @@ void Trainer<P...>::fit(TrainSet& train, ValidationSet& validation) {
 template <class... P>
 template <class Dataset>
 Metrics Trainer<P...>::evaluate(Dataset& dataset) {
+  require_whole_state();
   return loop::evaluate(state_, dataset, /*with_hooks=*/false);
 }
 

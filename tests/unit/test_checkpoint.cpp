@@ -539,7 +539,7 @@ TEST_CASE("a load that fails after its checks says so, and the trainer refuses t
   trainer.fit(data);
   REQUIRE(trainer.state_digest() != source.state_digest());
   Saboteur::target = file;  // the model's members commit before the optimizer's moments are read
-  CHECK_THROWS_WITH_AS(trainer.load_checkpoint(file), doctest::Contains("could not be read to the end after every check had passed"),
+  CHECK_THROWS_WITH_AS(trainer.load_checkpoint(file), doctest::Contains("could not be applied to the end after every check had passed"),
                        keel::IncompleteLoadError);
   Saboteur::target.clear();
   CHECK_THROWS_WITH_AS(trainer.save_checkpoint(dir / "partial.ckpt"), doctest::Contains("load a checkpoint again"),

@@ -328,6 +328,12 @@ inline Container verify_container(std::shared_ptr<const ByteSource> source, cons
   const std::uint64_t manifest_size = detail::get_u(trailer + 8, 8);
   const bool manifest_inside =
       manifest_offset >= header_size && manifest_offset <= body_end && manifest_size <= body_end - manifest_offset;
+  // The manifest is the one part read into memory: a few kilobytes (a line per section, the
+  // fingerprint); a damaged trailer must not make it the file's size.
+  constexpr std::uint64_t largest_manifest = 64 << 20;
+  if (manifest_inside && manifest_size > largest_manifest)
+    throw CheckpointError(where, {"has a manifest of " + std::to_string(manifest_size) + " bytes (at most " +
+                                  std::to_string(largest_manifest) + "): its trailer is damaged"});
 
   // The manifest first (it says where the sections are), then one pass for every checksum.
   std::vector<char> manifest_bytes;
@@ -412,6 +418,9 @@ inline Container read_container(const fs::path& path) {
     return verify_container(std::move(source), where);
   } catch (const IoError& e) {
     if (e.error_code() == EISDIR) throw CheckpointError(where, {"is a directory, not a checkpoint file"});
+    if (e.error_code() == ESTALE)
+      throw CheckpointError(where, {"changed while it was being read (it is shorter than when it was opened): "
+                                    "another program is writing it; read it again"});
     throw CheckpointError(where, {std::string("cannot be read: ") + std::strerror(e.error_code())});
   }
 }

@@ -64,8 +64,8 @@ inline at::Tensor deferred_tensor(std::shared_ptr<const ByteSource> source, std:
   void* element = where->element;
   c10::DataPtr data(element, where.get(), &detail::delete_deferred, c10::Device(c10::kCPU));
   where.release();  // the storage owns it now
-  c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<std::int64_t>(c10::elementSize(type)),
-                       std::move(data), /*allocator=*/nullptr, /*resizable=*/false);
+  c10::Storage storage(c10::Storage::use_byte_size_t(), c10::elementSize(type), std::move(data), /*allocator=*/nullptr,
+                       /*resizable=*/false);
   const std::vector<std::int64_t> strides(shape.size(), 0);
   at::Tensor placeholder = at::empty({0}, at::TensorOptions().dtype(type));
   placeholder.set_(storage, 0, shape, strides);
@@ -112,9 +112,10 @@ inline void copy_into(const at::Tensor& live, const at::Tensor& saved) {
     live.copy_(saved);
     return;
   }
-  if (live.is_cpu() && live.is_contiguous() && live.scalar_type() == saved.scalar_type() &&
+  if (live.is_cpu() && live.is_contiguous() && !live.is_complex() && live.scalar_type() == saved.scalar_type() &&
       live.sizes() == saved.sizes()) {
     detail::read_deferred(*where, live);
+    live.unsafeGetTensorImpl()->bump_version();  // as copy_ does: autograd sees the change
     return;
   }
   at::Tensor bytes = at::empty(saved.sizes(), at::TensorOptions().dtype(saved.scalar_type()));

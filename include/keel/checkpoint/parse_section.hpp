@@ -46,6 +46,10 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
     if constexpr (detail::checks_sections<Format>::value) {
       // A text format's own check wants the section's bytes, and its parser reads them whole.
       const std::string bytes = container.section(info);
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+      if (hash64(bytes.data(), bytes.size()) != info.checksum)
+        throw std::runtime_error("it changed on disk after it was verified; load it again");
+#endif
       Format::check_section(bytes);
       detail::MemoryBuffer buffer(bytes.data(), bytes.size());
       std::istream text(&buffer);
@@ -69,6 +73,13 @@ void parse_section(const Container& container, const SectionInfo& info, T& value
   if (reader.remaining() != 0)
     throw std::runtime_error("section '" + info.name + "' has " + std::to_string(reader.remaining()) +
                              " bytes after its end (written by another version of " + info.type + "?)");
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // (fuzzing skips checksums: see verify_container)
+  // The bytes parsed are those verified, unless the file changed in between (a section whose
+  // tensors stayed in the file is read partly; its bytes are checked when read: unchanged()).
+  if (const auto read = reader.read_hash(); read && *read != info.checksum)
+    throw std::runtime_error("section '" + info.name + "' changed on disk after it was verified (checksum " +
+                             hex64(*read) + ", manifest says " + hex64(info.checksum) + "); load it again");
+#endif
 }
 
 }  // namespace keel::ckpt

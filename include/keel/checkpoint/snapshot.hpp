@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <ios>
 #include <ostream>
+#include <stdexcept>
 #include <streambuf>
 #include <string>
 #include <utility>
@@ -84,8 +86,10 @@ class SectionSnapshot final : public SectionWriter {
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
     const std::size_t offset = buffer_.size();
     std::ostream stream(&buffer_);
+    stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
     write(stream);
     stream.flush();
+    if (!stream) throw std::runtime_error("keel: the snapshot of section '" + name + "' is incomplete");
     sections_.push_back({std::move(name), std::move(type), version, offset, buffer_.size() - offset});
   }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <streambuf>
 #include <string>
 #include <utility>
@@ -29,8 +30,9 @@ class ByteSource {
   /// Reads exactly `size` bytes at `offset` into `out`. Throws IoError when they cannot be
   /// read (a file that shrank or changed since it was opened reads as changed).
   virtual void read(std::uint64_t offset, void* out, std::size_t size) const = 0;
-  /// Whether the bytes are still those that were opened (a file: same size and modification
-  /// time). keel never rewrites a checkpoint in place; another program might.
+  /// Whether the bytes are still those that were opened (a file: same size, modification and
+  /// status-change times; the last cannot be set back by a program). keel never rewrites a
+  /// checkpoint in place; another program might.
   virtual bool unchanged() const = 0;
 };
 
@@ -95,7 +97,8 @@ class FileSource final : public ByteSource {
   bool unchanged() const override {
     struct stat now {};
     return ::fstat(fd_, &now) == 0 && now.st_size == opened_.st_size && now.st_mtim.tv_sec == opened_.st_mtim.tv_sec &&
-           now.st_mtim.tv_nsec == opened_.st_mtim.tv_nsec;
+           now.st_mtim.tv_nsec == opened_.st_mtim.tv_nsec && now.st_ctim.tv_sec == opened_.st_ctim.tv_sec &&
+           now.st_ctim.tv_nsec == opened_.st_ctim.tv_nsec;
   }
 
   const fs::path& path() const noexcept { return path_; }
@@ -108,7 +111,9 @@ class FileSource final : public ByteSource {
 
 /// An input stream buffer over bytes [begin, end) of a source, read in blocks; reads larger
 /// than a block (tensor data) go straight to their destination. `remaining()` is exact, which
-/// the bounded archive relies on, and `skip` passes over bytes without reading them.
+/// the bounded archive relies on, and `skip` passes over bytes without reading them. It hashes
+/// every byte it reads from the source, so that a parse can prove it read the bytes that were
+/// verified (`read_hash`, when nothing was skipped and everything read).
 class SectionReader : public std::streambuf {
  public:
   static constexpr std::size_t block_size = 64 * 1024;
@@ -132,6 +137,13 @@ class SectionReader : public std::streambuf {
     count -= buffered;
     setg(nullptr, nullptr, nullptr);
     next_ += std::min(count, end_ - next_);
+    skipped_ = true;
+  }
+  /// The hash of the bytes read from the source, when they are the whole range, in order (no
+  /// skip, nothing left): comparable with the section's checksum.
+  std::optional<std::uint64_t> read_hash() const {
+    if (skipped_ || next_ != end_) return std::nullopt;
+    return hash_.digest();
   }
   const ByteSource& source() const noexcept { return source_; }
 
@@ -142,6 +154,7 @@ class SectionReader : public std::streambuf {
     if (buffer_.empty()) buffer_.resize(block_size);
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block_size, end_ - next_));
     source_.read(next_, buffer_.data(), n);
+    hash_.update(buffer_.data(), n);
     next_ += n;
     setg(buffer_.data(), buffer_.data(), buffer_.data() + n);
     return traits_type::to_int_type(*gptr());
@@ -161,6 +174,7 @@ class SectionReader : public std::streambuf {
     if (static_cast<std::size_t>(rest) >= block_size) {  // large: straight into place
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(rest), end_ - next_));
       source_.read(next_, out + done, n);
+      hash_.update(out + done, n);
       next_ += n;
       return done + static_cast<std::streamsize>(n);
     }
@@ -182,6 +196,8 @@ class SectionReader : public std::streambuf {
   std::uint64_t next_;  // source offset of the byte after the buffered ones
   std::uint64_t end_;
   std::vector<char> buffer_;
+  Hasher64 hash_;
+  bool skipped_ = false;
 };
 
 }  // namespace keel::ckpt

@@ -86,7 +86,7 @@ class CheckpointSaver {
     try {
       finish_background_save();
     } catch (const std::exception& e) {
-      warn(std::string("the checkpoint being written when training failed was not saved: ") + e.what());
+      warn(std::string("while training failed, the checkpoint written in the background: ") + e.what());
     } catch (...) {
     }
   }
@@ -117,13 +117,18 @@ class CheckpointSaver {
     s_.dispatch(event::on_save_checkpoint_start{});
     Pending save{directory, name, previous_path, s_.loop.global_step, validation_unsaved_};
     if (options.async_save()) {
-      state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
-      background_.start([this, save] {
-        ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
-          snapshot_.write_container(sink, Format::keel_name, Format::format_id);
+      try {
+        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
+        background_.start([this, save] {
+          ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
+            snapshot_.write_container(sink, Format::keel_name, Format::format_id);
+          });
+          ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
         });
-        ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
-      });
+      } catch (...) {  // nothing started: as if the save had not begun
+        s_.view.checkpoint_path = previous_path;
+        throw;
+      }
       pending_ = std::move(save);
       // The state is captured: from here on only what changes is unsaved (a failed write says
       // otherwise when it is collected).
@@ -138,6 +143,8 @@ class CheckpointSaver {
       not_saved(save, e);
       return;  // still unsaved: the next save (or the end of fit) writes this state's successor
     }
+    validation_unsaved_ = false;
+    unsaved_ = false;
     committed(save);
   }
 
@@ -167,8 +174,6 @@ class CheckpointSaver {
                  ckpt::Retention{options.keep_last(), options.keep_best(), options.monitor(),
                                  options.monitor_higher_is_better()},
                  save.name, Format::extension);
-    validation_unsaved_ = false;
-    unsaved_ = false;
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 
@@ -180,19 +185,19 @@ class CheckpointSaver {
     const Pending save = std::move(*pending_);
     pending_.reset();
     if (!error) {
-      // (what changed since the snapshot stays unsaved)
-      const bool unsaved = unsaved_, validation_unsaved = validation_unsaved_;
-      committed(save);
-      unsaved_ = unsaved;
-      validation_unsaved_ = validation_unsaved;
+      committed(save);  // (what changed since the snapshot stays unsaved)
       return;
     }
+    // That state never reached the disk: the next save, or the end of fit, writes its successor.
+    unsaved_ = true;
+    validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
     try {
       std::rethrow_exception(error);
     } catch (const ckpt::IoError& e) {
-      unsaved_ = true;  // that state never reached the disk: the next save, or the end of fit, writes it
-      validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
       not_saved(save, e);
+    } catch (...) {
+      s_.view.checkpoint_path = save.previous_path;
+      throw;
     }
   }
 

@@ -45,7 +45,7 @@ class OneOf {
   using alternatives = std::tuple<Policies...>;
   using Options = std::variant<typename Policies::Options...>;
   /// apply() passes a load's placeholders on only when every policy reads them itself.
-  static constexpr bool reads_deferred_tensors = (ckpt::reads_deferred_tensors<Policies> && ...);
+  static constexpr bool reads_deferred_tensors = (applies_deferred_tensors<Policies> && ...);
 
   OneOf(const NamedParameters& params, Options options, const ParamGroups& groups = {})
       : chosen_(make(params, std::move(options), groups)) {}

@@ -23,6 +23,18 @@
 namespace keel::optim {
 
 template <class Traits>
+class TorchOptimizer;
+
+/// Whether optimizer policy O applies a loaded state with TorchOptimizer's own apply(), which
+/// reads the tensors a load left in the file into place (ckpt::copy_into). A policy that
+/// replaces apply() is given real tensors instead.
+template <class O, class = void>
+inline constexpr bool applies_deferred_tensors = false;
+template <class O>
+inline constexpr bool applies_deferred_tensors<O, std::void_t<typename O::torch_optimizer_base, decltype(&O::apply)>> =
+    std::is_same_v<decltype(&O::apply), decltype(&O::torch_optimizer_base::apply)>;
+
+template <class Traits>
 class TorchOptimizer {
  public:
   using Options = typename Traits::Options;
@@ -30,9 +42,6 @@ class TorchOptimizer {
   /// Its data is saved through state() (the section "optimizer"); a policy derived from it
   /// declares what it adds with BOOST_HANA_DEFINE_STRUCT (the section "optimizer.members").
   using torch_optimizer_base = TorchOptimizer;
-  /// apply() reads the tensors a load left in the file itself (a derived policy that replaces
-  /// apply() must set this to false, to receive real tensors).
-  static constexpr bool reads_deferred_tensors = true;
 
   /// One param group with `options`, or the groups of `groups` (each parameter in the first
   /// group that selects it; the others in "default", with `options` as given).

@@ -103,7 +103,8 @@ struct OptimizerSection {
   /// With a policy that reads a load's placeholders itself (TorchOptimizer's), the moments
   /// stay in the file until commit reads them into place (deferred_tensor.hpp); any other
   /// policy, and keel-ckpt, get them in full.
-  static constexpr bool reads_deferred_tensors = !offline && ckpt::reads_deferred_tensors<Live>;
+  static constexpr bool reads_deferred_tensors =
+      !offline && (optim::applies_deferred_tensors<Live> || ckpt::reads_deferred_tensors<Live>);
   Live& live;
 
   std::string name() const { return "optimizer"; }
