@@ -4,8 +4,8 @@
 //
 // The model is a stack of Linear(width, width) layers trained one AdamW step, so that the
 // checkpoint holds parameters and both Adam moments (three tensors' worth per parameter).
-// A round is keel save, LibTorch save, keel load, LibTorch load (every save fsync'ed, every
-// load from the page cache, right after the save of the same file). One process runs an
+// A round is keel save, LibTorch save, keel load, LibTorch load (every save fsync'ed and timed
+// the second time in a row, every load from the page cache, right after the save). One process runs an
 // untimed round, then P timed rounds alternating who goes first, and prints one `key=value`
 // line per figure; bench/checkpoint_io.sh runs several processes and takes medians.
 //
@@ -212,7 +212,17 @@ int main(int argc, char** argv) {
     return 0;
   }
   torch::manual_seed(1);
-  const std::string keel_file = dir + "/keel.ckpt", torch_file = dir + "/torch.pt";
+  // Every save writes a new file, and the previous one is deleted after it, untimed: what a run
+  // with keep_last does (keel's write is atomic, so it never overwrites a file in place). Both
+  // writers then ask the kernel for new pages alike; an overwrite in place would reuse the old
+  // file's pages and time this virtual machine's page recycling rather than the writer.
+  int saves = 0;
+  std::string keel_file, torch_file;
+  auto next_file = [&](std::string& file, const char* stem, const char* extension) {
+    const std::string previous = file;
+    file = dir + "/" + stem + "-" + std::to_string(++saves) + extension;
+    return previous;
+  };
 
   Trainer trainer(std::make_shared<StackImpl>(width, layers),
                   keel::TrainerOptions().batch_size(4).max_epochs(0).max_steps(1),
@@ -239,12 +249,15 @@ int main(int argc, char** argv) {
     if (timed) std::printf("%s=%.4f\n", key, value);
   };
   auto keel_save = [&] {
+    const std::string previous = next_file(keel_file, "keel", ".ckpt");
     const auto start = Clock::now();
     trainer.save_checkpoint(keel_file);
     report("keel_save_s", seconds_since(start));
     std::printf("keel_file_bytes=%lld\n", static_cast<long long>(std::filesystem::file_size(keel_file)));
+    if (!previous.empty()) std::filesystem::remove(previous);
   };
   auto torch_save = [&] {
+    const std::string previous = next_file(torch_file, "torch", ".pt");
     const auto start = Clock::now();
     torch::serialize::OutputArchive archive;
     for (const auto& [name, t] : tensors()) archive.write(name, t);
@@ -252,6 +265,7 @@ int main(int argc, char** argv) {
     fsync_file(torch_file);
     report("torch_save_s", seconds_since(start));
     std::printf("torch_file_bytes=%lld\n", static_cast<long long>(std::filesystem::file_size(torch_file)));
+    if (!previous.empty()) std::filesystem::remove(previous);
   };
   auto keel_load = [&] {
     const std::int64_t before = status_bytes("VmRSS");
@@ -279,18 +293,28 @@ int main(int argc, char** argv) {
     report("torch_load_s", seconds_since(start));
     if (!timed) std::printf("torch_load_peak_extra_bytes=%lld\n", static_cast<long long>(status_bytes("VmHWM") - before));
   };
+  // A save is timed the second time in a row: the first after a load asks this virtual machine
+  // for memory that the load gave back (up to 2 s more, for whichever writer comes first), the
+  // second reuses the pages its predecessor's deletion freed, as saves in a run do.
+  auto twice = [&](auto&& save) {
+    const bool was_timed = timed;
+    timed = false;
+    save();
+    timed = was_timed;
+    save();
+  };
   auto round = [&](bool keel_first) {
     if (only == "keel") {  // for profiling keel alone
       keel_save();
       keel_load();
     } else if (keel_first) {
-      keel_save();
-      torch_save();
+      twice(keel_save);
+      twice(torch_save);
       keel_load();
       torch_load();
     } else {
-      torch_save();
-      keel_save();
+      twice(torch_save);
+      twice(keel_save);
       torch_load();
       keel_load();
     }
