@@ -22,6 +22,7 @@
 // knowledge of any particular section.
 
 #include <keel/checkpoint/container.hpp>
+#include <keel/checkpoint/deferred_tensor.hpp>
 #include <keel/checkpoint/parse_section.hpp>
 
 #include <cereal/cereal.hpp>
