@@ -1239,38 +1239,6 @@ inline void point_link_atomically(const fs::path& link, const std::string& targe
   sync_directory(directory);
 }
 
-/// Reads a whole regular file.
-inline std::vector<char> read_file(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw IoError("open", path, errno);
-  struct stat info {};
-  if (::fstat(fd, &info) != 0) {
-    const int error = errno;
-    ::close(fd);
-    throw IoError("stat", path, error);
-  }
-  if (!S_ISREG(info.st_mode)) {
-    ::close(fd);
-    throw IoError("read", path, S_ISDIR(info.st_mode) ? EISDIR : EINVAL);
-  }
-  std::vector<char> bytes(static_cast<std::size_t>(info.st_size));
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      throw IoError("read", path, error);
-    }
-    if (n == 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  bytes.resize(done);
-  return bytes;
-}
-
 }  // namespace keel::ckpt
 
 #include <algorithm>
@@ -1376,6 +1344,14 @@ class FileSource final : public ByteSource {
   int fd_ = -1;
   struct stat opened_ {};
 };
+
+/// Reads a whole regular file (throws IoError, as FileSource does).
+inline std::vector<char> read_file(const fs::path& path) {
+  const FileSource file(path);
+  std::vector<char> bytes(static_cast<std::size_t>(file.size()));
+  file.read(0, bytes.data(), bytes.size());
+  return bytes;
+}
 
 /// An input stream buffer over bytes [begin, end) of a source, read in blocks; reads larger
 /// than a block (tensor data) go straight to their destination. `remaining()` is exact, which
@@ -5863,8 +5839,8 @@ struct FileHashes {
 };
 inline FileHashes hash_source(const ByteSource& source, const std::vector<SectionInfo>* sections) {
   constexpr std::size_t block = 4 << 20;
-  std::vector<char> buffer(block);
   const std::uint64_t hashed_end = source.size() - 16;
+  std::vector<char> buffer(static_cast<std::size_t>(std::min<std::uint64_t>(block, hashed_end)));
   Hasher64 file;
   std::vector<Hasher64> per_section(sections ? sections->size() : 0);
   std::size_t next_section = 0;  // sections are in file order, not overlapping (checked by the caller)

@@ -252,8 +252,8 @@ struct FileHashes {
 };
 inline FileHashes hash_source(const ByteSource& source, const std::vector<SectionInfo>* sections) {
   constexpr std::size_t block = 4 << 20;
-  std::vector<char> buffer(block);
   const std::uint64_t hashed_end = source.size() - 16;
+  std::vector<char> buffer(static_cast<std::size_t>(std::min<std::uint64_t>(block, hashed_end)));
   Hasher64 file;
   std::vector<Hasher64> per_section(sections ? sections->size() : 0);
   std::size_t next_section = 0;  // sections are in file order, not overlapping (checked by the caller)

@@ -209,36 +209,4 @@ inline void point_link_atomically(const fs::path& link, const std::string& targe
   sync_directory(directory);
 }
 
-/// Reads a whole regular file.
-inline std::vector<char> read_file(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw IoError("open", path, errno);
-  struct stat info {};
-  if (::fstat(fd, &info) != 0) {
-    const int error = errno;
-    ::close(fd);
-    throw IoError("stat", path, error);
-  }
-  if (!S_ISREG(info.st_mode)) {
-    ::close(fd);
-    throw IoError("read", path, S_ISDIR(info.st_mode) ? EISDIR : EINVAL);
-  }
-  std::vector<char> bytes(static_cast<std::size_t>(info.st_size));
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      throw IoError("read", path, error);
-    }
-    if (n == 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  bytes.resize(done);
-  return bytes;
-}
-
 }  // namespace keel::ckpt

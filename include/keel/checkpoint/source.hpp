@@ -109,6 +109,14 @@ class FileSource final : public ByteSource {
   struct stat opened_ {};
 };
 
+/// Reads a whole regular file (throws IoError, as FileSource does).
+inline std::vector<char> read_file(const fs::path& path) {
+  const FileSource file(path);
+  std::vector<char> bytes(static_cast<std::size_t>(file.size()));
+  file.read(0, bytes.data(), bytes.size());
+  return bytes;
+}
+
 /// An input stream buffer over bytes [begin, end) of a source, read in blocks; reads larger
 /// than a block (tensor data) go straight to their destination. `remaining()` is exact, which
 /// the bounded archive relies on, and `skip` passes over bytes without reading them. It hashes
