@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -80,10 +81,23 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& mode
 struct SaveClock {
   std::vector<double>* held = nullptr;
   std::vector<double>* steps = nullptr;
+  // Set for the fit without checkpoints: a plain copy of the state at each step where the
+  // others save, timed into `copies` (the floor for a snapshot, in the same conditions).
+  std::function<void()> copy_state;
+  std::vector<double>* copies = nullptr;
+  std::int64_t every = 0;
   Clock::time_point save_started{}, step_started{};
   bool saving = false;
   template <class Archive>
   void serialize(Archive&) {}
+  void on_optimizer_step_end(keel::Context& context) {
+    if (!copy_state || context.loop().global_step % every != 0) return;
+    const auto start = Clock::now();
+    copy_state();
+    copies->push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    save_started = start;  // held like a save, up to the next step, which is not counted as a step
+    saving = true;
+  }
   void on_save_checkpoint_start(keel::Context&) {
     save_started = Clock::now();
     saving = true;
@@ -105,16 +119,17 @@ double median(std::vector<double> values) {
 }
 
 /// --mode async: a fit of `steps` steps of batch `batch` saving every `every` steps, three
-/// ways: no checkpoints, synchronous saves, async_save. Prints, in seconds: the median time a
-/// save holds the training thread (the first save of each fit left out: it allocates the
-/// snapshot's memory), the median step time of steps that hold no save (with async_save a
-/// write is in flight during most of them), and the time of a plain copy of the state into
-/// memory already allocated, the floor for a snapshot.
+/// ways: no checkpoints (copying the state into kept tensors where the others save, the floor
+/// for a snapshot), synchronous saves, async_save. Prints, in seconds: the median time a save
+/// (or copy) holds the training thread (the first of each fit left out: it allocates the
+/// memory), the median time of the copy alone, the median step time of steps that hold no save
+/// (with async_save a write is in flight during most of them), and the time of the same copy
+/// back to back (memory just touched).
 void background_saves(std::int64_t width, std::int64_t layers, const std::string& dir, std::int64_t batch,
                       std::int64_t steps, std::int64_t every) {
   const OneBatch data{{torch::randn({batch, width}), torch::randn({batch, width})}};
   auto fit = [&](const char* how, bool save, bool async) {
-    std::vector<double> held, step_times;
+    std::vector<double> held, step_times, copies;
     torch::manual_seed(1);
     const std::string run_dir = dir + "/" + how;
     std::filesystem::remove_all(run_dir);
@@ -129,10 +144,26 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
                                .keep_last(1)
                                .async_save(async),
                            torch::optim::AdamWOptions(1e-3), SaveClock{&held, &step_times});
+    std::vector<torch::Tensor> kept;  // the copies' memory, kept from one copy to the next
+    if (!save) {
+      auto& clock = trainer.callback<SaveClock>();
+      clock.copies = &copies;
+      clock.every = every;
+      clock.copy_state = [&] {
+        const auto state = state_tensors(*trainer.model(), trainer.optimizer().torch_optimizer());
+        if (kept.empty())
+          for (const auto& [name, t] : state) kept.push_back(torch::empty_like(t));
+        for (std::size_t i = 0; i < state.size(); ++i) kept[i].copy_(state[i].second);
+      };
+    }
     auto copy = data;
     trainer.fit(copy);
     if (!held.empty()) held.erase(held.begin());
     std::printf("%s_held_s=%.4f\n%s_step_s=%.4f\n", how, median(held), how, median(step_times));
+    if (!copies.empty()) {
+      copies.erase(copies.begin());  // (allocated the memory, as a first save does)
+      std::printf("fit_copy_s=%.4f\n", median(copies));
+    }
     std::filesystem::remove_all(run_dir);
     return trainer.state_digest();
   };
@@ -141,7 +172,8 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
   const auto async = fit("async", true, true);
   if (none != sync || sync != async) throw std::runtime_error("the three fits ended in different states");
 
-  // The floor: copying every tensor of the state into tensors that already exist.
+  // Copying every tensor of the state into tensors that already exist, back to back (the
+  // memory on both sides just touched: faster than the same copy between training steps).
   torch::manual_seed(1);
   Trainer trainer(std::make_shared<StackImpl>(width, layers), keel::TrainerOptions().batch_size(batch).max_epochs(0).max_steps(1),
                   torch::optim::AdamWOptions(1e-3));

@@ -5,6 +5,7 @@
 
 #include <keel/checkpoint/bounded_archive.hpp>
 #include <keel/checkpoint/deferred_tensor.hpp>
+#include <keel/checkpoint/tensor_capture.hpp>
 #include <keel/error.hpp>
 
 #include <cereal/cereal.hpp>
@@ -126,10 +127,14 @@ void save(Archive& archive, const at::Tensor& tensor) {
   if (!dtype)
     throw std::runtime_error(std::string("keel: cannot save a tensor of dtype ") +
                              c10::toString(tensor.scalar_type()));
-  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
-  std::vector<std::int64_t> shape(cpu.sizes().begin(), cpu.sizes().end());
+  std::vector<std::int64_t> shape(tensor.sizes().begin(), tensor.sizes().end());
   archive(cereal::make_nvp("dtype", std::string(dtype)), cereal::make_nvp("shape", shape));
-  const std::size_t bytes = cpu.numel() * cpu.element_size();
+  const std::size_t bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
+  if (auto* capture = keel::ckpt::capture_for(archive, bytes)) {  // a snapshot for a background write
+    capture->capture(tensor);
+    return;
+  }
+  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
     char none = 0;  // an empty tensor's data may be null, which memcpy must not see
     archive.saveBinaryValue(bytes ? cpu.data_ptr() : &none, bytes, "data");

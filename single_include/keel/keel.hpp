@@ -1714,6 +1714,97 @@ inline void copy_into(const at::Tensor& live, const at::Tensor& saved) {
 
 }  // namespace keel::ckpt
 
+// ---- keel/checkpoint/tensor_capture.hpp ----
+// While a snapshot for a background write is taken (SectionSnapshot, async_save), the large
+// tensors of a binary section are not serialized on the training thread: cereal's save hands
+// each one to the active TensorCapture, which copies it into memory kept from one save to the
+// next (both cores: a tensor copy is parallel where cereal's byte writes are not; pinned memory
+// for a CUDA tensor), and the thread that writes the file puts the copy's bytes where the
+// archive would have. The file's bytes are the same either way.
+
+#include <cereal/archives/binary.hpp>
+#include <cereal/archives/portable_binary.hpp>
+#include <torch/types.h>
+
+#include <cstddef>
+#include <ostream>
+#include <type_traits>
+
+namespace keel::ckpt {
+
+/// Receives the bytes of large tensors in place of the archive (see above).
+class TensorCapture {
+ public:
+  /// Tensors of at least this many bytes are captured; smaller ones cost less inline than a
+  /// tensor copy's dispatch.
+  static constexpr std::size_t min_bytes = std::size_t(64) << 10;
+
+  /// Takes a copy of `tensor`, whose dtype and shape the archive has just written; its bytes
+  /// belong at the archive's current position.
+  virtual void capture(const at::Tensor& tensor) = 0;
+
+ protected:
+  ~TensorCapture() = default;
+};
+
+namespace detail {
+/// What this thread's snapshot captures: the tensors saved by the one archive keel made on the
+/// section's stream. A user's archive on a stream of its own is never captured.
+struct CaptureBinding {
+  TensorCapture* capture = nullptr;
+  const std::ostream* stream = nullptr;
+  const void* archive = nullptr;
+};
+inline CaptureBinding& capture_binding() {
+  thread_local CaptureBinding binding;
+  return binding;
+}
+}  // namespace detail
+
+/// While it lives, `capture` takes the large tensors written to `stream` (SectionSnapshot).
+class CaptureScope {
+ public:
+  CaptureScope(TensorCapture& capture, const std::ostream& stream) : previous_(detail::capture_binding()) {
+    detail::capture_binding() = {&capture, &stream, nullptr};
+  }
+  CaptureScope(const CaptureScope&) = delete;
+  CaptureScope& operator=(const CaptureScope&) = delete;
+  ~CaptureScope() { detail::capture_binding() = previous_; }
+
+ private:
+  detail::CaptureBinding previous_;
+};
+
+/// Declares `archive` the one writing a section's bytes to `stream` (the section writer calls
+/// it right after making the archive): while a snapshot captures `stream`, its large tensors
+/// are captured.
+template <class Archive>
+void adopt_archive(const std::ostream& stream, const Archive& archive) {
+  auto& binding = detail::capture_binding();
+  if (binding.capture && binding.stream == &stream) binding.archive = &archive;
+}
+
+/// The capture that takes a tensor of `bytes` bytes saved through `archive`, or null (then the
+/// archive writes it). Only cereal's binary archives are captured: they write a tensor's bytes
+/// as they lie in memory (the portable one on little-endian hosts; it swaps each element
+/// elsewhere).
+template <class Archive>
+TensorCapture* capture_for(const Archive& archive, std::size_t bytes) {
+  constexpr bool raw = std::is_same_v<Archive, cereal::BinaryOutputArchive> ||
+                       std::is_same_v<Archive, cereal::PortableBinaryOutputArchive>;
+  if constexpr (!raw) {
+    return nullptr;
+  } else {
+    const auto& binding = detail::capture_binding();
+    if (bytes < TensorCapture::min_bytes || !binding.capture || binding.archive != &archive) return nullptr;
+    if constexpr (std::is_same_v<Archive, cereal::PortableBinaryOutputArchive>)
+      if (!cereal::portable_binary_detail::is_little_endian()) return nullptr;
+    return binding.capture;
+  }
+}
+
+}  // namespace keel::ckpt
+
 #include <cereal/cereal.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
@@ -1833,10 +1924,14 @@ void save(Archive& archive, const at::Tensor& tensor) {
   if (!dtype)
     throw std::runtime_error(std::string("keel: cannot save a tensor of dtype ") +
                              c10::toString(tensor.scalar_type()));
-  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
-  std::vector<std::int64_t> shape(cpu.sizes().begin(), cpu.sizes().end());
+  std::vector<std::int64_t> shape(tensor.sizes().begin(), tensor.sizes().end());
   archive(cereal::make_nvp("dtype", std::string(dtype)), cereal::make_nvp("shape", shape));
-  const std::size_t bytes = cpu.numel() * cpu.element_size();
+  const std::size_t bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
+  if (auto* capture = keel::ckpt::capture_for(archive, bytes)) {  // a snapshot for a background write
+    capture->capture(tensor);
+    return;
+  }
+  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
     char none = 0;  // an empty tensor's data may be null, which memcpy must not see
     archive.saveBinaryValue(bytes ? cpu.data_ptr() : &none, bytes, "data");
@@ -6342,6 +6437,7 @@ class EntrySlot final : public SectionSlot {
     writer.section(name, entry_.type(), entry_.version(), [&](std::ostream& stream) {
       const auto& value = entry_.capture();  // a reference, or a view of the live tensors
       typename Format::output_archive archive(stream);
+      ckpt::adopt_archive(stream, archive);  // a snapshot's tensors are copied, not serialized here
       archive(cereal::make_nvp(name, value));
     });
   }
@@ -9751,21 +9847,26 @@ class ConstructorArgs {
 
 
 // ---- keel/checkpoint/snapshot.hpp ----
-// A checkpoint's sections serialized into memory at a step boundary (SectionSnapshot), so that
-// another thread can write the file while training goes on (TrainerOptions::async_save). The
-// bytes are those the file will hold; its buffer is kept from one save to the next, so after
-// the first save taking a snapshot is a copy of the state into memory already in use.
+// A checkpoint's sections taken at a step boundary (SectionSnapshot), so that another thread
+// can write the file while training goes on (TrainerOptions::async_save). The file holds the
+// bytes a synchronous save would write; the snapshot's memory is kept from one save to the
+// next, so after the first save taking one is a copy of the state into memory already in use.
 
+
+#include <torch/cuda.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <ios>
 #include <ostream>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -9823,54 +9924,139 @@ class GrowingBuffer : public std::streambuf {
 };
 }  // namespace detail
 
-/// The sections of one checkpoint, serialized into memory, with what the manifest needs.
-class SectionSnapshot final : public SectionWriter {
+/// The sections of one checkpoint, taken at a step boundary: their bytes in memory, except the
+/// large tensors of binary sections, which are copies (tensor_capture.hpp) spliced in when the
+/// file is written. Everything is kept for the next snapshot, which reuses the memory when the
+/// tensors have the same dtypes and sizes (they do, save after save).
+class SectionSnapshot final : public SectionWriter, private TensorCapture {
  public:
   /// Forgets the previous snapshot (keeping its memory) and starts a new one.
   void clear() {
     sections_.clear();
     buffer_.clear();
+    captured_.clear();
+    by_source_.clear();
+    cuda_devices_.clear();
+    check_ = nullptr;
   }
 
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
-    const std::size_t offset = buffer_.size();
-    std::ostream stream(&buffer_);
-    stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
-    write(stream);
-    stream.flush();
-    if (!stream) throw std::runtime_error("keel: the snapshot of section '" + name + "' is incomplete");
-    sections_.push_back({std::move(name), std::move(type), version, offset, buffer_.size() - offset});
+    Section section{std::move(name), std::move(type), version, buffer_.size(), 0, captured_.size(), 0};
+    {
+      std::ostream stream(&buffer_);
+      stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
+      const CaptureScope capturing(*this, stream);
+      write(stream);
+      stream.flush();
+      if (!stream) throw std::runtime_error("keel: the snapshot of section '" + section.name + "' is incomplete");
+    }
+    section.size = buffer_.size() - section.offset;
+    section.captured_end = captured_.size();
+    sections_.push_back(std::move(section));
   }
 
-  /// The manifest's configuration fingerprint and facts, taken with the sections.
+  /// The manifest's configuration fingerprint and facts, taken with the sections; waits for
+  /// the copies from CUDA devices.
   void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
+    for (const int device : cuda_devices_) torch::cuda::synchronize(device);
     fingerprint_ = std::move(fingerprint);
     facts_ = std::move(facts);
   }
 
-  /// Writes the snapshot as a complete container into `sink`: the same bytes a ContainerWriter
-  /// fed the same sections would write.
-  void write_container(HashingFileSink& sink, const std::string& format_name, std::uint32_t format_id) const {
-    ContainerWriter writer(sink, format_name, format_id);
-    for (const auto& s : sections_)
-      writer.section(s.name, s.type, s.version,
-                     [&](std::ostream& out) { out.write(buffer_.data() + s.offset, static_cast<std::streamsize>(s.size)); });
-    writer.finish(fingerprint_, facts_);
+  /// This snapshot's copy of `live` (a tensor it captured, shaped like it), or an undefined
+  /// tensor when `live` was serialized inline or not at all.
+  at::Tensor copy_of(const at::Tensor& live) const {
+    const auto found = by_source_.find(live.unsafeGetTensorImpl());
+    if (found == by_source_.end()) return {};
+    const Captured& captured = captured_[found->second];
+    if (captured.source_dtype != live.scalar_type() || !(captured.source_sizes == live.sizes())) return {};
+    return copies_[found->second].tensor.view(live.sizes());
+  }
+
+  /// Something to check on the thread that writes, before the file is created (its exception
+  /// refuses the write): the finiteness of the parameters' copies (state::snapshot_checkpoint).
+  void check_before_write(std::function<void()> check) { check_ = std::move(check); }
+
+  /// Runs the check, then writes the snapshot atomically to `path` as a complete container: the
+  /// bytes a ContainerWriter fed the same sections would write.
+  void write_file(const fs::path& path, const std::string& format_name, std::uint32_t format_id) const {
+    if (check_) check_();
+    write_atomically(path, [&](HashingFileSink& sink) { write_container(sink, format_name, format_id); });
   }
 
   /// Bytes of section data held (for the benchmark and the tests).
-  std::size_t bytes() const { return buffer_.size(); }
+  std::size_t bytes() const {
+    std::size_t total = buffer_.size();
+    for (std::size_t i = 0; i < captured_.size(); ++i) total += copies_[i].bytes;
+    return total;
+  }
+  /// Tensors copied instead of serialized (for the tests).
+  std::size_t captured() const { return captured_.size(); }
 
  private:
+  void capture(const at::Tensor& tensor) override {
+    const std::size_t index = captured_.size();
+    if (index == copies_.size()) copies_.emplace_back();
+    Copy& copy = copies_[index];
+    const bool from_cuda = tensor.is_cuda();
+    // Pinned memory for a CUDA tensor: its copy then runs asynchronously, at full speed.
+    if (!copy.tensor.defined() || copy.tensor.scalar_type() != tensor.scalar_type() ||
+        copy.tensor.numel() != tensor.numel() || copy.pinned != from_cuda) {
+      copy.tensor = at::empty({tensor.numel()}, at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
+      copy.pinned = from_cuda;
+      copy.bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
+    }
+    copy.tensor.view(tensor.sizes()).copy_(tensor.detach(), /*non_blocking=*/from_cuda);
+    if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), tensor.get_device()) == cuda_devices_.end())
+      cuda_devices_.push_back(tensor.get_device());
+    captured_.push_back({buffer_.size(), tensor.scalar_type(), tensor.sizes().vec()});
+    by_source_.emplace(tensor.unsafeGetTensorImpl(), index);
+  }
+
+  void write_container(HashingFileSink& sink, const std::string& format_name, std::uint32_t format_id) const {
+    ContainerWriter writer(sink, format_name, format_id);
+    for (const auto& s : sections_)
+      writer.section(s.name, s.type, s.version, [&](std::ostream& out) {
+        auto put = [&](const void* bytes, std::size_t count) {
+          out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(count));
+        };
+        std::size_t at = s.offset;  // bytes of the buffer written so far
+        for (std::size_t i = s.captured_begin; i < s.captured_end; ++i) {
+          put(buffer_.data() + at, captured_[i].offset - at);
+          at = captured_[i].offset;
+          put(copies_[i].tensor.data_ptr(), copies_[i].bytes);
+        }
+        put(buffer_.data() + at, s.offset + s.size - at);
+      });
+    writer.finish(fingerprint_, facts_);
+  }
+
   struct Section {
     std::string name;
     std::string type;
     std::uint32_t version;
-    std::size_t offset;
+    std::size_t offset;  // of its bytes in buffer_
     std::size_t size;
+    std::size_t captured_begin;  // its tensors in captured_
+    std::size_t captured_end;
+  };
+  struct Captured {
+    std::size_t offset;  // in buffer_, where its bytes belong
+    at::ScalarType source_dtype;
+    std::vector<std::int64_t> source_sizes;
+  };
+  struct Copy {  // kept from one snapshot to the next
+    at::Tensor tensor;
+    bool pinned = false;
+    std::size_t bytes = 0;
   };
   std::vector<Section> sections_;
   detail::GrowingBuffer buffer_;
+  std::vector<Captured> captured_;  // captured_[i] is held in copies_[i]
+  std::vector<Copy> copies_;
+  std::unordered_map<const void*, std::size_t> by_source_;  // live tensor -> index (identity only)
+  std::vector<int> cuda_devices_;                           // copies in flight from these
+  std::function<void()> check_;
   Fingerprint fingerprint_;
   std::vector<std::pair<std::string, std::string>> facts_;
 };
@@ -10358,14 +10544,17 @@ Facts manifest_facts(const State& s, Facts extra) {
 }
 
 namespace detail {
+inline std::string nonfinite_message(const std::string& parameter, std::int64_t step, const ckpt::fs::path& path) {
+  return "keel: parameter '" + parameter + "' holds NaN or infinite values at step " + std::to_string(step) + "; " +
+         path.string() + " was not written, and the checkpoints before it are untouched. Lower the learning rate "
+         "or clip gradients";
+}
+
 /// Refuses (NonFiniteError) to save a state whose parameters hold NaN or an infinity.
 template <class State>
 void refuse_nonfinite(const State& s, const ckpt::fs::path& path) {
   if (const std::string bad = loop::first_nonfinite_parameter(*s.model); !bad.empty())
-    throw NonFiniteError("keel: parameter '" + bad + "' holds NaN or infinite values at step " +
-                         std::to_string(s.loop.global_step) + "; " + path.string() +
-                         " was not written, and the checkpoints before it are untouched. Lower the "
-                         "learning rate or clip gradients");
+    throw NonFiniteError(nonfinite_message(bad, s.loop.global_step, path));
 }
 }  // namespace detail
 
@@ -10382,14 +10571,27 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
   });
 }
 
-/// Captures in `snapshot` what write_checkpoint would write to `path` (the same refusal, the
-/// same bytes), for a thread of its own to write (ckpt::SectionSnapshot::write_container).
+/// Captures in `snapshot` what write_checkpoint would write to `path` (the same bytes, the same
+/// refusal), for a thread of its own to write (ckpt::SectionSnapshot::write_file). The
+/// parameters the snapshot copied are checked for NaN and infinities on their copies, by that
+/// thread before it creates the file (its NonFiniteError comes where the write's outcome is
+/// collected); the others here.
 template <class Format, class State>
 void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path, Facts extra_facts = {}) {
-  detail::refuse_nonfinite(s, path);
   snapshot.clear();
   SectionList::of<Format>(s.sections()).write(snapshot);
   snapshot.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+  std::vector<std::pair<std::string, at::Tensor>> copies;
+  for (const auto& item : s.model->named_parameters(true)) {
+    if (at::Tensor copy = snapshot.copy_of(item.value()); copy.defined())
+      copies.emplace_back(item.key(), std::move(copy));
+    else if (!loop::detail::all_finite(item.value()))
+      throw NonFiniteError(detail::nonfinite_message(item.key(), s.loop.global_step, path));
+  }
+  snapshot.check_before_write([copies = std::move(copies), step = s.loop.global_step, path] {
+    for (const auto& [name, copy] : copies)
+      if (!loop::detail::all_finite(copy)) throw NonFiniteError(detail::nonfinite_message(name, step, path));
+  });
 }
 
 /// A hex digest of every byte a checkpoint of `s` would hold; equal digests, equal states.
@@ -10586,9 +10788,7 @@ class CheckpointSaver {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
         background_.start([this, save] {
-          ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
-            snapshot_.write_container(sink, Format::keel_name, Format::format_id);
-          });
+          snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
         });
       } catch (...) {  // nothing started: as if the save had not begun

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 namespace fs = std::filesystem;
 
@@ -588,6 +589,60 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
   keel::ckpt::point_link_atomically(async_dir / "last.ckpt", keel::ckpt::step_file_name(6));
   CHECK(train(async_dir, true, 9, "auto") == reference);
   CHECK(read_bytes(async_dir / keel::ckpt::step_file_name(9)) == read_bytes(sync_dir / keel::ckpt::step_file_name(9)));
+}
+
+TEST_CASE("a snapshot copies its archives' large tensors, never a user's own archive's, and writes the state it took") {
+  const auto dir = fresh_directory("snapshot-capture");
+  auto big = torch::randn({256, 128});  // 128 KiB: copied
+  const auto small = torch::randn({8});  // serialized inline
+  std::string user_bytes;
+  auto write_sections = [&](keel::ckpt::SectionWriter& writer) {
+    writer.section("tensors", "test", 1, [&](std::ostream& out) {
+      {  // an archive of the user's own, on a stream of its own, while the section is written
+        std::ostringstream own;
+        {
+          cereal::PortableBinaryOutputArchive archive(own);
+          archive(big);
+        }
+        user_bytes = own.str();
+      }
+      cereal::PortableBinaryOutputArchive archive(out);
+      keel::ckpt::adopt_archive(out, archive);  // as the section writers of keel do
+      archive(small, big, small);
+    });
+  };
+  keel::ckpt::write_atomically(dir / "direct.ckpt", [&](keel::ckpt::HashingFileSink& sink) {
+    keel::ckpt::ContainerWriter writer(sink, "test", 1);
+    write_sections(writer);
+    writer.finish({}, {{"fact", "1"}});
+  });
+  const std::string direct_user_bytes = user_bytes;
+  CHECK(user_bytes.size() > 128 * 1024);
+
+  keel::ckpt::SectionSnapshot snapshot;
+  const void* first_memory = nullptr;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    snapshot.clear();
+    write_sections(snapshot);
+    snapshot.finish({}, {{"fact", "1"}});
+    CHECK(snapshot.captured() == 1);
+    CHECK(user_bytes == direct_user_bytes);  // the user's archive wrote its tensor whole
+    const auto copy = snapshot.copy_of(big);
+    REQUIRE(copy.defined());
+    CHECK(keel::bitwise_equal(copy, big));
+    CHECK(copy.data_ptr() != big.data_ptr());
+    CHECK_FALSE(snapshot.copy_of(small).defined());
+    CHECK_FALSE(snapshot.copy_of(big.view({128, 256})).defined());  // another shape is not this tensor
+    if (round == 0) first_memory = copy.data_ptr();
+    CHECK(copy.data_ptr() == first_memory);  // the second snapshot reuses the first one's memory
+
+    const auto taken = big.clone();
+    big.add_(1);  // training goes on while the file is written
+    snapshot.write_file(dir / "snapshot.ckpt", "test", 1);
+    big.copy_(taken);
+    CHECK(read_bytes(dir / "snapshot.ckpt") == read_bytes(dir / "direct.ckpt"));
+  }
 }
 
 }  // namespace checkpoint_test

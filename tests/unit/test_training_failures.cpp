@@ -168,6 +168,56 @@ TEST_CASE("a parameter that became non-finite is never written over a good check
   CHECK(keel::ckpt::read_file(target) == before);
 }
 
+/// A classifier with a second, large layer (a 128 KiB weight: an async_save snapshot copies it)
+/// that one chosen batch drives to infinity with finite gradients (1e38 per element, lr 10).
+struct OverflowingImpl : torch::nn::Module {
+  OverflowingImpl()
+      : fc(register_module("fc", torch::nn::Linear(64, 4))), big(register_module("big", torch::nn::Linear(256, 128))) {}
+  torch::Tensor training_step(const keel::data::Example& b) {
+    auto loss = torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target);
+    if (batches_seen++ == overflow_at) loss = loss + (big->weight - big->weight.detach()).sum() * 1e38;
+    return loss;
+  }
+  keel::Metrics validation_step(const keel::data::Example& b) {
+    return {{"val_loss", torch::nn::functional::cross_entropy(fc(b.data.flatten(1)), b.target).item<double>()}};
+  }
+  BOOST_HANA_DEFINE_STRUCT(OverflowingImpl, (torch::nn::Linear, fc), (torch::nn::Linear, big),
+                           (std::int64_t, overflow_at), (std::int64_t, batches_seen));
+};
+
+TEST_CASE("an infinite parameter refuses the checkpoint with async_save too, when the background write is collected") {
+  SyntheticImages data(200, 1);
+  for (const bool async : {false, true}) {
+    CAPTURE(async);
+    const auto dir = fresh_directory(async ? "inf-async" : "inf-sync");
+    keel::seed_everything(3);
+    auto model = std::make_shared<OverflowingImpl>();
+    model->overflow_at = 3;  // the fourth step makes big.weight infinite; step 4 is saved
+    model->batches_seen = 0;
+    keel::Trainer<keel::model<OverflowingImpl>, keel::optimizer<keel::optim::SGD>> trainer(
+        model,
+        keel::TrainerOptions().max_steps(8).batch_size(8).checkpoint_dir(dir.string()).save_every_steps(2).async_save(async),
+        torch::optim::SGDOptions(10.0));
+    std::string error;
+    try {
+      trainer.fit(data);
+    } catch (const keel::NonFiniteError& e) {
+      error = e.what();
+    }
+    CHECK(error.find("parameter 'big.weight' holds NaN or infinite values at step 4; " +
+                     (dir / keel::ckpt::step_file_name(4)).string() + " was not written") != std::string::npos);
+    CHECK_FALSE(torch::isfinite(model->big->weight).all().item<bool>());
+    // Synchronous: refused at step 4's save. Background: the copy is checked before the file is
+    // created, and the refusal comes when the next save (step 6) collects that write.
+    CHECK(trainer.loop().global_step == (async ? 6 : 4));
+    CHECK_FALSE(fs::exists(dir / keel::ckpt::step_file_name(4)));
+    CHECK_FALSE(fs::exists(dir / keel::ckpt::step_file_name(6)));
+    CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(2));
+    for (const auto& entry : fs::directory_iterator(dir))
+      CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+  }
+}
+
 TEST_CASE("the save's finiteness check finds NaN and infinities anywhere, in every floating type") {
   using keel::loop::detail::all_finite;
   for (const auto type : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16}) {

@@ -1,22 +1,28 @@
 #pragma once
-// A checkpoint's sections serialized into memory at a step boundary (SectionSnapshot), so that
-// another thread can write the file while training goes on (TrainerOptions::async_save). The
-// bytes are those the file will hold; its buffer is kept from one save to the next, so after
-// the first save taking a snapshot is a copy of the state into memory already in use.
+// A checkpoint's sections taken at a step boundary (SectionSnapshot), so that another thread
+// can write the file while training goes on (TrainerOptions::async_save). The file holds the
+// bytes a synchronous save would write; the snapshot's memory is kept from one save to the
+// next, so after the first save taking one is a copy of the state into memory already in use.
 
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/file_io.hpp>
+#include <keel/checkpoint/tensor_capture.hpp>
 #include <keel/fingerprint.hpp>
+
+#include <torch/cuda.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <ios>
 #include <ostream>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -74,54 +80,139 @@ class GrowingBuffer : public std::streambuf {
 };
 }  // namespace detail
 
-/// The sections of one checkpoint, serialized into memory, with what the manifest needs.
-class SectionSnapshot final : public SectionWriter {
+/// The sections of one checkpoint, taken at a step boundary: their bytes in memory, except the
+/// large tensors of binary sections, which are copies (tensor_capture.hpp) spliced in when the
+/// file is written. Everything is kept for the next snapshot, which reuses the memory when the
+/// tensors have the same dtypes and sizes (they do, save after save).
+class SectionSnapshot final : public SectionWriter, private TensorCapture {
  public:
   /// Forgets the previous snapshot (keeping its memory) and starts a new one.
   void clear() {
     sections_.clear();
     buffer_.clear();
+    captured_.clear();
+    by_source_.clear();
+    cuda_devices_.clear();
+    check_ = nullptr;
   }
 
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
-    const std::size_t offset = buffer_.size();
-    std::ostream stream(&buffer_);
-    stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
-    write(stream);
-    stream.flush();
-    if (!stream) throw std::runtime_error("keel: the snapshot of section '" + name + "' is incomplete");
-    sections_.push_back({std::move(name), std::move(type), version, offset, buffer_.size() - offset});
+    Section section{std::move(name), std::move(type), version, buffer_.size(), 0, captured_.size(), 0};
+    {
+      std::ostream stream(&buffer_);
+      stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
+      const CaptureScope capturing(*this, stream);
+      write(stream);
+      stream.flush();
+      if (!stream) throw std::runtime_error("keel: the snapshot of section '" + section.name + "' is incomplete");
+    }
+    section.size = buffer_.size() - section.offset;
+    section.captured_end = captured_.size();
+    sections_.push_back(std::move(section));
   }
 
-  /// The manifest's configuration fingerprint and facts, taken with the sections.
+  /// The manifest's configuration fingerprint and facts, taken with the sections; waits for
+  /// the copies from CUDA devices.
   void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
+    for (const int device : cuda_devices_) torch::cuda::synchronize(device);
     fingerprint_ = std::move(fingerprint);
     facts_ = std::move(facts);
   }
 
-  /// Writes the snapshot as a complete container into `sink`: the same bytes a ContainerWriter
-  /// fed the same sections would write.
-  void write_container(HashingFileSink& sink, const std::string& format_name, std::uint32_t format_id) const {
-    ContainerWriter writer(sink, format_name, format_id);
-    for (const auto& s : sections_)
-      writer.section(s.name, s.type, s.version,
-                     [&](std::ostream& out) { out.write(buffer_.data() + s.offset, static_cast<std::streamsize>(s.size)); });
-    writer.finish(fingerprint_, facts_);
+  /// This snapshot's copy of `live` (a tensor it captured, shaped like it), or an undefined
+  /// tensor when `live` was serialized inline or not at all.
+  at::Tensor copy_of(const at::Tensor& live) const {
+    const auto found = by_source_.find(live.unsafeGetTensorImpl());
+    if (found == by_source_.end()) return {};
+    const Captured& captured = captured_[found->second];
+    if (captured.source_dtype != live.scalar_type() || !(captured.source_sizes == live.sizes())) return {};
+    return copies_[found->second].tensor.view(live.sizes());
+  }
+
+  /// Something to check on the thread that writes, before the file is created (its exception
+  /// refuses the write): the finiteness of the parameters' copies (state::snapshot_checkpoint).
+  void check_before_write(std::function<void()> check) { check_ = std::move(check); }
+
+  /// Runs the check, then writes the snapshot atomically to `path` as a complete container: the
+  /// bytes a ContainerWriter fed the same sections would write.
+  void write_file(const fs::path& path, const std::string& format_name, std::uint32_t format_id) const {
+    if (check_) check_();
+    write_atomically(path, [&](HashingFileSink& sink) { write_container(sink, format_name, format_id); });
   }
 
   /// Bytes of section data held (for the benchmark and the tests).
-  std::size_t bytes() const { return buffer_.size(); }
+  std::size_t bytes() const {
+    std::size_t total = buffer_.size();
+    for (std::size_t i = 0; i < captured_.size(); ++i) total += copies_[i].bytes;
+    return total;
+  }
+  /// Tensors copied instead of serialized (for the tests).
+  std::size_t captured() const { return captured_.size(); }
 
  private:
+  void capture(const at::Tensor& tensor) override {
+    const std::size_t index = captured_.size();
+    if (index == copies_.size()) copies_.emplace_back();
+    Copy& copy = copies_[index];
+    const bool from_cuda = tensor.is_cuda();
+    // Pinned memory for a CUDA tensor: its copy then runs asynchronously, at full speed.
+    if (!copy.tensor.defined() || copy.tensor.scalar_type() != tensor.scalar_type() ||
+        copy.tensor.numel() != tensor.numel() || copy.pinned != from_cuda) {
+      copy.tensor = at::empty({tensor.numel()}, at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
+      copy.pinned = from_cuda;
+      copy.bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
+    }
+    copy.tensor.view(tensor.sizes()).copy_(tensor.detach(), /*non_blocking=*/from_cuda);
+    if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), tensor.get_device()) == cuda_devices_.end())
+      cuda_devices_.push_back(tensor.get_device());
+    captured_.push_back({buffer_.size(), tensor.scalar_type(), tensor.sizes().vec()});
+    by_source_.emplace(tensor.unsafeGetTensorImpl(), index);
+  }
+
+  void write_container(HashingFileSink& sink, const std::string& format_name, std::uint32_t format_id) const {
+    ContainerWriter writer(sink, format_name, format_id);
+    for (const auto& s : sections_)
+      writer.section(s.name, s.type, s.version, [&](std::ostream& out) {
+        auto put = [&](const void* bytes, std::size_t count) {
+          out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(count));
+        };
+        std::size_t at = s.offset;  // bytes of the buffer written so far
+        for (std::size_t i = s.captured_begin; i < s.captured_end; ++i) {
+          put(buffer_.data() + at, captured_[i].offset - at);
+          at = captured_[i].offset;
+          put(copies_[i].tensor.data_ptr(), copies_[i].bytes);
+        }
+        put(buffer_.data() + at, s.offset + s.size - at);
+      });
+    writer.finish(fingerprint_, facts_);
+  }
+
   struct Section {
     std::string name;
     std::string type;
     std::uint32_t version;
-    std::size_t offset;
+    std::size_t offset;  // of its bytes in buffer_
     std::size_t size;
+    std::size_t captured_begin;  // its tensors in captured_
+    std::size_t captured_end;
+  };
+  struct Captured {
+    std::size_t offset;  // in buffer_, where its bytes belong
+    at::ScalarType source_dtype;
+    std::vector<std::int64_t> source_sizes;
+  };
+  struct Copy {  // kept from one snapshot to the next
+    at::Tensor tensor;
+    bool pinned = false;
+    std::size_t bytes = 0;
   };
   std::vector<Section> sections_;
   detail::GrowingBuffer buffer_;
+  std::vector<Captured> captured_;  // captured_[i] is held in copies_[i]
+  std::vector<Copy> copies_;
+  std::unordered_map<const void*, std::size_t> by_source_;  // live tensor -> index (identity only)
+  std::vector<int> cuda_devices_;                           // copies in flight from these
+  std::function<void()> check_;
   Fingerprint fingerprint_;
   std::vector<std::pair<std::string, std::string>> facts_;
 };

@@ -120,9 +120,7 @@ class CheckpointSaver {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
         background_.start([this, save] {
-          ckpt::write_atomically(save.directory / save.name, [&](ckpt::HashingFileSink& sink) {
-            snapshot_.write_container(sink, Format::keel_name, Format::format_id);
-          });
+          snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
         });
       } catch (...) {  // nothing started: as if the save had not begun

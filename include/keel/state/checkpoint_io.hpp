@@ -44,14 +44,17 @@ Facts manifest_facts(const State& s, Facts extra) {
 }
 
 namespace detail {
+inline std::string nonfinite_message(const std::string& parameter, std::int64_t step, const ckpt::fs::path& path) {
+  return "keel: parameter '" + parameter + "' holds NaN or infinite values at step " + std::to_string(step) + "; " +
+         path.string() + " was not written, and the checkpoints before it are untouched. Lower the learning rate "
+         "or clip gradients";
+}
+
 /// Refuses (NonFiniteError) to save a state whose parameters hold NaN or an infinity.
 template <class State>
 void refuse_nonfinite(const State& s, const ckpt::fs::path& path) {
   if (const std::string bad = loop::first_nonfinite_parameter(*s.model); !bad.empty())
-    throw NonFiniteError("keel: parameter '" + bad + "' holds NaN or infinite values at step " +
-                         std::to_string(s.loop.global_step) + "; " + path.string() +
-                         " was not written, and the checkpoints before it are untouched. Lower the "
-                         "learning rate or clip gradients");
+    throw NonFiniteError(nonfinite_message(bad, s.loop.global_step, path));
 }
 }  // namespace detail
 
@@ -68,14 +71,27 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
   });
 }
 
-/// Captures in `snapshot` what write_checkpoint would write to `path` (the same refusal, the
-/// same bytes), for a thread of its own to write (ckpt::SectionSnapshot::write_container).
+/// Captures in `snapshot` what write_checkpoint would write to `path` (the same bytes, the same
+/// refusal), for a thread of its own to write (ckpt::SectionSnapshot::write_file). The
+/// parameters the snapshot copied are checked for NaN and infinities on their copies, by that
+/// thread before it creates the file (its NonFiniteError comes where the write's outcome is
+/// collected); the others here.
 template <class Format, class State>
 void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path, Facts extra_facts = {}) {
-  detail::refuse_nonfinite(s, path);
   snapshot.clear();
   SectionList::of<Format>(s.sections()).write(snapshot);
   snapshot.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+  std::vector<std::pair<std::string, at::Tensor>> copies;
+  for (const auto& item : s.model->named_parameters(true)) {
+    if (at::Tensor copy = snapshot.copy_of(item.value()); copy.defined())
+      copies.emplace_back(item.key(), std::move(copy));
+    else if (!loop::detail::all_finite(item.value()))
+      throw NonFiniteError(detail::nonfinite_message(item.key(), s.loop.global_step, path));
+  }
+  snapshot.check_before_write([copies = std::move(copies), step = s.loop.global_step, path] {
+    for (const auto& [name, copy] : copies)
+      if (!loop::detail::all_finite(copy)) throw NonFiniteError(detail::nonfinite_message(name, step, path));
+  });
 }
 
 /// A hex digest of every byte a checkpoint of `s` would hold; equal digests, equal states.

@@ -24,6 +24,7 @@
 #include <keel/checkpoint/container.hpp>
 #include <keel/checkpoint/deferred_tensor.hpp>
 #include <keel/checkpoint/parse_section.hpp>
+#include <keel/checkpoint/tensor_capture.hpp>
 
 #include <cereal/cereal.hpp>
 
@@ -268,6 +269,7 @@ class EntrySlot final : public SectionSlot {
     writer.section(name, entry_.type(), entry_.version(), [&](std::ostream& stream) {
       const auto& value = entry_.capture();  // a reference, or a view of the live tensors
       typename Format::output_archive archive(stream);
+      ckpt::adopt_archive(stream, archive);  // a snapshot's tensors are copied, not serialized here
       archive(cereal::make_nvp(name, value));
     });
   }
