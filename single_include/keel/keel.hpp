@@ -1718,9 +1718,9 @@ inline void copy_into(const at::Tensor& live, const at::Tensor& saved) {
 // While a snapshot for a background write is taken (SectionSnapshot, async_save), the large
 // tensors of a binary section are not serialized on the training thread: cereal's save hands
 // each one to the active TensorCapture, which copies it into memory kept from one save to the
-// next (both cores: a tensor copy is parallel where cereal's byte writes are not; pinned memory
-// for a CUDA tensor), and the thread that writes the file puts the copy's bytes where the
-// archive would have. The file's bytes are the same either way.
+// next (a tensor copy runs on LibTorch's intra-op threads where cereal's byte writes run on
+// one; pinned memory for a CUDA tensor), and the thread that writes the file puts the copy's
+// bytes where the archive would have. The file's bytes are the same either way.
 
 #include <cereal/archives/binary.hpp>
 #include <cereal/archives/portable_binary.hpp>
@@ -1785,9 +1785,10 @@ void adopt_archive(const std::ostream& stream, const Archive& archive) {
 }
 
 /// The capture that takes a tensor of `bytes` bytes saved through `archive`, or null (then the
-/// archive writes it). Only cereal's binary archives are captured: they write a tensor's bytes
-/// as they lie in memory (the portable one on little-endian hosts; it swaps each element
-/// elsewhere).
+/// archive writes it). Only cereal's binary archives are captured, whose bytes are the tensor's
+/// as they lie in memory; the portable one only on little-endian hosts, where that holds for
+/// any of its byte-order options (keel's files are little-endian: a big-endian host is left to
+/// the archive).
 template <class Archive>
 TensorCapture* capture_for(const Archive& archive, std::size_t bytes) {
   constexpr bool raw = std::is_same_v<Archive, cereal::BinaryOutputArchive> ||
@@ -9926,12 +9927,14 @@ class GrowingBuffer : public std::streambuf {
 
 /// The sections of one checkpoint, taken at a step boundary: their bytes in memory, except the
 /// large tensors of binary sections, which are copies (tensor_capture.hpp) spliced in when the
-/// file is written. Everything is kept for the next snapshot, which reuses the memory when the
-/// tensors have the same dtypes and sizes (they do, save after save).
+/// file is written. The memory is kept for the next snapshot: its n-th copied tensor reuses
+/// the n-th copy's memory when dtype, element count and device kind match (they do, save after
+/// save).
 class SectionSnapshot final : public SectionWriter, private TensorCapture {
  public:
   /// Forgets the previous snapshot (keeping its memory) and starts a new one.
   void clear() {
+    complete_ = false;
     sections_.clear();
     buffer_.clear();
     captured_.clear();
@@ -9941,26 +9944,28 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   }
 
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
-    Section section{std::move(name), std::move(type), version, buffer_.size(), 0, captured_.size(), 0};
+    if (complete_) throw std::logic_error("keel: a finished snapshot was given another section; clear() it first");
+    Section entry{std::move(name), std::move(type), version, buffer_.size(), 0, captured_.size(), 0};
     {
       std::ostream stream(&buffer_);
       stream.exceptions(std::ios::badbit);  // a failed allocation must not leave a short section
       const CaptureScope capturing(*this, stream);
       write(stream);
       stream.flush();
-      if (!stream) throw std::runtime_error("keel: the snapshot of section '" + section.name + "' is incomplete");
+      if (!stream) throw std::runtime_error("keel: the snapshot of section '" + entry.name + "' is incomplete");
     }
-    section.size = buffer_.size() - section.offset;
-    section.captured_end = captured_.size();
-    sections_.push_back(std::move(section));
+    entry.size = buffer_.size() - entry.offset;
+    entry.captured_end = captured_.size();
+    sections_.push_back(std::move(entry));
   }
 
   /// The manifest's configuration fingerprint and facts, taken with the sections; waits for
   /// the copies from CUDA devices.
   void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
-    for (const int device : cuda_devices_) torch::cuda::synchronize(device);
+    for (const std::int64_t device : cuda_devices_) torch::cuda::synchronize(device);
     fingerprint_ = std::move(fingerprint);
     facts_ = std::move(facts);
+    complete_ = true;
   }
 
   /// This snapshot's copy of `live` (a tensor it captured, shaped like it), or an undefined
@@ -9980,6 +9985,8 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   /// Runs the check, then writes the snapshot atomically to `path` as a complete container: the
   /// bytes a ContainerWriter fed the same sections would write.
   void write_file(const fs::path& path, const std::string& format_name, std::uint32_t format_id) const {
+    // A snapshot whose taking threw (or that was never finished) is never written.
+    if (!complete_) throw std::logic_error("keel: an incomplete snapshot cannot be written to " + path.string());
     if (check_) check_();
     write_atomically(path, [&](HashingFileSink& sink) { write_container(sink, format_name, format_id); });
   }
@@ -10007,8 +10014,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
       copy.bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
     }
     copy.tensor.view(tensor.sizes()).copy_(tensor.detach(), /*non_blocking=*/from_cuda);
-    if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), tensor.get_device()) == cuda_devices_.end())
-      cuda_devices_.push_back(tensor.get_device());
+    const std::int64_t device = tensor.get_device();
+    if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), device) == cuda_devices_.end())
+      cuda_devices_.push_back(device);
     captured_.push_back({buffer_.size(), tensor.scalar_type(), tensor.sizes().vec()});
     by_source_.emplace(tensor.unsafeGetTensorImpl(), index);
   }
@@ -10020,13 +10028,13 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
         auto put = [&](const void* bytes, std::size_t count) {
           out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(count));
         };
-        std::size_t at = s.offset;  // bytes of the buffer written so far
+        std::size_t written = s.offset;  // the section's bytes of buffer_ written so far
         for (std::size_t i = s.captured_begin; i < s.captured_end; ++i) {
-          put(buffer_.data() + at, captured_[i].offset - at);
-          at = captured_[i].offset;
+          put(buffer_.data() + written, captured_[i].offset - written);
+          written = captured_[i].offset;
           put(copies_[i].tensor.data_ptr(), copies_[i].bytes);
         }
-        put(buffer_.data() + at, s.offset + s.size - at);
+        put(buffer_.data() + written, s.offset + s.size - written);
       });
     writer.finish(fingerprint_, facts_);
   }
@@ -10055,8 +10063,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   std::vector<Captured> captured_;  // captured_[i] is held in copies_[i]
   std::vector<Copy> copies_;
   std::unordered_map<const void*, std::size_t> by_source_;  // live tensor -> index (identity only)
-  std::vector<int> cuda_devices_;                           // copies in flight from these
+  std::vector<std::int64_t> cuda_devices_;                  // copies in flight from these
   std::function<void()> check_;
+  bool complete_ = false;  // finish() was reached
   Fingerprint fingerprint_;
   std::vector<std::pair<std::string, std::string>> facts_;
 };
@@ -10808,6 +10817,9 @@ class CheckpointSaver {
     } catch (const ckpt::IoError& e) {
       not_saved(save, e);
       return;  // still unsaved: the next save (or the end of fit) writes this state's successor
+    } catch (...) {  // refused (a non-finite parameter) or failed otherwise: nothing was written
+      s_.view.checkpoint_path = previous_path;
+      throw;
     }
     validation_unsaved_ = false;
     unsaved_ = false;

@@ -591,24 +591,43 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
   CHECK(read_bytes(async_dir / keel::ckpt::step_file_name(9)) == read_bytes(sync_dir / keel::ckpt::step_file_name(9)));
 }
 
+/// A value whose save writes a tensor through an archive of its own, on a stream of its own,
+/// while keel's archive of the section is writing it: that archive's tensor must stay whole.
+struct OwnArchive {
+  const torch::Tensor* tensor;
+  std::string* bytes;
+  template <class Archive>
+  void save(Archive& archive) const {
+    std::ostringstream own;
+    {
+      cereal::PortableBinaryOutputArchive own_archive(own);
+      own_archive(*tensor);
+    }
+    *bytes = own.str();
+    archive(*tensor);
+  }
+};
+
 TEST_CASE("a snapshot copies its archives' large tensors, never a user's own archive's, and writes the state it took") {
   const auto dir = fresh_directory("snapshot-capture");
   auto big = torch::randn({256, 128});  // 128 KiB: copied
+  auto other = torch::randn({3, 200, 100}).to(torch::kFloat64).transpose(0, 2);  // 480 KB, not contiguous
   const auto small = torch::randn({8});  // serialized inline
   std::string user_bytes;
   auto write_sections = [&](keel::ckpt::SectionWriter& writer) {
-    writer.section("tensors", "test", 1, [&](std::ostream& out) {
-      {  // an archive of the user's own, on a stream of its own, while the section is written
-        std::ostringstream own;
-        {
-          cereal::PortableBinaryOutputArchive archive(own);
-          archive(big);
-        }
-        user_bytes = own.str();
-      }
+    writer.section("portable", "test", 1, [&](std::ostream& out) {
       cereal::PortableBinaryOutputArchive archive(out);
       keel::ckpt::adopt_archive(out, archive);  // as the section writers of keel do
-      archive(small, big, small);
+      archive(small, big, OwnArchive{&big, &user_bytes}, small);
+    });
+    writer.section("plain", "test", 1, [&](std::ostream& out) {
+      cereal::BinaryOutputArchive archive(out);
+      keel::ckpt::adopt_archive(out, archive);
+      archive(other, small, big);
+    });
+    writer.section("not adopted", "test", 1, [&](std::ostream& out) {
+      cereal::PortableBinaryOutputArchive archive(out);
+      archive(big);
     });
   };
   keel::ckpt::write_atomically(dir / "direct.ckpt", [&](keel::ckpt::HashingFileSink& sink) {
@@ -626,14 +645,15 @@ TEST_CASE("a snapshot copies its archives' large tensors, never a user's own arc
     snapshot.clear();
     write_sections(snapshot);
     snapshot.finish({}, {{"fact", "1"}});
-    CHECK(snapshot.captured() == 1);
+    CHECK(snapshot.captured() == 4);  // big twice in "portable", other and big in "plain"
     CHECK(user_bytes == direct_user_bytes);  // the user's archive wrote its tensor whole
     const auto copy = snapshot.copy_of(big);
     REQUIRE(copy.defined());
     CHECK(keel::bitwise_equal(copy, big));
     CHECK(copy.data_ptr() != big.data_ptr());
+    CHECK(keel::bitwise_equal(snapshot.copy_of(other), other));
     CHECK_FALSE(snapshot.copy_of(small).defined());
-    CHECK_FALSE(snapshot.copy_of(big.view({128, 256})).defined());  // another shape is not this tensor
+    CHECK_FALSE(snapshot.copy_of(big.view({128, 256})).defined());  // a view is a tensor of its own
     if (round == 0) first_memory = copy.data_ptr();
     CHECK(copy.data_ptr() == first_memory);  // the second snapshot reuses the first one's memory
 
@@ -643,6 +663,17 @@ TEST_CASE("a snapshot copies its archives' large tensors, never a user's own arc
     big.copy_(taken);
     CHECK(read_bytes(dir / "snapshot.ckpt") == read_bytes(dir / "direct.ckpt"));
   }
+
+  // A snapshot whose taking failed is never written.
+  snapshot.clear();
+  CHECK_THROWS_AS(snapshot.section("x", "test", 1, [&](std::ostream& out) {
+    cereal::PortableBinaryOutputArchive archive(out);
+    keel::ckpt::adopt_archive(out, archive);
+    archive(big);
+    throw std::runtime_error("failed while taking it");
+  }), std::runtime_error);
+  CHECK_THROWS_AS(snapshot.write_file(dir / "failed.ckpt", "test", 1), std::logic_error);
+  CHECK_FALSE(fs::exists(dir / "failed.ckpt"));
 }
 
 }  // namespace checkpoint_test

@@ -185,6 +185,14 @@ struct OverflowingImpl : torch::nn::Module {
                            (std::int64_t, overflow_at), (std::int64_t, batches_seen));
 };
 
+/// What on_exception sees as the checkpoint path: after a refused save, the last one written.
+struct PathAtException {
+  std::string* seen = nullptr;
+  template <class Archive>
+  void serialize(Archive&) {}
+  void on_exception(keel::Context& context) { *seen = context.checkpoint_path(); }
+};
+
 TEST_CASE("an infinite parameter refuses the checkpoint with async_save too, when the background write is collected") {
   SyntheticImages data(200, 1);
   for (const bool async : {false, true}) {
@@ -194,10 +202,11 @@ TEST_CASE("an infinite parameter refuses the checkpoint with async_save too, whe
     auto model = std::make_shared<OverflowingImpl>();
     model->overflow_at = 3;  // the fourth step makes big.weight infinite; step 4 is saved
     model->batches_seen = 0;
-    keel::Trainer<keel::model<OverflowingImpl>, keel::optimizer<keel::optim::SGD>> trainer(
+    std::string path_at_exception;
+    keel::Trainer<keel::model<OverflowingImpl>, keel::optimizer<keel::optim::SGD>, keel::callbacks<PathAtException>> trainer(
         model,
         keel::TrainerOptions().max_steps(8).batch_size(8).checkpoint_dir(dir.string()).save_every_steps(2).async_save(async),
-        torch::optim::SGDOptions(10.0));
+        torch::optim::SGDOptions(10.0), PathAtException{&path_at_exception});
     std::string error;
     try {
       trainer.fit(data);
@@ -213,6 +222,7 @@ TEST_CASE("an infinite parameter refuses the checkpoint with async_save too, whe
     CHECK_FALSE(fs::exists(dir / keel::ckpt::step_file_name(4)));
     CHECK_FALSE(fs::exists(dir / keel::ckpt::step_file_name(6)));
     CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(2));
+    CHECK(path_at_exception == (dir / keel::ckpt::step_file_name(2)).string());
     for (const auto& entry : fs::directory_iterator(dir))
       CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
   }

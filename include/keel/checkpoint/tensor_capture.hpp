@@ -2,9 +2,9 @@
 // While a snapshot for a background write is taken (SectionSnapshot, async_save), the large
 // tensors of a binary section are not serialized on the training thread: cereal's save hands
 // each one to the active TensorCapture, which copies it into memory kept from one save to the
-// next (both cores: a tensor copy is parallel where cereal's byte writes are not; pinned memory
-// for a CUDA tensor), and the thread that writes the file puts the copy's bytes where the
-// archive would have. The file's bytes are the same either way.
+// next (a tensor copy runs on LibTorch's intra-op threads where cereal's byte writes run on
+// one; pinned memory for a CUDA tensor), and the thread that writes the file puts the copy's
+// bytes where the archive would have. The file's bytes are the same either way.
 
 #include <cereal/archives/binary.hpp>
 #include <cereal/archives/portable_binary.hpp>
@@ -69,9 +69,10 @@ void adopt_archive(const std::ostream& stream, const Archive& archive) {
 }
 
 /// The capture that takes a tensor of `bytes` bytes saved through `archive`, or null (then the
-/// archive writes it). Only cereal's binary archives are captured: they write a tensor's bytes
-/// as they lie in memory (the portable one on little-endian hosts; it swaps each element
-/// elsewhere).
+/// archive writes it). Only cereal's binary archives are captured, whose bytes are the tensor's
+/// as they lie in memory; the portable one only on little-endian hosts, where that holds for
+/// any of its byte-order options (keel's files are little-endian: a big-endian host is left to
+/// the archive).
 template <class Archive>
 TensorCapture* capture_for(const Archive& archive, std::size_t bytes) {
   constexpr bool raw = std::is_same_v<Archive, cereal::BinaryOutputArchive> ||

@@ -140,6 +140,9 @@ class CheckpointSaver {
     } catch (const ckpt::IoError& e) {
       not_saved(save, e);
       return;  // still unsaved: the next save (or the end of fit) writes this state's successor
+    } catch (...) {  // refused (a non-finite parameter) or failed otherwise: nothing was written
+      s_.view.checkpoint_path = previous_path;
+      throw;
     }
     validation_unsaved_ = false;
     unsaved_ = false;
