@@ -9991,12 +9991,6 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
     write_atomically(path, [&](HashingFileSink& sink) { write_container(sink, format_name, format_id); });
   }
 
-  /// Bytes of section data held (for the benchmark and the tests).
-  std::size_t bytes() const {
-    std::size_t total = buffer_.size();
-    for (std::size_t i = 0; i < captured_.size(); ++i) total += copies_[i].bytes;
-    return total;
-  }
   /// Tensors copied instead of serialized (for the tests).
   std::size_t captured() const { return captured_.size(); }
 
