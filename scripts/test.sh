@@ -16,7 +16,7 @@
 #              clang++ 14 cannot parse LibTorch 1.13's headers in C++20, so no part builds that.
 #   libtorch2  clang++ 19, LibTorch 2.6 (Debian trixie, in a root that scripts/libtorch2-root.sh
 #              makes on first use and reuses after): the whole suite but the header check, the
-#              compile-fail files and the slow process tests of keel's code above LibTorch
+#              compile-fail file and the slow process tests of keel's code above LibTorch
 #              (signals, disk faults, the example's flags, workers, logs and forks);
 #              keel-ckpt's export is read back by trixie's python3-torch 2.6; the benchmarks are
 #              built too, so that they keep compiling. No Node.js there: the TensorBoard reader's
@@ -71,8 +71,8 @@ for part in "${parts[@]}"; do
   case $part in
     gcc)
       echo "== gcc: the whole suite, g++ 12, C++17, LibTorch 1.13, warnings as errors"
-      # The compile-fail files (accepted and refused forms) are built in the clang part, where they
-      # overlap the header check; here they would add minutes of serial compiles.
+      # The compile-fail file (accepted and refused forms) is built in the clang part, where it
+      # overlaps the header check; here it would add a minute of compiles.
       whole_suite build/test-g g++ "$jobs" "" -DKEEL_WERROR=ON -DKEEL_COMPILE_FAIL_TESTS=OFF \
         -DKEEL_COMPILE_FAIL_SOURCES=OFF
       ;;
@@ -105,7 +105,7 @@ for part in "${parts[@]}"; do
       # minutes of processes): the example's flag combinations, worker counts and logs across
       # kills, the preemption signals, a second signal, a refusing disk, the example's forks.
       # Here run the exactness, SIGKILL, fixture and keel-ckpt tests, which LibTorch's version
-      # can change. The compile-fail files' accepted forms are built in the other parts.
+      # can change. The compile-fail file is built in the clang part.
       in_libtorch2_root whole_suite "build/torch2-${compiler%++}" "$compiler" "$jobs" \
         "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with" \
         -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF -DKEEL_COMPILE_FAIL_TESTS=OFF -DKEEL_COMPILE_FAIL_SOURCES=OFF \

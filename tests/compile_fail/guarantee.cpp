@@ -1,7 +1,10 @@
 // The compile-time guarantee, one case per rule and role (keel/state_check.hpp,
-// keel/model_check.hpp). Built as is, every case is in its accepted form; built with
-// KEEL_COMPILE_FAIL=<n>, case n takes its refused form and the Trainer must not compile, with
-// the message CMakeLists.txt expects and an instantiation trace that names the user's type.
+// keel/model_check.hpp, keel/hooks.hpp). Built as is, every case is in its accepted
+// form. Built with KEEL_COMPILE_FAIL=<n>, case n takes its refused form and the Trainer must not
+// compile, with the message CMakeLists.txt expects and an instantiation trace that names the
+// user's type. KEEL_COMPILE_FAIL=-1 refuses every case at once: the test builds that (one compile
+// instead of one per case; the cases share no type, so one refusal cannot hide another) and
+// finds each case's message with its user's type in the same diagnostic.
 #include "net.hpp"
 
 #include <cereal/types/vector.hpp>
@@ -9,7 +12,7 @@
 #ifndef KEEL_COMPILE_FAIL
 #define KEEL_COMPILE_FAIL 0
 #endif
-#define KEEL_BREAK(n) (KEEL_COMPILE_FAIL == n)
+#define KEEL_BREAK(n) (KEEL_COMPILE_FAIL == n || KEEL_COMPILE_FAIL == -1)
 
 // 1. The model: a plain data member that influences forward must be declared.
 struct CountingNet : torch::nn::Module {
@@ -254,3 +257,71 @@ struct ScaledNet : torch::nn::Module {
   BOOST_HANA_DEFINE_STRUCT(ScaledNet, (torch::nn::Linear, fc), (Scaler, scaler));
 };
 static_assert(sizeof(keel::Trainer<keel::model<ScaledNet>>) > 0);
+
+// 18. A callback that holds data must say how its state is saved (here: a cereal serialize).
+struct CountSteps {
+  long steps = 0;
+  void on_optimizer_step_end(keel::Context&) { ++steps; }
+#if !KEEL_BREAK(18)
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(steps);
+  }
+#endif
+};
+void digest_of_counting(keel::Trainer<keel::model<Net>, keel::callbacks<CountSteps>>& trainer) {
+  (void)trainer.state_digest();
+}
+
+// 19. A reflected callback with a member outside BOOST_HANA_DEFINE_STRUCT: the declared members
+// no longer account for sizeof.
+struct SizeTracker {
+  BOOST_HANA_DEFINE_STRUCT(SizeTracker, (double, best), (long, wait));
+#if KEEL_BREAK(19)
+  long hidden_counter = 0;  // not declared, so it would never be saved
+#endif
+  void on_validation_end(keel::Context&) { ++wait; }
+};
+void digest_of_size_tracker(keel::Trainer<keel::model<Net>, keel::callbacks<SizeTracker>>& trainer) {
+  (void)trainer.state_digest();
+}
+
+// 20. A member outside BOOST_HANA_DEFINE_STRUCT hidden in an aggregate's tail padding: sizeof
+// is the same with or without it (double + int pads to 16 bytes either way), so only the count
+// of fields that brace initialization accepts exposes it.
+struct PaddingTracker {
+  BOOST_HANA_DEFINE_STRUCT(PaddingTracker, (double, best), (int, wait));
+#if KEEL_BREAK(20)
+  int hidden_in_padding;
+#endif
+  void on_validation_end(keel::Context&) { ++wait; }
+};
+static_assert(sizeof(PaddingTracker) == 16, "the case relies on the hidden member fitting in padding");
+void digest_of_padding_tracker(keel::Trainer<keel::model<Net>, keel::callbacks<PaddingTracker>>& trainer) {
+  (void)trainer.state_digest();
+}
+
+// 21. A hook with a near-miss signature (no Context parameter) must not be silently ignored.
+struct EpochAnnouncer {
+#if KEEL_BREAK(21)
+  void on_train_epoch_end() {}
+#else
+  void on_train_epoch_end(keel::Context&) {}
+#endif
+};
+void digest_of_announcer(keel::Trainer<keel::model<Net>, keel::callbacks<EpochAnnouncer>>& trainer) {
+  (void)trainer.state_digest();
+}
+
+// 22. A hook that returns a value (as if returning true would stop training) is a near miss
+// too: keel's hooks return void and stop through Context::request_stop().
+struct Stopper {
+#if KEEL_BREAK(22)
+  bool on_optimizer_step_end(keel::Context&) { return true; }
+#else
+  void on_optimizer_step_end(keel::Context& ctx) { ctx.request_stop(); }
+#endif
+};
+void digest_of_stopper(keel::Trainer<keel::model<Net>, keel::callbacks<Stopper>>& trainer) {
+  (void)trainer.state_digest();
+}
