@@ -75,32 +75,33 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& mode
   return out;
 }
 
-/// Measures a fit: how long each save holds the training thread (from on_save_checkpoint_start
-/// to the start of the next step) and how long each step takes (start to start). Measurements,
-/// not training state: nothing to save.
+/// Measures a fit: how long each save holds the training thread (from the end of the optimizer
+/// step after which it comes to the start of the next step: the whole save, and with
+/// async_save the collection of the write before it) and how long each step takes (start to
+/// start). Measurements, not training state: nothing to save.
 struct SaveClock {
   std::vector<double>* held = nullptr;
   std::vector<double>* steps = nullptr;
-  // Set for the fit without checkpoints: a plain copy of the state at each step where the
-  // others save, timed into `copies` (the floor for a snapshot, in the same conditions).
+  // When set: a plain copy of the state at each step where a save comes (or would come), timed
+  // into `copies`: the floor for a snapshot. Without checkpoints the copy is held like a save;
+  // with async_save it is taken right before each save (not counted in `held`), so that the two
+  // are timed a moment apart, with the memory on both sides idle for as long.
   std::function<void()> copy_state;
   std::vector<double>* copies = nullptr;
+  bool copy_is_the_save = true;
   std::int64_t every = 0;
   Clock::time_point save_started{}, step_started{};
   bool saving = false;
   template <class Archive>
   void serialize(Archive&) {}
   void on_optimizer_step_end(keel::Context& context) {
-    if (!copy_state || context.loop().global_step % every != 0) return;
-    const auto start = Clock::now();
-    copy_state();
-    copies->push_back(std::chrono::duration<double>(Clock::now() - start).count());
-    save_started = start;  // held like a save, up to the next step, which is not counted as a step
-    saving = true;
-  }
-  void on_save_checkpoint_start(keel::Context&) {
+    if (context.loop().global_step % every != 0) return;  // (the saver saves right after this hook)
     save_started = Clock::now();
     saving = true;
+    if (!copy_state) return;
+    copy_state();
+    copies->push_back(seconds_since(save_started));
+    if (!copy_is_the_save) save_started = Clock::now();
   }
   void on_train_batch_start(keel::Context&) {
     const auto now = Clock::now();
@@ -112,6 +113,21 @@ struct SaveClock {
 };
 using ClockedTrainer = keel::Trainer<keel::model<StackImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<SaveClock>>;
 
+SaveClock clock_into(std::vector<double>& held, std::vector<double>& steps, std::int64_t every) {
+  SaveClock clock;
+  clock.held = &held;
+  clock.steps = &steps;
+  clock.every = every;
+  return clock;
+}
+
+/// Every value, comma-separated (the spread behind a median).
+std::string each(const std::vector<double>& values) {
+  std::string out;
+  for (const double v : values) out += (out.empty() ? "" : ",") + std::to_string(v);
+  return out;
+}
+
 double median(std::vector<double> values) {
   if (values.empty()) return 0.0;
   std::sort(values.begin(), values.end());
@@ -120,11 +136,12 @@ double median(std::vector<double> values) {
 
 /// --mode async: a fit of `steps` steps of batch `batch` saving every `every` steps, three
 /// ways: no checkpoints (copying the state into kept tensors where the others save, the floor
-/// for a snapshot), synchronous saves, async_save. Prints, in seconds: the median time a save
-/// (or copy) holds the training thread (the first of each fit left out: it allocates the
-/// memory), the median time of the copy alone, the median step time of steps that hold no save
-/// (with async_save a write is in flight during most of them), and the time of the same copy
-/// back to back (memory just touched).
+/// for a snapshot), synchronous saves, async_save (which also takes the same plain copy right
+/// before each save: the floor a moment apart, in the same conditions). Prints, in seconds: the
+/// median time a save (or copy) holds the training thread (the first of each fit left out: it
+/// allocates the memory), the median time of the copies, the median step time of steps that
+/// hold no save (with async_save a write is in flight during most of them), and the time of the
+/// same copy back to back (memory just touched); `_each` lines list every value.
 void background_saves(std::int64_t width, std::int64_t layers, const std::string& dir, std::int64_t batch,
                       std::int64_t steps, std::int64_t every) {
   const OneBatch data{{torch::randn({batch, width}), torch::randn({batch, width})}};
@@ -143,12 +160,12 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
                                .save_on_epoch_end(false)  // (one batch per epoch here)
                                .keep_last(1)
                                .async_save(async),
-                           torch::optim::AdamWOptions(1e-3), SaveClock{&held, &step_times});
+                           torch::optim::AdamWOptions(1e-3), clock_into(held, step_times, every));
     std::vector<torch::Tensor> kept;  // the copies' memory, kept from one copy to the next
-    if (!save) {
+    if (!save || async) {
       auto& clock = trainer.callback<SaveClock>();
       clock.copies = &copies;
-      clock.every = every;
+      clock.copy_is_the_save = !save;
       clock.copy_state = [&] {
         const auto state = state_tensors(*trainer.model(), trainer.optimizer().torch_optimizer());
         if (kept.empty())
@@ -159,10 +176,12 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
     auto copy = data;
     trainer.fit(copy);
     if (!held.empty()) held.erase(held.begin());
-    std::printf("%s_held_s=%.4f\n%s_step_s=%.4f\n", how, median(held), how, median(step_times));
+    std::printf("%s_held_s=%.4f\n%s_step_s=%.4f\n%s_held_each=%s\n", how, median(held), how, median(step_times), how,
+                each(held).c_str());
     if (!copies.empty()) {
       copies.erase(copies.begin());  // (allocated the memory, as a first save does)
-      std::printf("fit_copy_s=%.4f\n", median(copies));
+      const char* which = save ? "paired_copy" : "fit_copy";
+      std::printf("%s_s=%.4f\n%s_each=%s\n", which, median(copies), which, each(copies).c_str());
     }
     std::filesystem::remove_all(run_dir);
     return trainer.state_digest();
@@ -220,7 +239,7 @@ int main(int argc, char** argv) {
   std::int64_t width = 3200, layers = 5;
   int passes = 2;
   std::string mode = "io";
-  std::int64_t batch = 256, steps = 9, every = 2;
+  std::int64_t batch = 256, steps = 13, every = 2;
   std::string dir = "/tmp/keel-bench-ckpt", order = "keel-first", only;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--width")) width = std::stoll(argv[i + 1]);

@@ -555,7 +555,8 @@ TEST_CASE("a load that fails after its checks says so, and the trainer refuses t
 
 TEST_CASE("async_save writes the same files as a synchronous save, all committed when fit returns") {
   SyntheticImages data(96, 3);
-  auto train = [&](const fs::path& dir, bool async, std::int64_t steps, const std::string& resume) {
+  auto train = [&](const fs::path& dir, bool async, std::int64_t steps, const std::string& resume,
+                   std::int64_t keep_last = 0) {
     keel::seed_everything(1);
     WideTrainer trainer(std::make_shared<WideNetImpl>(),
                         keel::TrainerOptions()
@@ -563,7 +564,7 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
                             .batch_size(8)
                             .checkpoint_dir(dir.string())
                             .save_every_steps(2)
-                            .keep_last(0)
+                            .keep_last(keep_last)
                             .async_save(async)
                             .resume(resume),
                         torch::optim::AdamWOptions(1e-3));
@@ -589,6 +590,18 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
   keel::ckpt::point_link_atomically(async_dir / "last.ckpt", keel::ckpt::step_file_name(6));
   CHECK(train(async_dir, true, 9, "auto") == reference);
   CHECK(read_bytes(async_dir / keel::ckpt::step_file_name(9)) == read_bytes(sync_dir / keel::ckpt::step_file_name(9)));
+
+  // Rotation (on the writing thread with async_save) leaves the same files.
+  for (const bool async : {false, true}) {
+    CAPTURE(async);
+    const auto dir = fresh_directory(async ? "async-rotated" : "sync-rotated");
+    CHECK(train(dir, async, 9, "auto", 2) == reference);
+    const auto kept = keel::ckpt::list_checkpoints(dir);
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[0].global_step == 9);
+    CHECK(kept[1].global_step == 8);
+    CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(9));
+  }
 }
 
 /// A value whose save writes a tensor through an archive of its own, on a stream of its own,

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace keel::loop {
 
@@ -119,9 +120,12 @@ class CheckpointSaver {
     if (options.async_save()) {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
-        background_.start([this, save] {
+        background_.start([this, save, policy = retention()] {
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
+          // Rotation deletes files (a tenth of a second or more for large ones): here too, not
+          // on the training thread. Its outcome is reported when the write is collected.
+          rotation_problem_ = rotate_after(save, policy);
         });
       } catch (...) {  // nothing started: as if the save had not begun
         s_.view.checkpoint_path = previous_path;
@@ -146,7 +150,7 @@ class CheckpointSaver {
     }
     validation_unsaved_ = false;
     unsaved_ = false;
-    committed(save);
+    committed(save, rotate_after(save, retention()));
   }
 
   /// A save: where it goes, and what to restore if its write fails.
@@ -168,13 +172,30 @@ class CheckpointSaver {
          "; training continues and the next save retries (continue_on_save_error)");
   }
 
-  /// `save` is committed and last.ckpt points at it: rotation, and the end of the save.
-  void committed(const Pending& save) {
+  /// The options' retention policy, as a value (a background save takes it along).
+  ckpt::Retention retention() const {
     const auto& options = s_.options;
-    ckpt::rotate(save.directory,
-                 ckpt::Retention{options.keep_last(), options.keep_best(), options.monitor(),
-                                 options.monitor_higher_is_better()},
-                 save.name, Format::extension);
+    return {options.keep_last(), options.keep_best(), options.monitor(), options.monitor_higher_is_better()};
+  }
+
+  /// Deletes the checkpoints that `retention` drops now that `save` is committed. A failure
+  /// leaves older files behind: worth a warning (returned here, "" if none), not a failed save.
+  static std::string rotate_after(const Pending& save, const ckpt::Retention& retention) {
+    try {
+      ckpt::rotate(save.directory, retention, save.name, Format::extension);
+      return {};
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "an exception that is not a std::exception";
+    }
+  }
+
+  /// `save` is committed, last.ckpt points at it and rotation ran: the end of the save.
+  void committed(const Pending& save, const std::string& rotation_problem) {
+    if (!rotation_problem.empty())
+      warn("checkpoint rotation after step " + std::to_string(save.step) + " failed, older checkpoints may remain: " +
+           rotation_problem);
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 
@@ -186,7 +207,7 @@ class CheckpointSaver {
     const Pending save = std::move(*pending_);
     pending_.reset();
     if (!error) {
-      committed(save);  // (what changed since the snapshot stays unsaved)
+      committed(save, std::exchange(rotation_problem_, {}));  // (what changed since the snapshot stays unsaved)
       return;
     }
     // That state never reached the disk: the next save, or the end of fit, writes its successor.
@@ -216,6 +237,7 @@ class CheckpointSaver {
   State& s_;
   ckpt::SectionSnapshot snapshot_;  // async_save: the state being written, its memory kept
   std::optional<Pending> pending_;  // the save in flight
+  std::string rotation_problem_;    // set by the save in flight, read once it is collected
   std::unique_ptr<ckpt::DirectoryLock> lock_;
   bool unsaved_ = false;             // the state changed since the last checkpoint
   bool validation_unsaved_ = false;  // a validation ran since the last checkpoint
