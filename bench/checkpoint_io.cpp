@@ -76,9 +76,10 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& mode
 }
 
 /// Measures a fit: how long each save holds the training thread (from the end of the optimizer
-/// step after which it comes to the start of the next step: the whole save, and with
-/// async_save the collection of the write before it) and how long each step takes (start to
-/// start). Measurements, not training state: nothing to save.
+/// step after which it comes to the next hook the loop runs: the end of the epoch, or the start
+/// of the next step; the whole save, and with async_save the collection of the write before
+/// it) and how long each step without a save takes (start to start). Measurements, not
+/// training state: nothing to save.
 struct SaveClock {
   std::vector<double>* held = nullptr;
   std::vector<double>* steps = nullptr;
@@ -91,23 +92,30 @@ struct SaveClock {
   bool copy_is_the_save = true;
   std::int64_t every = 0;
   Clock::time_point save_started{}, step_started{};
-  bool saving = false;
+  bool saving = false;         // a save's hold is being timed
+  bool step_had_save = false;  // the step under way is not a step without a save
   template <class Archive>
   void serialize(Archive&) {}
   void on_optimizer_step_end(keel::Context& context) {
     if (context.loop().global_step % every != 0) return;  // (the saver saves right after this hook)
     save_started = Clock::now();
-    saving = true;
+    saving = step_had_save = true;
     if (!copy_state) return;
     copy_state();
     copies->push_back(seconds_since(save_started));
     if (!copy_is_the_save) save_started = Clock::now();
   }
-  void on_train_batch_start(keel::Context&) {
-    const auto now = Clock::now();
-    if (saving) held->push_back(std::chrono::duration<double>(now - save_started).count());
-    else if (step_started != Clock::time_point{}) steps->push_back(std::chrono::duration<double>(now - step_started).count());
+  void hold_ends() {
+    if (saving) held->push_back(seconds_since(save_started));
     saving = false;
+  }
+  void on_train_epoch_end(keel::Context&) { hold_ends(); }
+  void on_train_batch_start(keel::Context&) {
+    hold_ends();
+    const auto now = Clock::now();
+    if (!step_had_save && step_started != Clock::time_point{})
+      steps->push_back(std::chrono::duration<double>(now - step_started).count());
+    step_had_save = false;
     step_started = now;
   }
 };

@@ -7090,6 +7090,7 @@ struct Json {
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <cerrno>
@@ -7156,9 +7157,11 @@ struct Retention {
 
 /// Deletes the checkpoints that `retention` does not keep. Call it only after the checkpoint
 /// named `newest` is committed: that file is never deleted, whatever its step or metric.
-inline void rotate(const fs::path& directory, const Retention& retention, const std::string& newest,
-                   const std::string& extension = ".ckpt") {
-  if (retention.keep_last <= 0) return;
+/// Returns what could not be deleted, one line per file ("" when all went; a file already gone
+/// is not a problem).
+inline std::string rotate(const fs::path& directory, const Retention& retention, const std::string& newest,
+                          const std::string& extension = ".ckpt") {
+  if (retention.keep_last <= 0) return {};
   const auto files = list_checkpoints(directory, extension);  // newest first
   std::vector<bool> keep(files.size(), false);
   for (std::size_t i = 0; i < files.size(); ++i)
@@ -7179,11 +7182,15 @@ inline void rotate(const fs::path& directory, const Retention& retention, const 
     for (std::size_t k = 0; k < scored.size() && static_cast<std::int64_t>(k) < retention.keep_best; ++k)
       keep[scored[k].second] = true;
   }
+  std::string problems;
   for (std::size_t i = 0; i < files.size(); ++i) {
     if (keep[i]) continue;
-    std::error_code ignored;  // a file that vanished or cannot be removed is not worth a failure
-    fs::remove(files[i].path, ignored);
+    std::error_code error;
+    fs::remove(files[i].path, error);
+    if (error && error != std::errc::no_such_file_or_directory)
+      problems += (problems.empty() ? "" : "\n") + files[i].path.string() + ": " + error.message();
   }
+  return problems;
 }
 
 /// The checkpoint to resume from in `directory`, or nullopt if there is none. The file that
@@ -10795,8 +10802,12 @@ class CheckpointSaver {
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
           // Rotation deletes files (a tenth of a second or more for large ones): here too, not
-          // on the training thread. Its outcome is reported when the write is collected.
-          rotation_problem_ = rotate_after(save, policy);
+          // on the training thread. Its outcome is reported when the write is collected; the
+          // write stands whatever it is.
+          try {
+            rotation_problem_ = rotate_after(save, policy);
+          } catch (...) {  // (no memory even for the message)
+          }
         });
       } catch (...) {  // nothing started: as if the save had not begun
         s_.view.checkpoint_path = previous_path;
@@ -10853,8 +10864,7 @@ class CheckpointSaver {
   /// leaves older files behind: worth a warning (returned here, "" if none), not a failed save.
   static std::string rotate_after(const Pending& save, const ckpt::Retention& retention) {
     try {
-      ckpt::rotate(save.directory, retention, save.name, Format::extension);
-      return {};
+      return ckpt::rotate(save.directory, retention, save.name, Format::extension);
     } catch (const std::exception& e) {
       return e.what();
     } catch (...) {
@@ -10865,8 +10875,8 @@ class CheckpointSaver {
   /// `save` is committed, last.ckpt points at it and rotation ran: the end of the save.
   void committed(const Pending& save, const std::string& rotation_problem) {
     if (!rotation_problem.empty())
-      warn("checkpoint rotation after step " + std::to_string(save.step) + " failed, older checkpoints may remain: " +
-           rotation_problem);
+      warn("rotation after the checkpoint of step " + std::to_string(save.step) +
+           " left older checkpoints behind (the checkpoint itself is committed):\n" + rotation_problem);
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 

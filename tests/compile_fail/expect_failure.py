@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Builds guarantee.cpp with every case in its refused form and checks each refusal.
 
-The build must fail, and for every case below its message must appear in one diagnostic (from
-the error line that carries it to the next error line, with the context before it that g++
-prints) together with the user's type, as a whole word: the instantiation trace names it.
+The build must fail, and for every case below its message must appear in one diagnostic (the
+error line that carries it, with the include chain and instantiation context printed before it
+and the notes after it) together with the user's type, as a whole word: the instantiation trace
+names it.
 
     expect_failure.py BUILD_DIR TARGET
 """
@@ -56,21 +57,34 @@ CASES = [
 ]
 
 
+# Where a diagnostic starts: g++ and clang print the include chain and g++ the instantiation
+# context ("In instantiation of ...") before the error line; clang prints its instantiation
+# notes after it.
+CONTEXT = re.compile(r"^In file included from |: In (instantiation of|substitution of|function|member function|"
+                     r"static member function|constructor|destructor|lambda function)\b")
+ERROR = re.compile(r"(^|:\s)(fatal )?error:")
+
+
 def diagnostics(output):
-    """Yields the text of each diagnostic: its error line, the lines after it up to the next
-    error line, and the context lines before it back to the previous error line."""
-    lines = output.splitlines()
-    errors = [i for i, line in enumerate(lines) if re.search(r"(^|:\s)(fatal )?error:", line)]
-    for k, at in enumerate(errors):
-        begin = errors[k - 1] + 1 if k > 0 else 0
-        end = errors[k + 1] if k + 1 < len(errors) else len(lines)
-        yield "\n".join(lines[begin:end])
+    """Yields the text of each diagnostic: the context lines before its error line, the error
+    line, and the lines after it up to the next diagnostic's first line."""
+    block, has_error = [], False
+    for line in output.splitlines():
+        starts_context = bool(CONTEXT.search(line)) and not line.startswith(" ")
+        is_error = bool(ERROR.search(line))
+        if (starts_context and has_error) or (is_error and has_error):
+            yield "\n".join(block)
+            block, has_error = [], False
+        block.append(line)
+        has_error = has_error or is_error
+    if has_error:
+        yield "\n".join(block)
 
 
 def main():
     build_dir, target = sys.argv[1:3]
     build = subprocess.run(["cmake", "--build", build_dir, "--target", target],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     output = build.stdout
     if build.returncode == 0:
         sys.exit(f"{target} compiled, but every case in it must be refused")

@@ -1,10 +1,10 @@
 // The compile-time guarantee, one case per rule and role (keel/state_check.hpp,
 // keel/model_check.hpp, keel/hooks.hpp). Built as is, every case is in its accepted
 // form. Built with KEEL_COMPILE_FAIL=<n>, case n takes its refused form and the Trainer must not
-// compile, with the message CMakeLists.txt expects and an instantiation trace that names the
+// compile, with the message expect_failure.py expects and an instantiation trace that names the
 // user's type. KEEL_COMPILE_FAIL=-1 refuses every case at once: the test builds that (one compile
-// instead of one per case; the cases share no type, so one refusal cannot hide another) and
-// finds each case's message with its user's type in the same diagnostic.
+// instead of one per case; each case's refused type is its own, so one refusal cannot hide
+// another) and finds each case's message with its user's type in the same diagnostic.
 #include "net.hpp"
 
 #include <cereal/types/vector.hpp>

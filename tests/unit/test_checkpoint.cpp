@@ -375,7 +375,16 @@ struct WideNetImpl : torch::nn::Module {
   }
   BOOST_HANA_DEFINE_STRUCT(WideNetImpl, (torch::nn::Linear, fc1), (torch::nn::Linear, fc2));
 };
-using WideTrainer = keel::Trainer<keel::model<WideNetImpl>, keel::optimizer<keel::optim::AdamW>>;
+/// At each on_save_checkpoint_end, how many checkpoints the directory holds (rotation has run
+/// by then, with async_save too). No state of its own: the list is the test's.
+struct CountAtSaveEnd {
+  static inline std::vector<std::size_t>* counts = nullptr;
+  void on_save_checkpoint_end(keel::Context& context) {
+    if (counts) counts->push_back(keel::ckpt::list_checkpoints(fs::path(context.checkpoint_path()).parent_path()).size());
+  }
+};
+using WideTrainer =
+    keel::Trainer<keel::model<WideNetImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<CountAtSaveEnd>>;
 
 WideTrainer make_wide(const fs::path& dir, std::int64_t max_steps) {
   keel::seed_everything(1);
@@ -591,11 +600,16 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
   CHECK(train(async_dir, true, 9, "auto") == reference);
   CHECK(read_bytes(async_dir / keel::ckpt::step_file_name(9)) == read_bytes(sync_dir / keel::ckpt::step_file_name(9)));
 
-  // Rotation (on the writing thread with async_save) leaves the same files.
+  // Rotation (on the writing thread with async_save) leaves the same files, and has run when
+  // each save ends.
   for (const bool async : {false, true}) {
     CAPTURE(async);
     const auto dir = fresh_directory(async ? "async-rotated" : "sync-rotated");
+    std::vector<std::size_t> counts;
+    CountAtSaveEnd::counts = &counts;
     CHECK(train(dir, async, 9, "auto", 2) == reference);
+    CountAtSaveEnd::counts = nullptr;
+    CHECK(counts == std::vector<std::size_t>{1, 2, 2, 2, 2});  // saves at steps 2, 4, 6, 8, 9
     const auto kept = keel::ckpt::list_checkpoints(dir);
     REQUIRE(kept.size() == 2);
     CHECK(kept[0].global_step == 9);

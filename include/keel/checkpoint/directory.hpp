@@ -19,6 +19,7 @@
 #include <keel/log.hpp>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <cerrno>
@@ -85,9 +86,11 @@ struct Retention {
 
 /// Deletes the checkpoints that `retention` does not keep. Call it only after the checkpoint
 /// named `newest` is committed: that file is never deleted, whatever its step or metric.
-inline void rotate(const fs::path& directory, const Retention& retention, const std::string& newest,
-                   const std::string& extension = ".ckpt") {
-  if (retention.keep_last <= 0) return;
+/// Returns what could not be deleted, one line per file ("" when all went; a file already gone
+/// is not a problem).
+inline std::string rotate(const fs::path& directory, const Retention& retention, const std::string& newest,
+                          const std::string& extension = ".ckpt") {
+  if (retention.keep_last <= 0) return {};
   const auto files = list_checkpoints(directory, extension);  // newest first
   std::vector<bool> keep(files.size(), false);
   for (std::size_t i = 0; i < files.size(); ++i)
@@ -108,11 +111,15 @@ inline void rotate(const fs::path& directory, const Retention& retention, const 
     for (std::size_t k = 0; k < scored.size() && static_cast<std::int64_t>(k) < retention.keep_best; ++k)
       keep[scored[k].second] = true;
   }
+  std::string problems;
   for (std::size_t i = 0; i < files.size(); ++i) {
     if (keep[i]) continue;
-    std::error_code ignored;  // a file that vanished or cannot be removed is not worth a failure
-    fs::remove(files[i].path, ignored);
+    std::error_code error;
+    fs::remove(files[i].path, error);
+    if (error && error != std::errc::no_such_file_or_directory)
+      problems += (problems.empty() ? "" : "\n") + files[i].path.string() + ": " + error.message();
   }
+  return problems;
 }
 
 /// The checkpoint to resume from in `directory`, or nullopt if there is none. The file that

@@ -124,8 +124,12 @@ class CheckpointSaver {
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
           // Rotation deletes files (a tenth of a second or more for large ones): here too, not
-          // on the training thread. Its outcome is reported when the write is collected.
-          rotation_problem_ = rotate_after(save, policy);
+          // on the training thread. Its outcome is reported when the write is collected; the
+          // write stands whatever it is.
+          try {
+            rotation_problem_ = rotate_after(save, policy);
+          } catch (...) {  // (no memory even for the message)
+          }
         });
       } catch (...) {  // nothing started: as if the save had not begun
         s_.view.checkpoint_path = previous_path;
@@ -182,8 +186,7 @@ class CheckpointSaver {
   /// leaves older files behind: worth a warning (returned here, "" if none), not a failed save.
   static std::string rotate_after(const Pending& save, const ckpt::Retention& retention) {
     try {
-      ckpt::rotate(save.directory, retention, save.name, Format::extension);
-      return {};
+      return ckpt::rotate(save.directory, retention, save.name, Format::extension);
     } catch (const std::exception& e) {
       return e.what();
     } catch (...) {
@@ -194,8 +197,8 @@ class CheckpointSaver {
   /// `save` is committed, last.ckpt points at it and rotation ran: the end of the save.
   void committed(const Pending& save, const std::string& rotation_problem) {
     if (!rotation_problem.empty())
-      warn("checkpoint rotation after step " + std::to_string(save.step) + " failed, older checkpoints may remain: " +
-           rotation_problem);
+      warn("rotation after the checkpoint of step " + std::to_string(save.step) +
+           " left older checkpoints behind (the checkpoint itself is committed):\n" + rotation_problem);
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 
