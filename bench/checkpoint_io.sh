@@ -33,6 +33,10 @@ shape() {  # size -> "width layers"
 median() { printf '%s\n' "$@" | sort -g | sed -n "$((($# + 1) / 2))p"; }
 # dd's own timing of a run: "<bytes> bytes (...) copied, <seconds> s, ..." -> MB/s
 dd_rate() { sed -n 's/^\([0-9]*\) bytes.* copied, \([0-9.e-]*\) s.*/\1 \2/p' | awk '{ printf "%.1f\n", $1 / $2 / 1e6 }'; }
+# One size's figures over the rounds: all[key] holds every round's value, space-separated.
+collect() { while IFS== read -r key value; do all[$key]+="$value "; done <<<"$1"; }  # key=value lines
+m() { median ${all[$1]}; }
+spread() { for key; do echo "  $size $key: ${all[$key]}" >&2; done; }  # every round's value, to stderr
 
 if [[ " $tables " == *" io "* ]]; then
   echo "| model | checkpoint MB | keel save MB/s | LibTorch save MB/s | dd write+fsync MB/s | keel load MB/s | LibTorch load MB/s | dd read MB/s | keel load peak extra MB | LibTorch load peak extra MB | largest tensor MB |"
@@ -44,14 +48,13 @@ if [[ " $tables " == *" io "* ]]; then
       order=keel-first
       ((r % 2)) && order=torch-first
       out=$("$bench" --width "$width" --layers "$layers" --dir "$dir" --order "$order")
-      while IFS== read -r key value; do all[$key]+="$value "; done <<<"$out"
+      collect "$out"
       bytes=$(sed -n 's/^keel_file_bytes=//p' <<<"$out" | head -1)
       blocks=$(((bytes + 4194303) / 4194304))
       all[dd_write]+="$(dd if=/dev/zero of="$dir/dd.bin" bs=4M count="$blocks" conv=fsync 2>&1 | dd_rate) "
       all[dd_read]+="$(dd if="$dir/dd.bin" of=/dev/null bs=4M 2>&1 | dd_rate) "
       rm -f "$dir/dd.bin"
     done
-    m() { median ${all[$1]}; }
     mb=$(awk -v b="$(m keel_file_bytes)" 'BEGIN { printf "%.1f", b / 1e6 }')
     rate() { awk -v b="$(m "$2")" -v s="$(m "$1")" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }  # seconds key, bytes key
     megabytes() { awk -v b="$(m "$1")" 'BEGIN { printf "%.0f", b / 1e6 }'; }
@@ -59,9 +62,7 @@ if [[ " $tables " == *" io "* ]]; then
     echo "| $size ($params parameters, AdamW) | $mb | $(rate keel_save_s keel_file_bytes) | $(rate torch_save_s torch_file_bytes) | $(m dd_write) |" \
          "$(rate keel_load_s keel_file_bytes) | $(rate torch_load_s torch_file_bytes) | $(m dd_read) | $(megabytes keel_load_peak_extra_bytes) |" \
          "$(megabytes torch_load_peak_extra_bytes) | $(megabytes largest_tensor_bytes) |"
-    for key in keel_save_s torch_save_s dd_write keel_load_s torch_load_s dd_read; do
-      echo "  $size $key: ${all[$key]}" >&2
-    done
+    spread keel_save_s torch_save_s dd_write keel_load_s torch_load_s dd_read
     unset all
   done
 fi
@@ -79,15 +80,12 @@ if [[ " $tables " == *" async "* ]]; then
     read -r width layers < <(shape "$size")
     declare -A all=()
     for ((r = 0; r < rounds; ++r)); do
-      out=$("$bench" --mode async --width "$width" --layers "$layers" --dir "$dir")
-      while IFS== read -r key value; do all[$key]+="$value "; done <<<"$out"
+      collect "$("$bench" --mode async --width "$width" --layers "$layers" --dir "$dir")"
     done
-    m() { median ${all[$1]}; }
     ratio=$(awk -v a="$(m async_held_s)" -v c="$(m paired_copy_s)" 'BEGIN { printf "%.2f", a / c }')
     echo "| $size | $(m fit_copy_s) | $(m paired_copy_s) | $(m state_copy_s) | $(m sync_held_s) | $(m async_held_s) | $ratio | $(m no_saves_step_s) | $(m async_step_s) |"
-    for key in fit_copy_s paired_copy_s state_copy_s sync_held_s async_held_s no_saves_step_s async_step_s async_held_each paired_copy_each; do
-      echo "  $size $key: ${all[$key]}" >&2
-    done
+    spread fit_copy_s paired_copy_s state_copy_s sync_held_s async_held_s no_saves_step_s async_step_s \
+           async_held_each paired_copy_each
     unset all
   done
 fi
