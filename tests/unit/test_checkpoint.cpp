@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 namespace fs = std::filesystem;
 
@@ -615,6 +616,91 @@ TEST_CASE("async_save writes the same files as a synchronous save, all committed
     CHECK(kept[0].global_step == 9);
     CHECK(kept[1].global_step == 8);
     CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(9));
+  }
+}
+
+TEST_CASE("the writing thread of async_save runs one job at a time, keeps its exception, and is waited for") {
+  const auto caller = std::this_thread::get_id();
+  std::vector<std::thread::id> ran_on;
+  bool slow_job_done = false;
+  {
+    keel::loop::BackgroundSave background;
+    CHECK_FALSE(background.in_flight());
+    CHECK(background.collect() == nullptr);  // nothing in flight: nothing to wait for
+    for (int i = 0; i < 3; ++i) {
+      background.start([&] { ran_on.push_back(std::this_thread::get_id()); });
+      CHECK(background.in_flight());
+      CHECK(background.collect() == nullptr);
+      CHECK_FALSE(background.in_flight());
+    }
+    background.start([] { throw std::runtime_error("disk gone"); });
+    const std::exception_ptr error = background.collect();
+    REQUIRE(error != nullptr);
+    CHECK_THROWS_WITH(std::rethrow_exception(error), "disk gone");
+    background.start([] {});
+    CHECK(background.collect() == nullptr);  // the next job starts without the last one's error
+    background.start([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      slow_job_done = true;
+    });
+  }  // not collected: the destructor waits for it
+  CHECK(slow_job_done);
+  REQUIRE(ran_on.size() == 3);
+  CHECK(ran_on[0] != caller);
+  CHECK(ran_on[1] == ran_on[0]);  // one thread, kept between jobs
+  CHECK(ran_on[2] == ran_on[0]);
+}
+
+/// Turns the checkpoint directory into a file right after step 2 (before its save) and takes
+/// the file away when the save of step 4 begins (after the save of step 2 was collected, with
+/// async_save too). No state of its own: the directory is the test's.
+struct DirectoryBecomesFile {
+  static inline const fs::path* dir = nullptr;
+  void on_optimizer_step_end(keel::Context& context) {
+    if (!dir || context.global_step() != 2) return;
+    fs::remove_all(*dir);
+    std::ofstream(*dir) << "not a directory";
+  }
+  void on_save_checkpoint_start(keel::Context& context) {
+    if (dir && context.global_step() == 4) fs::remove(*dir);
+  }
+};
+
+TEST_CASE("a checkpoint directory that cannot be made fails that save only, under continue_on_save_error") {
+  using Trainer =
+      keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<DirectoryBecomesFile>>;
+  SyntheticImages data(96, 3);
+  for (const bool async : {false, true}) {
+    for (const bool go_on : {true, false}) {
+      CAPTURE(async);
+      CAPTURE(go_on);
+      const auto dir = fresh_directory(std::string("dir-becomes-file-") + (async ? "async" : "sync"));
+      DirectoryBecomesFile::dir = &dir;
+      keel::seed_everything(1);
+      Trainer trainer(std::make_shared<SmallNetImpl>(),
+                      keel::TrainerOptions()
+                          .max_steps(6)
+                          .batch_size(8)
+                          .checkpoint_dir(dir.string())
+                          .save_every_steps(2)
+                          .async_save(async)
+                          .continue_on_save_error(go_on),
+                      torch::optim::AdamWOptions(1e-3));
+      if (go_on) {
+        trainer.fit(data);  // the save of step 2 fails; the directory is made again for step 4
+        CHECK(trainer.failed_saves() == 1);
+        const auto files = keel::ckpt::list_checkpoints(dir);
+        REQUIRE(files.size() == 2);
+        CHECK(files[0].global_step == 6);
+        CHECK(files[1].global_step == 4);
+        CHECK(fs::read_symlink(dir / "last.ckpt") == keel::ckpt::step_file_name(6));
+      } else {
+        // Synchronous: thrown by the save of step 2; async: when it is collected, at step 4.
+        CHECK_THROWS_WITH_AS(trainer.fit(data), doctest::Contains("create checkpoint directory"), keel::ckpt::IoError);
+        CHECK(fs::is_regular_file(dir));
+      }
+      DirectoryBecomesFile::dir = nullptr;
+    }
   }
 }
 

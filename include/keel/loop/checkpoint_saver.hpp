@@ -108,10 +108,6 @@ class CheckpointSaver {
     finish_background_save();  // one save in flight at most, and its outcome first
     const auto& options = s_.options;
     const ckpt::fs::path directory = options.checkpoint_dir();
-    std::error_code error;
-    ckpt::fs::create_directories(directory, error);
-    if (error) throw ckpt::IoError("create checkpoint directory", directory, error.value());
-    ckpt::remove_stale_temporaries(directory);  // left by a process killed while writing
     const std::string name = ckpt::step_file_name(s_.loop.global_step, Format::extension);
     const std::string previous_path = s_.view.checkpoint_path;
     s_.view.checkpoint_path = (directory / name).string();
@@ -121,6 +117,7 @@ class CheckpointSaver {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
         background_.start([this, save, policy = retention()] {
+          ckpt::prepare_checkpoint_directory(save.directory);
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
           // Rotation deletes files (a tenth of a second or more for large ones): here too, not
@@ -143,6 +140,7 @@ class CheckpointSaver {
       return;
     }
     try {
+      ckpt::prepare_checkpoint_directory(directory);
       state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
