@@ -184,12 +184,12 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
     auto copy = data;
     trainer.fit(copy);
     if (!held.empty()) held.erase(held.begin());
-    std::printf("%s_held_s=%.4f\n%s_step_s=%.4f\n%s_held_each=%s\n", how, median(held), how, median(step_times), how,
+    std::printf("%s_held_s=%.6f\n%s_step_s=%.6f\n%s_held_each=%s\n", how, median(held), how, median(step_times), how,
                 each(held).c_str());
     if (!copies.empty()) {
       copies.erase(copies.begin());  // (allocated the memory, as a first save does)
       const char* which = save ? "paired_copy" : "fit_copy";
-      std::printf("%s_s=%.4f\n%s_each=%s\n", which, median(copies), which, each(copies).c_str());
+      std::printf("%s_s=%.6f\n%s_each=%s\n", which, median(copies), which, each(copies).c_str());
     }
     std::filesystem::remove_all(run_dir);
     return trainer.state_digest();
@@ -217,7 +217,7 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
     for (std::size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
     copies.push_back(seconds_since(start));
   }
-  std::printf("state_copy_s=%.4f\n", median(copies));
+  std::printf("state_copy_s=%.6f\n", median(copies));
 }
 
 /// A line of /proc/self/status in bytes (VmRSS, VmHWM).

@@ -1,5 +1,5 @@
 # Installation and packaging (KEEL_INSTALL, on when keel is the top-level project):
-#   cmake --install BUILD --prefix PREFIX     headers, the CMake package, keel-ckpt
+#   cmake --install BUILD --prefix PREFIX     headers, the CMake package, keel-ckpt, keel-run
 #   cpack --config BUILD/CPackConfig.cmake    a Debian package of the same files
 # A project then says find_package(keel 0.2 CONFIG REQUIRED) and links keel::keel.
 include(GNUInstallDirs)
@@ -13,6 +13,10 @@ if(TARGET keel_ckpt)
   # keel::keel-ckpt in the package, for a project's own custom commands.
   install(TARGETS keel_ckpt EXPORT keelTargets RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   set_target_properties(keel_ckpt PROPERTIES EXPORT_NAME keel-ckpt)
+endif()
+if(TARGET keel_run)
+  install(TARGETS keel_run EXPORT keelTargets RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  set_target_properties(keel_run PROPERTIES EXPORT_NAME keel-run)
 endif()
 install(EXPORT keelTargets NAMESPACE keel:: DESTINATION ${keel_cmake_dir})
 
