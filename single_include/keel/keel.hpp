@@ -7239,14 +7239,13 @@ inline void remove_stale_temporaries(const fs::path& directory) {
   }
 }
 
-/// Makes `directory` ready for a checkpoint: creates it if it is gone (IoError if it cannot)
-/// and removes the temporaries a killed writer left there. Part of every save's write, so that
-/// with async_save it runs on the writing thread, and continue_on_save_error covers it.
-inline void prepare_checkpoint_directory(const fs::path& directory) {
+/// Creates the checkpoint directory if it is gone (IoError if it cannot). Part of every save's
+/// write, so that with async_save it runs on the writing thread, and continue_on_save_error
+/// covers it.
+inline void ensure_checkpoint_directory(const fs::path& directory) {
   std::error_code error;
   fs::create_directories(directory, error);
   if (error) throw IoError("create checkpoint directory", directory, error.value());
-  remove_stale_temporaries(directory);
 }
 
 /// An exclusive lock on a checkpoint directory for the life of the object, so that two
@@ -10089,17 +10088,20 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
 // of fit, a stop signal or an exception. The job's exception is kept, not lost. The thread is
 // started with the first job and then waits for the next one: starting a thread per save cost
 // a quarter of a millisecond of the training thread's time, as much as copying a 1 M-parameter
-// state (bench/README.md, "Checkpoints").
+// state (bench/README.md, "Checkpoints"). A process that forks after the first save must not
+// let the child destroy this object: the thread does not exist there.
 
 #include <condition_variable>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <stdexcept>
 #include <utility>
 
-#ifdef __linux__
 #include <pthread.h>
+#include <signal.h>
+#ifdef __linux__
 #include <sched.h>
 #endif
 
@@ -10128,6 +10130,7 @@ class BackgroundSave {
   /// Hands `job` to the writing thread (started here the first time). Call only when nothing
   /// is in flight.
   void start(std::function<void()> job) {
+    if (!job) throw std::logic_error("keel: BackgroundSave::start was given an empty job");
     if (!thread_.joinable()) thread_ = std::thread([this] { serve(); });
     {
       const std::lock_guard<std::mutex> lock(mutex_);
@@ -10152,10 +10155,17 @@ class BackgroundSave {
  private:
   /// The writing thread: runs each job handed over, until told to quit with none waiting.
   void serve() {
+    // Signals belong to the training thread, which decides how to stop (as the loader's threads).
+    sigset_t blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
 #ifdef __linux__
     // Woken with a job, a normal thread preempts the training thread it was woken by (the
     // scheduler favors a thread that slept), which then waits milliseconds for the write's
-    // first slice. A batch thread has the same share of the CPU but never preempts on waking.
+    // first slice. A batch thread has the same share of the CPU but does not preempt on waking.
     const sched_param normal{};
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &normal);  // (a failure costs only that)
 #endif
@@ -10782,9 +10792,13 @@ class CheckpointSaver {
   /// Whether checkpoints are written at all (a checkpoint_dir is set).
   bool enabled() const { return !s_.options.checkpoint_dir().empty(); }
 
-  /// Locks the checkpoint directory against a second training process (from the first fit on).
+  /// Locks the checkpoint directory against a second training process (from the first fit on),
+  /// then removes the temporary files that killed writers left there: with the lock held, no
+  /// other process writes there, so none appear later.
   void lock_directory() {
-    if (enabled() && !lock_) lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
+    if (!enabled() || lock_) return;
+    lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
+    ckpt::remove_stale_temporaries(s_.options.checkpoint_dir());
   }
 
   /// Writes a complete checkpoint to `path` now (Trainer::save_checkpoint), after the save in
@@ -10864,7 +10878,7 @@ class CheckpointSaver {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
         background_.start([this, save, policy = retention()] {
-          ckpt::prepare_checkpoint_directory(save.directory);
+          ckpt::ensure_checkpoint_directory(save.directory);
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
           // Rotation deletes files (a tenth of a second or more for large ones): here too, not
@@ -10887,7 +10901,7 @@ class CheckpointSaver {
       return;
     }
     try {
-      ckpt::prepare_checkpoint_directory(directory);
+      ckpt::ensure_checkpoint_directory(directory);
       state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {

@@ -267,7 +267,7 @@ TEST_CASE("auto-resume follows last.ckpt, the checkpoint written last, over high
   CHECK(trainer.loop().global_step == 3);
 }
 
-TEST_CASE("temporary files of a killed writer are removed at the next save") {
+TEST_CASE("temporary files of a killed writer are removed when training takes the directory") {
   const auto dir = fresh_directory("stale");
   const auto stale = dir / ".step-000000004.ckpt.tmp.999999999";  // no such process
   write_bytes(stale, {'p', 'a', 'r', 't'});

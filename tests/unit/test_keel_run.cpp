@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -51,6 +52,15 @@ bool ended(pid_t pid) {
   return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
 }
 
+/// Whether process `pid` has ended within 10 s.
+bool ends_soon(pid_t pid) {
+  for (int i = 0; i < 200; ++i) {
+    if (ended(pid)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("keel-run gives each rank torchrun's variables and passes the arguments on") {
@@ -75,12 +85,17 @@ TEST_CASE("keel-run gives each rank torchrun's variables and passes the argument
           std::vector<std::string>{"rank=2 local=0 world=4 local_world=2 group=1 addr=10.1.2.3 port=23456 args=a,b",
                                    "rank=3 local=1 world=4 local_world=2 group=1 addr=10.1.2.3 port=23456 args=a,b"});
   }
-  {  // the cores are shared out unless the user chose
-    const auto result = launch({"--nproc-per-node", "2", "/bin/sh", "-c", "echo threads=$OMP_NUM_THREADS"});
-    const auto expected = std::max(1u, std::thread::hardware_concurrency()) / 2;
-    CHECK(lines_starting(result.output, "threads=") ==
-          std::vector<std::string>(2, "threads=" + std::to_string(std::max(1u, expected))));
+  {  // the cores this process may use are shared out, unless the user chose
+    const auto result = keel_test::run({"/usr/bin/env", "-u", "OMP_NUM_THREADS", launcher, "--nproc-per-node", "2",
+                                        "/bin/sh", "-c", "echo threads=$OMP_NUM_THREADS"});
+    cpu_set_t cores;
+    REQUIRE(::sched_getaffinity(0, sizeof cores, &cores) == 0);
+    const int expected = std::max(1, CPU_COUNT(&cores) / 2);
+    CHECK(lines_starting(result.output, "threads=") == std::vector<std::string>(2, "threads=" + std::to_string(expected)));
     CHECK(result.output.find("keel-run: OMP_NUM_THREADS=") != std::string::npos);
+    const auto chosen = keel_test::run({"/usr/bin/env", "OMP_NUM_THREADS=7", launcher, "--nproc-per-node", "2",
+                                        "/bin/sh", "-c", "echo threads=$OMP_NUM_THREADS"});
+    CHECK(lines_starting(chosen.output, "threads=") == std::vector<std::string>(2, "threads=7"));
   }
 }
 
@@ -101,6 +116,9 @@ TEST_CASE("keel-run refuses bad arguments with the value and what it expected") 
       {{"--nproc-per-node", "2", "--master-port", "70000", "/bin/true"}, "--master-port 70000: expected a whole number from 1 to 65535"},
       {{"--nproc-per-node", "2", "--nprocs", "2", "/bin/true"}, "unknown option --nprocs"},
       {{"--nproc-per-node"}, "--nproc-per-node needs a value"},
+      {{"-n", "2", "/bin/true"}, "unknown option -n (options are spelled --name)"},
+      {{"--nproc-per-node", "4096", "--nnodes", "1000", "--master-addr", "h", "/bin/true"},
+       "--nnodes 1000 times --nproc-per-node 4096 is more than 1048576 ranks"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.message);
@@ -118,12 +136,28 @@ TEST_CASE("keel-run refuses bad arguments with the value and what it expected") 
 
 TEST_CASE("when a rank fails, keel-run stops the others and exits with that rank's status") {
   if (launcher.empty()) return;
-  // Rank 1 fails at once; the others would run for a minute.
-  const std::string script = "if [ \"$RANK\" = 1 ]; then exit 3; fi; exec sleep 60";
-  const auto result = launch({"--nproc-per-node", "3", "/bin/sh", "-c", script}, std::chrono::seconds(40));
+  REQUIRE(fs::exists("/proc/self/stat"));  // (ended() reads /proc)
+  // Rank 1 fails once the others have started a program of their own (as a script starting the
+  // trainer does) and said its pid; they would run for a minute. The stop reaches that program.
+  const fs::path started = fs::temp_directory_path() / ("keel-run-started-" + std::to_string(::getpid()));
+  fs::remove_all(started);
+  fs::create_directories(started);
+  const std::string script =
+      "if [ \"$RANK\" = 1 ]; then while [ $(ls \"$1\" | wc -l) -lt 2 ]; do sleep 0.05; done; exit 3; fi; "
+      "sleep 60 & echo \"program=$!\"; touch \"$1/$RANK\"; wait";
+  const auto result = launch({"--nproc-per-node", "3", "/bin/sh", "-c", script, "sh", started.string()},
+                             std::chrono::seconds(40));
+  fs::remove_all(started);
   CHECK(result.exit_code == 3);
   CHECK(result.output.find("keel-run: rank 1 (pid ") != std::string::npos);
   CHECK(result.output.find("exited with status 3; stopping the other ranks") != std::string::npos);
+  const auto programs = lines_starting(result.output, "program=");
+  REQUIRE(programs.size() == 2);
+  for (const auto& line : programs) {
+    const pid_t pid = std::stoi(line.substr(8));
+    CAPTURE(pid);
+    CHECK(ends_soon(pid));
+  }
 
   // A rank that ignores SIGTERM is killed once the stop timeout has passed. (Rank 0 fails only
   // once rank 1 ignores SIGTERM: rank 1 says so with a file.)
@@ -137,7 +171,7 @@ TEST_CASE("when a rank fails, keel-run stops the others and exits with that rank
                              std::chrono::seconds(40));
   fs::remove(ignoring);
   CHECK(killed.exit_code == 5);
-  CHECK(killed.output.find("keel-run: 1 rank(s) still running 1 s after SIGTERM; killing them") != std::string::npos);
+  CHECK(killed.output.find("keel-run: 1 rank(s) still running 1 s after the stop began; killing them") != std::string::npos);
 
   // A rank ended by a signal: 128 + the signal, as a shell reports it.
   const auto signalled = launch({"--nproc-per-node", "2", "/bin/sh", "-c",
@@ -161,10 +195,23 @@ TEST_CASE("keel-run passes a stop signal on to every rank, once") {
   CHECK(result.exit_code == 143);
   CHECK(lines_starting(result.output, "rank") == std::vector<std::string>{"rank0 got 1", "rank1 got 1"});
   CHECK(result.output.find("stopping the other ranks") == std::string::npos);  // nothing failed
+
+  // A rank that ignores the stop: once another has stopped, it has --stop-timeout seconds.
+  const std::string stuck =
+      "if [ \"$RANK\" = 1 ]; then trap '' TERM; fi; echo ready$RANK; while :; do sleep 0.05; done";
+  Process stop({launcher, "--nproc-per-node", "2", "--stop-timeout", "1", "/bin/sh", "-c", stuck});
+  REQUIRE(stop.pump_until("ready0", std::chrono::seconds(30)));
+  REQUIRE(stop.pump_until("ready1", std::chrono::seconds(30)));
+  stop.kill(SIGTERM);
+  const auto stopped = stop.wait(std::chrono::seconds(30));
+  CHECK(stopped.exit_code == 128 + SIGTERM);  // rank 0's, the first to end
+  CHECK(stopped.output.find("keel-run: 1 rank(s) still running 1 s after the stop began; killing them") !=
+        std::string::npos);
 }
 
 TEST_CASE("no rank outlives a killed keel-run") {
   if (launcher.empty()) return;
+  REQUIRE(fs::exists("/proc/self/stat"));  // (ended() reads /proc)
   Process run({launcher, "--nproc-per-node", "2", "/bin/sh", "-c", "echo pid=$$; exec sleep 60"});
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (lines_starting(run.output(), "pid=").size() < 2 && std::chrono::steady_clock::now() < deadline)
@@ -176,11 +223,6 @@ TEST_CASE("no rank outlives a killed keel-run") {
   run.wait(std::chrono::seconds(30));
   for (const pid_t pid : ranks) {
     CAPTURE(pid);
-    bool gone = false;
-    for (int i = 0; i < 200 && !gone; ++i) {  // the kernel kills them as the launcher exits
-      gone = ended(pid);
-      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    CHECK(gone);
+    CHECK(ends_soon(pid));  // the kernel kills them as the launcher exits
   }
 }

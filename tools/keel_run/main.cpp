@@ -8,8 +8,10 @@
 // program reads the same ones under torchrun, Slurm or mpirun). The launcher forwards the stop
 // signals it receives (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) to every rank, and
 // when a rank fails it stops the others (SIGTERM, then SIGKILL after --stop-timeout) and exits
-// with that rank's status (128 + the signal for a rank a signal ended). If the launcher itself
-// is killed, the kernel kills its ranks (PR_SET_PDEATHSIG): no rank outlives it.
+// with that rank's status (128 + the signal for a rank a signal ended). Each rank runs in a
+// process group of its own, and signals go to the whole group (a rank started through a shell
+// script gets them too). If the launcher itself is killed, the kernel kills the processes it
+// started (PR_SET_PDEATHSIG; not their own children).
 //
 // No LibTorch here: a launcher that starts in milliseconds and has nothing to do with training.
 
@@ -25,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -56,9 +60,11 @@ const char* const usage_text =
     "  --stop-timeout S      after a rank fails, seconds the others have to stop on SIGTERM before\n"
     "                        SIGKILL (default 30)\n"
     "\n"
-    "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to every rank. keel-run\n"
-    "exits with the status of the first rank that failed (128 + signal if a signal ended it), or 0.\n"
-    "Unless OMP_NUM_THREADS is set, each rank gets this machine's cores divided by N.\n";
+    "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to every rank's process\n"
+    "group. keel-run exits with the status of the first rank that failed (128 + signal if a signal\n"
+    "ended it), or 0. Unless OMP_NUM_THREADS is set, each rank gets the cores keel-run may use\n"
+    "divided by N. Rank 0 reads keel-run's standard input unless that is a terminal; the others\n"
+    "read nothing.\n";
 
 struct Options {
   int nproc_per_node = 0;
@@ -99,7 +105,8 @@ Options parse(int argc, char** argv) {
       std::fputs(usage_text, stdout);
       std::exit(0);
     }
-    if (arg.rfind("--", 0) != 0) break;  // PROGRAM
+    if (arg.empty() || arg[0] != '-') break;  // PROGRAM
+    if (arg.rfind("--", 0) != 0) usage_error("unknown option " + arg + " (options are spelled --name)");
     std::string value;
     if (const auto equals = arg.find('='); equals != std::string::npos) {
       value = arg.substr(equals + 1);
@@ -131,6 +138,9 @@ Options parse(int argc, char** argv) {
     }
   }
   if (!nproc_given) usage_error("--nproc-per-node is required");
+  if (static_cast<long long>(options.nnodes) * options.nproc_per_node > (1 << 20))
+    usage_error("--nnodes " + std::to_string(options.nnodes) + " times --nproc-per-node " +
+                std::to_string(options.nproc_per_node) + " is more than 1048576 ranks");
   if (options.node_rank >= options.nnodes)
     usage_error("--node-rank " + std::to_string(options.node_rank) + " with --nnodes " +
                 std::to_string(options.nnodes) + ": expected a node rank from 0 to " +
@@ -165,30 +175,45 @@ std::string describe(int status) {
 /// The status a shell would report for a child that ended with `status`.
 int shell_status(int status) { return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status); }
 
+/// The cores this process may run on (its affinity: a cpuset or Slurm's allocation), at least 1.
+int usable_cores() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 struct Rank {
   int rank = 0;
   pid_t pid = -1;
   bool running = false;
 };
 
-/// Starts one rank: the child gets the variables and an unblocked signal mask (the launcher
-/// blocks the signals it waits for), and dies with the launcher.
-pid_t start_rank(const Options& options, int local_rank, int threads_per_rank, pid_t launcher) {
+/// Starts one rank: the child gets the variables and the signal mask keel-run was started with
+/// (the launcher blocks the signals it waits for), and dies with the launcher.
+pid_t start_rank(const Options& options, int local_rank, int threads_per_rank, pid_t launcher,
+                 const sigset_t& original_mask) {
   const int world_size = options.nnodes * options.nproc_per_node;
   const int rank = options.node_rank * options.nproc_per_node + local_rank;
   const pid_t pid = ::fork();
-  if (pid != 0) return pid;  // the launcher (or -1)
+  if (pid != 0) {
+    if (pid > 0) ::setpgid(pid, pid);  // (both sides set it: a signal sent right away finds the group)
+    return pid;
+  }
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != launcher) ::_exit(cannot_exec_status);  // the launcher died before prctl
-  const sigset_t none = [] {
-    sigset_t set;
-    sigemptyset(&set);
-    return set;
-  }();
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  ::sigprocmask(SIG_SETMASK, &original_mask, nullptr);
   // Its own process group: a Ctrl-C at the terminal reaches the launcher alone, which passes it
-  // on once (a rank would otherwise receive it twice).
+  // on once (a rank would otherwise receive it twice). A background group stops when it reads
+  // the terminal, so no rank reads a terminal; rank 0 keeps any other standard input (a pipe, a
+  // file), the others read nothing.
   ::setpgid(0, 0);
+  if (rank != 0 || ::isatty(0)) {
+    const int null = ::open("/dev/null", O_RDONLY);
+    if (null >= 0) {
+      ::dup2(null, 0);
+      if (null != 0) ::close(null);
+    }
+  }
   const auto set = [](const char* name, const std::string& value) { ::setenv(name, value.c_str(), 1); };
   set("RANK", std::to_string(rank));
   set("LOCAL_RANK", std::to_string(local_rank));
@@ -214,46 +239,58 @@ int main(int argc, char** argv) {
   // Threads per rank: N ranks each using every core would oversubscribe the machine.
   int threads_per_rank = 0;
   if (!std::getenv("OMP_NUM_THREADS") && options.nproc_per_node > 1) {
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int cores = usable_cores();
     threads_per_rank = std::max(1, cores / options.nproc_per_node);
     std::fprintf(stderr, "keel-run: OMP_NUM_THREADS=%d for each of %d ranks (%d cores); set it to choose\n",
                  threads_per_rank, options.nproc_per_node, cores);
   }
 
-  // The signals are taken with sigtimedwait, so they are blocked before the first fork: none is
-  // lost between a start and the wait.
+  // Children are waited for: an ignored SIGCHLD (inherited) would have the kernel reap them
+  // unseen. The signals are taken with sigtimedwait, so they are blocked before the first
+  // fork: none is lost between a start and the wait.
+  std::signal(SIGCHLD, SIG_DFL);
   const sigset_t waited = handled_signals();
-  ::sigprocmask(SIG_BLOCK, &waited, nullptr);
+  sigset_t original_mask;
+  ::sigprocmask(SIG_BLOCK, &waited, &original_mask);
 
   const pid_t launcher = ::getpid();
   std::vector<Rank> ranks;
   for (int local = 0; local < options.nproc_per_node; ++local) {
-    const pid_t pid = start_rank(options, local, threads_per_rank, launcher);
+    const pid_t pid = start_rank(options, local, threads_per_rank, launcher, original_mask);
     if (pid < 0) {
       std::fprintf(stderr, "keel-run: cannot start rank %d: %s; stopping the others\n",
                    options.node_rank * options.nproc_per_node + local, std::strerror(errno));
-      for (const Rank& r : ranks) ::kill(r.pid, SIGKILL);
+      for (const Rank& r : ranks) ::kill(-r.pid, SIGKILL);
       for (const Rank& r : ranks) ::waitpid(r.pid, nullptr, 0);
       return 1;
     }
     ranks.push_back({options.node_rank * options.nproc_per_node + local, pid, true});
   }
 
-  std::optional<int> result;  // the first failing rank's status
+  std::optional<int> result;    // the first failing rank's status
   bool stop_signalled = false;  // a stop signal was passed on: the ranks are stopping already
-  bool kill_pending = false;  // after a failure: the others get SIGKILL at kill_at
+  bool kill_pending = false;    // the others get SIGKILL at kill_at
   std::chrono::steady_clock::time_point kill_at{};
-  auto running = [&] { return std::count_if(ranks.begin(), ranks.end(), [](const Rank& r) { return r.running; }); };
-  auto send_all = [&](int signal) {
+  auto running = [&] {
+    return static_cast<int>(std::count_if(ranks.begin(), ranks.end(), [](const Rank& r) { return r.running; }));
+  };
+  auto send_all = [&](int signal) {  // to each rank's process group: what it started too
     for (const Rank& r : ranks)
-      if (r.running) ::kill(r.pid, signal);
+      if (r.running) ::kill(-r.pid, signal);
+  };
+  // The ranks that are left get --stop-timeout seconds, then SIGKILL.
+  auto kill_later = [&] {
+    if (kill_pending) return;
+    kill_pending = true;
+    kill_at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                     std::chrono::duration<double>(options.stop_timeout));
   };
 
   while (running() > 0) {
     timespec wait_for{1, 0};
     if (kill_pending) {
       const auto left = std::max(kill_at - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero());
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      const auto ns = std::min<long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(left).count(), 1000000000);
       wait_for = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
     }
     siginfo_t info;
@@ -261,19 +298,19 @@ int main(int argc, char** argv) {
     if (signal > 0 && signal != SIGCHLD) {
       send_all(signal);  // a stop signal: the ranks decide how to stop (keel's: a checkpoint first)
       stop_signalled = true;
-      continue;
-    }
-    if (signal < 0 && errno != EAGAIN && errno != EINTR) {
+    } else if (signal < 0 && errno != EAGAIN && errno != EINTR) {
       std::perror("keel-run: sigtimedwait");
       send_all(SIGKILL);
     }
-    // Reap whatever ended (SIGCHLD, or a timeout: signals of several children coalesce).
+    // Reap whatever ended (also on a timeout or another signal: SIGCHLDs coalesce, and a stream
+    // of lower-numbered signals would be taken first).
     int status = 0;
     pid_t pid;
     while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
       const auto it = std::find_if(ranks.begin(), ranks.end(), [&](const Rank& r) { return r.pid == pid; });
       if (it == ranks.end()) continue;
       it->running = false;
+      if (stop_signalled && running() > 0) kill_later();  // one rank stopped: the rest must follow
       if (shell_status(status) == 0 || result) continue;
       result = shell_status(status);
       if (stop_signalled) continue;  // the ranks were told to stop: their statuses say how they did
@@ -281,18 +318,20 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "keel-run: rank %d (pid %d) %s; stopping the other ranks\n", it->rank,
                      static_cast<int>(pid), describe(status).c_str());
         send_all(SIGTERM);
-        kill_pending = true;
-        kill_at = std::chrono::steady_clock::now() +
-                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                      std::chrono::duration<double>(options.stop_timeout));
+        kill_later();
       } else {
         std::fprintf(stderr, "keel-run: rank %d (pid %d) %s\n", it->rank, static_cast<int>(pid),
                      describe(status).c_str());
       }
     }
+    if (pid < 0 && errno == ECHILD && running() > 0) {  // ranks left, but no child (reaped elsewhere)
+      for (Rank& r : ranks) r.running = false;
+      if (!result) result = 1;
+      std::fprintf(stderr, "keel-run: the ranks' exit statuses were lost (were children reaped elsewhere?)\n");
+    }
     if (kill_pending && std::chrono::steady_clock::now() >= kill_at && running() > 0) {
-      std::fprintf(stderr, "keel-run: %d rank(s) still running %.0f s after SIGTERM; killing them\n",
-                   static_cast<int>(running()), options.stop_timeout);
+      std::fprintf(stderr, "keel-run: %d rank(s) still running %g s after the stop began; killing them\n",
+                   running(), options.stop_timeout);
       send_all(SIGKILL);
       kill_pending = false;
     }

@@ -168,14 +168,13 @@ inline void remove_stale_temporaries(const fs::path& directory) {
   }
 }
 
-/// Makes `directory` ready for a checkpoint: creates it if it is gone (IoError if it cannot)
-/// and removes the temporaries a killed writer left there. Part of every save's write, so that
-/// with async_save it runs on the writing thread, and continue_on_save_error covers it.
-inline void prepare_checkpoint_directory(const fs::path& directory) {
+/// Creates the checkpoint directory if it is gone (IoError if it cannot). Part of every save's
+/// write, so that with async_save it runs on the writing thread, and continue_on_save_error
+/// covers it.
+inline void ensure_checkpoint_directory(const fs::path& directory) {
   std::error_code error;
   fs::create_directories(directory, error);
   if (error) throw IoError("create checkpoint directory", directory, error.value());
-  remove_stale_temporaries(directory);
 }
 
 /// An exclusive lock on a checkpoint directory for the life of the object, so that two

@@ -4,17 +4,20 @@
 // of fit, a stop signal or an exception. The job's exception is kept, not lost. The thread is
 // started with the first job and then waits for the next one: starting a thread per save cost
 // a quarter of a millisecond of the training thread's time, as much as copying a 1 M-parameter
-// state (bench/README.md, "Checkpoints").
+// state (bench/README.md, "Checkpoints"). A process that forks after the first save must not
+// let the child destroy this object: the thread does not exist there.
 
 #include <condition_variable>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <stdexcept>
 #include <utility>
 
-#ifdef __linux__
 #include <pthread.h>
+#include <signal.h>
+#ifdef __linux__
 #include <sched.h>
 #endif
 
@@ -43,6 +46,7 @@ class BackgroundSave {
   /// Hands `job` to the writing thread (started here the first time). Call only when nothing
   /// is in flight.
   void start(std::function<void()> job) {
+    if (!job) throw std::logic_error("keel: BackgroundSave::start was given an empty job");
     if (!thread_.joinable()) thread_ = std::thread([this] { serve(); });
     {
       const std::lock_guard<std::mutex> lock(mutex_);
@@ -67,10 +71,17 @@ class BackgroundSave {
  private:
   /// The writing thread: runs each job handed over, until told to quit with none waiting.
   void serve() {
+    // Signals belong to the training thread, which decides how to stop (as the loader's threads).
+    sigset_t blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
 #ifdef __linux__
     // Woken with a job, a normal thread preempts the training thread it was woken by (the
     // scheduler favors a thread that slept), which then waits milliseconds for the write's
-    // first slice. A batch thread has the same share of the CPU but never preempts on waking.
+    // first slice. A batch thread has the same share of the CPU but does not preempt on waking.
     const sched_param normal{};
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &normal);  // (a failure costs only that)
 #endif

@@ -35,9 +35,13 @@ class CheckpointSaver {
   /// Whether checkpoints are written at all (a checkpoint_dir is set).
   bool enabled() const { return !s_.options.checkpoint_dir().empty(); }
 
-  /// Locks the checkpoint directory against a second training process (from the first fit on).
+  /// Locks the checkpoint directory against a second training process (from the first fit on),
+  /// then removes the temporary files that killed writers left there: with the lock held, no
+  /// other process writes there, so none appear later.
   void lock_directory() {
-    if (enabled() && !lock_) lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
+    if (!enabled() || lock_) return;
+    lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
+    ckpt::remove_stale_temporaries(s_.options.checkpoint_dir());
   }
 
   /// Writes a complete checkpoint to `path` now (Trainer::save_checkpoint), after the save in
@@ -117,7 +121,7 @@ class CheckpointSaver {
       try {
         state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
         background_.start([this, save, policy = retention()] {
-          ckpt::prepare_checkpoint_directory(save.directory);
+          ckpt::ensure_checkpoint_directory(save.directory);
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
           ckpt::point_link_atomically(save.directory / ckpt::last_link_name(Format::extension), save.name);
           // Rotation deletes files (a tenth of a second or more for large ones): here too, not
@@ -140,7 +144,7 @@ class CheckpointSaver {
       return;
     }
     try {
-      ckpt::prepare_checkpoint_directory(directory);
+      ckpt::ensure_checkpoint_directory(directory);
       state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
