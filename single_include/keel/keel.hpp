@@ -7221,7 +7221,9 @@ inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
 }
 
 /// Removes temporary files that a killed writer left in `directory` (`.<name>.tmp.<pid>` whose
-/// process no longer exists). Files of live processes are left alone.
+/// process no longer exists), and those with this process's pid: called once the directory's
+/// lock is held and before any write, they come from an earlier process that had the same pid
+/// (in a container, often). Files of other live processes are left alone.
 inline void remove_stale_temporaries(const fs::path& directory) {
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(directory, error)) {
@@ -7368,9 +7370,32 @@ using ckpt::checkpoint_digest;
 // request) leaves no thread behind.
 
 
+// ---- keel/detail/helper_thread.hpp ----
+// What a thread keel starts beside the training thread (the loader's workers, the writer of
+// background saves) does first: it blocks the stop signals, which belong to the training
+// thread (signals.hpp decides how to stop; a helper thread taking one would delay that).
+
+#include <csignal>
+
+#include <pthread.h>
+#include <signal.h>
+
+namespace keel::detail {
+
+/// Blocks SIGINT, SIGTERM and SIGUSR1 (keel's default stop signals) in the calling thread.
+inline void block_stop_signals_in_this_thread() {
+  sigset_t blocked;
+  sigemptyset(&blocked);
+  sigaddset(&blocked, SIGINT);
+  sigaddset(&blocked, SIGTERM);
+  sigaddset(&blocked, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+}
+
+}  // namespace keel::detail
+
 #include <algorithm>
 #include <condition_variable>
-#include <csignal>
 #include <cstdint>
 #include <exception>
 #include <map>
@@ -7379,8 +7404,6 @@ using ckpt::checkpoint_digest;
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <pthread.h>
 
 namespace keel::data {
 
@@ -7445,13 +7468,7 @@ class BatchLoader {
   Batch load(std::int64_t b) { return fetch_batch(dataset_, indices(b), context_); }
 
   void work() {
-    // Signals belong to the training thread, which decides how to stop.
-    sigset_t blocked;
-    sigemptyset(&blocked);
-    sigaddset(&blocked, SIGINT);
-    sigaddset(&blocked, SIGTERM);
-    sigaddset(&blocked, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+    keel::detail::block_stop_signals_in_this_thread();  // they belong to the training thread
 
     std::unique_lock<std::mutex> lock(mutex_);
     while (true) {
@@ -10091,6 +10108,7 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
 // state (bench/README.md, "Checkpoints"). A process that forks after the first save must not
 // let the child destroy this object: the thread does not exist there.
 
+
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -10100,7 +10118,6 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
 #include <utility>
 
 #include <pthread.h>
-#include <signal.h>
 #ifdef __linux__
 #include <sched.h>
 #endif
@@ -10155,13 +10172,7 @@ class BackgroundSave {
  private:
   /// The writing thread: runs each job handed over, until told to quit with none waiting.
   void serve() {
-    // Signals belong to the training thread, which decides how to stop (as the loader's threads).
-    sigset_t blocked;
-    sigemptyset(&blocked);
-    sigaddset(&blocked, SIGINT);
-    sigaddset(&blocked, SIGTERM);
-    sigaddset(&blocked, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+    keel::detail::block_stop_signals_in_this_thread();  // they belong to the training thread
 #ifdef __linux__
     // Woken with a job, a normal thread preempts the training thread it was woken by (the
     // scheduler favors a thread that slept), which then waits milliseconds for the write's

@@ -150,7 +150,9 @@ inline std::optional<std::pair<fs::path, Container>> newest_valid_checkpoint(
 }
 
 /// Removes temporary files that a killed writer left in `directory` (`.<name>.tmp.<pid>` whose
-/// process no longer exists). Files of live processes are left alone.
+/// process no longer exists), and those with this process's pid: called once the directory's
+/// lock is held and before any write, they come from an earlier process that had the same pid
+/// (in a container, often). Files of other live processes are left alone.
 inline void remove_stale_temporaries(const fs::path& directory) {
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(directory, error)) {

@@ -11,10 +11,10 @@
 
 #include <keel/data/dataset.hpp>
 #include <keel/data/sampler.hpp>
+#include <keel/detail/helper_thread.hpp>
 
 #include <algorithm>
 #include <condition_variable>
-#include <csignal>
 #include <cstdint>
 #include <exception>
 #include <map>
@@ -23,8 +23,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <pthread.h>
 
 namespace keel::data {
 
@@ -89,13 +87,7 @@ class BatchLoader {
   Batch load(std::int64_t b) { return fetch_batch(dataset_, indices(b), context_); }
 
   void work() {
-    // Signals belong to the training thread, which decides how to stop.
-    sigset_t blocked;
-    sigemptyset(&blocked);
-    sigaddset(&blocked, SIGINT);
-    sigaddset(&blocked, SIGTERM);
-    sigaddset(&blocked, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+    keel::detail::block_stop_signals_in_this_thread();  // they belong to the training thread
 
     std::unique_lock<std::mutex> lock(mutex_);
     while (true) {

@@ -7,6 +7,8 @@
 // state (bench/README.md, "Checkpoints"). A process that forks after the first save must not
 // let the child destroy this object: the thread does not exist there.
 
+#include <keel/detail/helper_thread.hpp>
+
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -16,7 +18,6 @@
 #include <utility>
 
 #include <pthread.h>
-#include <signal.h>
 #ifdef __linux__
 #include <sched.h>
 #endif
@@ -71,13 +72,7 @@ class BackgroundSave {
  private:
   /// The writing thread: runs each job handed over, until told to quit with none waiting.
   void serve() {
-    // Signals belong to the training thread, which decides how to stop (as the loader's threads).
-    sigset_t blocked;
-    sigemptyset(&blocked);
-    sigaddset(&blocked, SIGINT);
-    sigaddset(&blocked, SIGTERM);
-    sigaddset(&blocked, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+    keel::detail::block_stop_signals_in_this_thread();  // they belong to the training thread
 #ifdef __linux__
     // Woken with a job, a normal thread preempts the training thread it was woken by (the
     // scheduler favors a thread that slept), which then waits milliseconds for the write's
