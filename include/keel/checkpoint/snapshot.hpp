@@ -9,6 +9,7 @@
 #include <keel/checkpoint/tensor_capture.hpp>
 #include <keel/fingerprint.hpp>
 
+#include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 #include <torch/types.h>
 
@@ -128,9 +129,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   at::Tensor copy_of(const at::Tensor& live) const {
     const auto found = by_source_.find(live.unsafeGetTensorImpl());
     if (found == by_source_.end()) return {};
-    const Captured& captured = captured_[found->second];
-    if (captured.source_dtype != live.scalar_type() || !(captured.source_sizes == live.sizes())) return {};
-    return copies_[found->second].tensor.view(live.sizes());
+    const at::Tensor& copy = copies_[found->second].tensor;  // (shaped and typed as its source was)
+    if (copy.scalar_type() != live.scalar_type() || copy.sizes() != live.sizes()) return {};
+    return copy;
   }
 
   /// Something to check on the thread that writes, before the file is created (its exception
@@ -155,18 +156,24 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
     if (index == copies_.size()) copies_.emplace_back();
     Copy& copy = copies_[index];
     const bool from_cuda = tensor.is_cuda();
-    // Pinned memory for a CUDA tensor: its copy then runs asynchronously, at full speed.
+    // Shaped like the live tensor, so that the copy needs no view of it. Pinned memory for a
+    // CUDA tensor: its copy then runs asynchronously, at full speed.
     if (!copy.tensor.defined() || copy.tensor.scalar_type() != tensor.scalar_type() ||
-        copy.tensor.numel() != tensor.numel() || copy.pinned != from_cuda) {
-      copy.tensor = at::empty({tensor.numel()}, at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
+        copy.tensor.sizes() != tensor.sizes() || copy.pinned != from_cuda) {
+      copy.tensor = at::empty(tensor.sizes(), at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
       copy.pinned = from_cuda;
       copy.bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
     }
-    copy.tensor.view(tensor.sizes()).copy_(tensor.detach(), /*non_blocking=*/from_cuda);
+    {
+      // Outside autograd: no detached alias of the live tensor to make, and the copy's dispatch
+      // skips the autograd layer (a per-tensor cost that adds up over a model's many tensors).
+      const c10::InferenceMode no_autograd;
+      copy.tensor.copy_(tensor, /*non_blocking=*/from_cuda);
+    }
     const std::int64_t device = tensor.get_device();
     if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), device) == cuda_devices_.end())
       cuda_devices_.push_back(device);
-    captured_.push_back({buffer_.size(), tensor.scalar_type(), tensor.sizes().vec()});
+    captured_.push_back(buffer_.size());
     by_source_.emplace(tensor.unsafeGetTensorImpl(), index);
   }
 
@@ -179,8 +186,8 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
         };
         std::size_t written = s.offset;  // the section's bytes of buffer_ written so far
         for (std::size_t i = s.captured_begin; i < s.captured_end; ++i) {
-          put(buffer_.data() + written, captured_[i].offset - written);
-          written = captured_[i].offset;
+          put(buffer_.data() + written, captured_[i] - written);
+          written = captured_[i];
           put(copies_[i].tensor.data_ptr(), copies_[i].bytes);
         }
         put(buffer_.data() + written, s.offset + s.size - written);
@@ -197,11 +204,6 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
     std::size_t captured_begin;  // its tensors in captured_
     std::size_t captured_end;
   };
-  struct Captured {
-    std::size_t offset;  // in buffer_, where its bytes belong
-    at::ScalarType source_dtype;
-    std::vector<std::int64_t> source_sizes;
-  };
   struct Copy {  // kept from one snapshot to the next
     at::Tensor tensor;
     bool pinned = false;
@@ -209,7 +211,7 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   };
   std::vector<Section> sections_;
   detail::GrowingBuffer buffer_;
-  std::vector<Captured> captured_;  // captured_[i] is held in copies_[i]
+  std::vector<std::size_t> captured_;  // where in buffer_ the bytes of copies_[i] belong
   std::vector<Copy> copies_;
   std::unordered_map<const void*, std::size_t> by_source_;  // live tensor -> index (identity only)
   std::vector<std::int64_t> cuda_devices_;                  // copies in flight from these
