@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 export KEEL_HEADER_COMPILER=${1:-clang++}
 check_one() {
   local out
+  # (USE_C10D_GLOO, USE_DISTRIBUTED: what LibTorch's CMake target defines for its users)
   if ! out=$(echo "#include <$1>" | "$KEEL_HEADER_COMPILER" -std=c++17 -fsyntax-only -Wall -Wextra -Iinclude \
-             -isystem /usr/include/torch/csrc/api/include -x c++ - 2>&1); then
+             -isystem /usr/include/torch/csrc/api/include -DUSE_C10D_GLOO -DUSE_DISTRIBUTED -x c++ - 2>&1); then
     printf 'FAILED: %s\n%s\n' "$1" "$out"
     return 1
   fi

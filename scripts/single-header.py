@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes single_include/keel/keel.hpp: every header under include/keel in one file.
+"""Writes single_include/keel/keel.hpp: every header under include/keel in one file (but the
+data-parallel layer, keel/distributed*, which needs c10d's and Gloo's headers).
 
 Starting from keel/keel.hpp (then every other header, so that nothing is left out), each
 `#include <keel/...>` is replaced by that header's text the first time and dropped after;
@@ -64,7 +65,10 @@ def generate():
             else:
                 out.append(line)
 
-    headers = sorted(p.relative_to(INCLUDE).as_posix() for p in (INCLUDE / "keel").rglob("*.hpp"))
+    # The data-parallel layer (keel/distributed.hpp) stays out: it includes c10d's and Gloo's
+    # headers, which a program of one process should not need (README "Beyond one process").
+    headers = sorted(p.relative_to(INCLUDE).as_posix() for p in (INCLUDE / "keel").rglob("*.hpp")
+                     if not p.relative_to(INCLUDE).as_posix().startswith("keel/distributed"))
     for name in ["keel/keel.hpp"] + headers:
         inline(name, "single-header.py")
 

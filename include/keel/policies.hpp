@@ -14,6 +14,7 @@ struct optimizer_role {};
 struct scheduler_role {};
 struct callbacks_role {};
 struct checkpoint_role {};
+struct strategy_role {};
 }  // namespace detail
 
 struct parameters_only;
@@ -58,6 +59,14 @@ struct checkpoint {
   using type = Format;
 };
 
+/// How many processes train, and how they share the work, e.g. keel::DataParallel
+/// (<keel/distributed.hpp>). Without it: keel::SingleProcess.
+template <class Strategy>
+struct strategy {
+  using role = detail::strategy_role;
+  using type = Strategy;
+};
+
 namespace detail {
 
 template <class T, class = void>
@@ -94,6 +103,8 @@ struct find_policy {
                 "in one keel::callbacks<A, B, ...>.");
   static_assert(!std::is_same_v<Role, checkpoint_role> || count <= 1,
                 "keel::Trainer: the role 'checkpoint' is given twice (two keel::checkpoint<>); give it once.");
+  static_assert(!std::is_same_v<Role, strategy_role> || count <= 1,
+                "keel::Trainer: the role 'strategy' is given twice (two keel::strategy<>); give it once.");
   template <class First, class... Rest>
   static auto pick(std::tuple<First, Rest...>*) {
     if constexpr (plays_role<Role, First>() == 1) {

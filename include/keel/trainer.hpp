@@ -69,7 +69,7 @@ template <class... Policies>
 class Trainer {
   static_assert((detail::is_policy<Policies>::value && ...),
                 "keel::Trainer takes policies only: keel::model<M>, keel::optimizer<O>, "
-                "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>.");
+                "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>, keel::strategy<S>.");
 
   using ModelPolicy = typename detail::find_policy<detail::model_role, detail::no_policy, Policies...>::policy;
   using ModelArgument = typename ModelPolicy::type;
@@ -83,6 +83,7 @@ class Trainer {
   using Scheduler = typename detail::find_policy<detail::scheduler_role, sched::Constant, Policies...>::type;
   using Callbacks = typename detail::find_policy<detail::callbacks_role, std::tuple<>, Policies...>::type;
   using Format = typename detail::find_policy<detail::checkpoint_role, format::Binary, Policies...>::type;
+  using Strategy = typename detail::find_policy<detail::strategy_role, SingleProcess, Policies...>::type;
   using OptimizerOptions = typename Optimizer::Options;
   using SchedulerOptions = typename Scheduler::Options;
 
@@ -135,7 +136,7 @@ class Trainer {
   static_assert(check_scheduler_role());
   static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
 
-  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only>;
+  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only, Strategy>;
   using Arguments = detail::ConstructorArgs<Module, Optimizer, Scheduler, Callbacks>;
 
  public:
@@ -206,6 +207,9 @@ class Trainer {
   Optimizer& optimizer() noexcept { return state_.optimizer; }
   Scheduler& scheduler() noexcept { return state_.scheduler; }
   Callbacks& callbacks() noexcept { return state_.callbacks; }
+  /// How the processes share the work (keel::SingleProcess unless keel::strategy<S> says):
+  /// rank() and world_size() tell a program which process it is.
+  Strategy& strategy() noexcept { return state_.strategy; }
   template <class C>
   C& callback() noexcept {
     return std::get<C>(state_.callbacks);
@@ -334,11 +338,12 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
 
   const auto& options = state_.options;
+  state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();
   sampling.drop_last = options.drop_last();
-  const data::EpochSampler sampler(data::dataset_size(train), sampling, state_.loop.data_seed);
+  const data::EpochSampler sampler(data::dataset_size(train), state_.strategy.shard(sampling), state_.loop.data_seed);
   state_.train_size = sampler.dataset_size();
   state_.view.batches_per_epoch = sampler.batches_per_epoch();
   state_.view.steps_per_epoch = (sampler.batches_per_epoch() + options.accumulate() - 1) / options.accumulate();
@@ -348,6 +353,9 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   // From here on a stop signal ends training at the next optimizer-step boundary, saved.
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
+  // Every process starts this fit from the same state (after a load: checked to be the same).
+  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(),
+                        [&] { return state::state_digest<Format>(state_); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +

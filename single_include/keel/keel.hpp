@@ -2498,6 +2498,7 @@ struct optimizer_role {};
 struct scheduler_role {};
 struct callbacks_role {};
 struct checkpoint_role {};
+struct strategy_role {};
 }  // namespace detail
 
 struct parameters_only;
@@ -2542,6 +2543,14 @@ struct checkpoint {
   using type = Format;
 };
 
+/// How many processes train, and how they share the work, e.g. keel::DataParallel
+/// (<keel/distributed.hpp>). Without it: keel::SingleProcess.
+template <class Strategy>
+struct strategy {
+  using role = detail::strategy_role;
+  using type = Strategy;
+};
+
 namespace detail {
 
 template <class T, class = void>
@@ -2578,6 +2587,8 @@ struct find_policy {
                 "in one keel::callbacks<A, B, ...>.");
   static_assert(!std::is_same_v<Role, checkpoint_role> || count <= 1,
                 "keel::Trainer: the role 'checkpoint' is given twice (two keel::checkpoint<>); give it once.");
+  static_assert(!std::is_same_v<Role, strategy_role> || count <= 1,
+                "keel::Trainer: the role 'strategy' is given twice (two keel::strategy<>); give it once.");
   template <class First, class... Rest>
   static auto pick(std::tuple<First, Rest...>*) {
     if constexpr (plays_role<Role, First>() == 1) {
@@ -9887,6 +9898,7 @@ class ConstructorArgs {
 // next, so after the first save taking one is a copy of the state into memory already in use.
 
 
+#include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 #include <torch/types.h>
 
@@ -10006,9 +10018,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   at::Tensor copy_of(const at::Tensor& live) const {
     const auto found = by_source_.find(live.unsafeGetTensorImpl());
     if (found == by_source_.end()) return {};
-    const Captured& captured = captured_[found->second];
-    if (captured.source_dtype != live.scalar_type() || !(captured.source_sizes == live.sizes())) return {};
-    return copies_[found->second].tensor.view(live.sizes());
+    const at::Tensor& copy = copies_[found->second].tensor;  // (shaped and typed as its source was)
+    if (copy.scalar_type() != live.scalar_type() || copy.sizes() != live.sizes()) return {};
+    return copy;
   }
 
   /// Something to check on the thread that writes, before the file is created (its exception
@@ -10033,18 +10045,24 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
     if (index == copies_.size()) copies_.emplace_back();
     Copy& copy = copies_[index];
     const bool from_cuda = tensor.is_cuda();
-    // Pinned memory for a CUDA tensor: its copy then runs asynchronously, at full speed.
+    // Shaped like the live tensor, so that the copy needs no view of it. Pinned memory for a
+    // CUDA tensor: its copy then runs asynchronously, at full speed.
     if (!copy.tensor.defined() || copy.tensor.scalar_type() != tensor.scalar_type() ||
-        copy.tensor.numel() != tensor.numel() || copy.pinned != from_cuda) {
-      copy.tensor = at::empty({tensor.numel()}, at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
+        copy.tensor.sizes() != tensor.sizes() || copy.pinned != from_cuda) {
+      copy.tensor = at::empty(tensor.sizes(), at::TensorOptions().dtype(tensor.scalar_type()).pinned_memory(from_cuda));
       copy.pinned = from_cuda;
       copy.bytes = static_cast<std::size_t>(tensor.numel()) * tensor.element_size();
     }
-    copy.tensor.view(tensor.sizes()).copy_(tensor.detach(), /*non_blocking=*/from_cuda);
+    {
+      // Outside autograd: no detached alias of the live tensor to make, and the copy's dispatch
+      // skips the autograd layer (a per-tensor cost that adds up over a model's many tensors).
+      const c10::InferenceMode no_autograd;
+      copy.tensor.copy_(tensor, /*non_blocking=*/from_cuda);
+    }
     const std::int64_t device = tensor.get_device();
     if (from_cuda && std::find(cuda_devices_.begin(), cuda_devices_.end(), device) == cuda_devices_.end())
       cuda_devices_.push_back(device);
-    captured_.push_back({buffer_.size(), tensor.scalar_type(), tensor.sizes().vec()});
+    captured_.push_back(buffer_.size());
     by_source_.emplace(tensor.unsafeGetTensorImpl(), index);
   }
 
@@ -10057,8 +10075,8 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
         };
         std::size_t written = s.offset;  // the section's bytes of buffer_ written so far
         for (std::size_t i = s.captured_begin; i < s.captured_end; ++i) {
-          put(buffer_.data() + written, captured_[i].offset - written);
-          written = captured_[i].offset;
+          put(buffer_.data() + written, captured_[i] - written);
+          written = captured_[i];
           put(copies_[i].tensor.data_ptr(), copies_[i].bytes);
         }
         put(buffer_.data() + written, s.offset + s.size - written);
@@ -10075,11 +10093,6 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
     std::size_t captured_begin;  // its tensors in captured_
     std::size_t captured_end;
   };
-  struct Captured {
-    std::size_t offset;  // in buffer_, where its bytes belong
-    at::ScalarType source_dtype;
-    std::vector<std::int64_t> source_sizes;
-  };
   struct Copy {  // kept from one snapshot to the next
     at::Tensor tensor;
     bool pinned = false;
@@ -10087,7 +10100,7 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
   };
   std::vector<Section> sections_;
   detail::GrowingBuffer buffer_;
-  std::vector<Captured> captured_;  // captured_[i] is held in copies_[i]
+  std::vector<std::size_t> captured_;  // where in buffer_ the bytes of copies_[i] belong
   std::vector<Copy> copies_;
   std::unordered_map<const void*, std::size_t> by_source_;  // live tensor -> index (identity only)
   std::vector<std::int64_t> cuda_devices_;                  // copies in flight from these
@@ -10807,7 +10820,7 @@ class CheckpointSaver {
   /// then removes the temporary files that killed writers left there: with the lock held, no
   /// other process writes there, so none appear later.
   void lock_directory() {
-    if (!enabled() || lock_) return;
+    if (!enabled() || lock_ || !s_.strategy.writes_checkpoints()) return;  // (another process writes)
     lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
     ckpt::remove_stale_temporaries(s_.options.checkpoint_dir());
   }
@@ -10874,9 +10887,16 @@ class CheckpointSaver {
 
  private:
   /// Writes step-<global step>.ckpt into the directory, moves last.ckpt to it, rotates (with
-  /// async_save: snapshots the state and leaves the rest to the background).
+  /// async_save: snapshots the state and leaves the rest to the background). With several
+  /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
+    if (s_.strategy.writes_checkpoints()) write_step_checkpoint();
+    else unsaved_ = validation_unsaved_ = false;  // the writing process saves this same state
+    s_.strategy.checkpoint_done();
+  }
+
+  void write_step_checkpoint() {
     finish_background_save();  // one save in flight at most, and its outcome first
     const auto& options = s_.options;
     const ckpt::fs::path directory = options.checkpoint_dir();
@@ -11372,6 +11392,9 @@ template <class State>
 void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std::int64_t window,
                     const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
+  // Every process's gradients and losses combined first (data parallelism), so that every
+  // process decides alike below.
+  const torch::Tensor combined_loss = s.strategy.combine_gradients(s, window_loss);
   // Gradients that overflow under a loss scale that is too large are expected: the scaler skips
   // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
   if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {
@@ -11393,7 +11416,7 @@ void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std
   s.scheduler.step();
   ++s.loop.global_step;
   s.loop.micro_batch = 0;
-  s.view.loss = window == 1 ? window_loss : window_loss / static_cast<double>(window);
+  s.view.loss = window == 1 ? combined_loss : combined_loss / static_cast<double>(window);
   s.publish_lrs();
   s.dispatch(event::on_optimizer_step_end{});
 }
@@ -11634,6 +11657,49 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
 // of it; fingerprint() is the configuration a resume must match.
 
 
+// ---- keel/strategy/single_process.hpp ----
+// The strategy of a Trainer without keel::strategy<>: one process trains alone. The loop asks
+// its strategy at a few points (joining at the start of a fit, the data shard, the gradients
+// before the optimizer step, who writes checkpoints); here every answer is the trivial one, and
+// the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
+// the other answers.
+
+
+#include <torch/types.h>
+
+namespace keel {
+
+struct SingleProcess {
+  int rank() const noexcept { return 0; }
+  int world_size() const noexcept { return 1; }
+
+  /// At the start of each fit, before a resume: joins the other processes, if any.
+  template <class State>
+  void join(State&) {}
+  /// After the resume (or the warm start, or nothing), before the first step: every process
+  /// starts from the same state. `loaded`: the state came from a checkpoint; `digest()` is the
+  /// state's digest.
+  template <class State, class Digest>
+  void start(State&, bool /*loaded*/, const Digest&) {}
+  /// This process's share of each epoch's samples.
+  data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
+  /// Before the optimizer step: the gradients (and the window's loss, returned) of every
+  /// process combined.
+  template <class State>
+  torch::Tensor combine_gradients(State&, const torch::Tensor& window_loss) {
+    return window_loss;
+  }
+  /// Whether this process writes the checkpoints (the others wait for them).
+  bool writes_checkpoints() const noexcept { return true; }
+  /// A checkpoint of this step was written (or its write failed and training goes on): returns
+  /// once every process knows.
+  void checkpoint_done() {}
+  /// What a resume must match of the strategy: nothing for one process.
+  void describe(Fingerprint&) const {}
+};
+
+}  // namespace keel
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -11682,13 +11748,15 @@ inline void describe_options(Fingerprint& f, const TrainerOptions& options) {
   for (const auto& [key, value] : options.config()) f.add("user." + key, value);
 }
 
-template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
+template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false,
+          class StrategyT = SingleProcess>
 class TrainState {
  public:
   using Module = ModuleT;
   using Optimizer = OptimizerT;
   using Scheduler = SchedulerT;
   using Callbacks = CallbacksT;
+  using Strategy = StrategyT;
   static constexpr bool model_parameters_only = ModelParametersOnly;
 
   TrainState(TrainerOptions options_in, std::shared_ptr<Module> model_in,
@@ -11744,6 +11812,7 @@ class TrainState {
   LoopView view;
   Context context;
   ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
+  Strategy strategy;              // how many processes train, and how they share the work
   std::int64_t train_size = 0;    // samples in the training set of the current fit
 
   /// Sends one event to every callback, in declaration order.
@@ -11774,6 +11843,7 @@ class TrainState {
     f.add("callbacks", names);
     describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
     describe_options(f, options);
+    strategy.describe(f);
     return f;
   }
 
@@ -11980,7 +12050,7 @@ template <class... Policies>
 class Trainer {
   static_assert((detail::is_policy<Policies>::value && ...),
                 "keel::Trainer takes policies only: keel::model<M>, keel::optimizer<O>, "
-                "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>.");
+                "keel::scheduler<S>, keel::callbacks<C...>, keel::checkpoint<F>, keel::strategy<S>.");
 
   using ModelPolicy = typename detail::find_policy<detail::model_role, detail::no_policy, Policies...>::policy;
   using ModelArgument = typename ModelPolicy::type;
@@ -11994,6 +12064,7 @@ class Trainer {
   using Scheduler = typename detail::find_policy<detail::scheduler_role, sched::Constant, Policies...>::type;
   using Callbacks = typename detail::find_policy<detail::callbacks_role, std::tuple<>, Policies...>::type;
   using Format = typename detail::find_policy<detail::checkpoint_role, format::Binary, Policies...>::type;
+  using Strategy = typename detail::find_policy<detail::strategy_role, SingleProcess, Policies...>::type;
   using OptimizerOptions = typename Optimizer::Options;
   using SchedulerOptions = typename Scheduler::Options;
 
@@ -12046,7 +12117,7 @@ class Trainer {
   static_assert(check_scheduler_role());
   static_assert(check_callbacks(static_cast<Callbacks*>(nullptr)));
 
-  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only>;
+  using State = state::TrainState<Module, Optimizer, Scheduler, Callbacks, model_parameters_only, Strategy>;
   using Arguments = detail::ConstructorArgs<Module, Optimizer, Scheduler, Callbacks>;
 
  public:
@@ -12117,6 +12188,9 @@ class Trainer {
   Optimizer& optimizer() noexcept { return state_.optimizer; }
   Scheduler& scheduler() noexcept { return state_.scheduler; }
   Callbacks& callbacks() noexcept { return state_.callbacks; }
+  /// How the processes share the work (keel::SingleProcess unless keel::strategy<S> says):
+  /// rank() and world_size() tell a program which process it is.
+  Strategy& strategy() noexcept { return state_.strategy; }
   template <class C>
   C& callback() noexcept {
     return std::get<C>(state_.callbacks);
@@ -12245,11 +12319,12 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
 
   const auto& options = state_.options;
+  state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();
   sampling.drop_last = options.drop_last();
-  const data::EpochSampler sampler(data::dataset_size(train), sampling, state_.loop.data_seed);
+  const data::EpochSampler sampler(data::dataset_size(train), state_.strategy.shard(sampling), state_.loop.data_seed);
   state_.train_size = sampler.dataset_size();
   state_.view.batches_per_epoch = sampler.batches_per_epoch();
   state_.view.steps_per_epoch = (sampler.batches_per_epoch() + options.accumulate() - 1) / options.accumulate();
@@ -12259,6 +12334,9 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   // From here on a stop signal ends training at the next optimizer-step boundary, saved.
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
+  // Every process starts this fit from the same state (after a load: checked to be the same).
+  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(),
+                        [&] { return state::state_digest<Format>(state_); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +

@@ -28,6 +28,7 @@ struct Flags {
   std::string ckpt_dir;
   std::string resume = "never";
   std::string save_to;  // after fit, also write the state to this file
+  std::string params_to;  // after fit, rank 0 writes the parameters here (torch::save)
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
@@ -171,6 +172,11 @@ int run(const Flags& flags, Extra&&... extra) {
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
+  if (!flags.params_to.empty() && trainer.strategy().rank() == 0) {
+    std::vector<torch::Tensor> params;
+    for (const auto& p : trainer.model()->parameters()) params.push_back(p.detach().clone());
+    torch::save(params, flags.params_to);
+  }
   std::printf("epoch=%lld\nglobal_step=%lld\n", static_cast<long long>(trainer.loop().epoch),
               static_cast<long long>(trainer.loop().global_step));
   std::printf("lr=%.17g\n", trainer.optimizer().lr(0));

@@ -6,14 +6,35 @@
 //   resume_driver ... --resume auto --fork-from FILE --allow-changes 'scheduler.*' --extend append_cosine
 //   resume_driver --variant rmsprop_plateau ... --precision bf16 --clip-norm 1 --validate-every-steps 5
 //   resume_driver --variant sgd_ema ... --loss-scale 1024 --keep-best 2
+//   keel-run --nproc-per-node 2 resume_driver --variant ddp_plain --batch-size 16 --params-to FILE
 
 #include "driver.hpp"
+
+#include <keel/distributed.hpp>
 
 #include <cstdio>
 #include <map>
 #include <string>
 
 namespace {
+
+/// SmallNet without BatchNorm and Dropout: what one sample contributes to a step does not
+/// depend on the other samples of its batch nor on a random stream, so two ranks of batch B
+/// train as one process of batch 2B.
+struct PlainNetImpl : torch::nn::Module {
+  PlainNetImpl()
+      : conv(register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 6, 3).padding(1)))),
+        fc(register_module("fc", torch::nn::Linear(6 * 4 * 4, 4))) {}
+  torch::Tensor training_step(const keel::data::Example& batch) {
+    const auto x = torch::max_pool2d(torch::relu(conv(batch.data)), 2);
+    return torch::nn::functional::cross_entropy(fc(x.flatten(1)), batch.target);
+  }
+  keel::Metrics validation_step(const keel::data::Example& batch) {
+    const auto x = torch::max_pool2d(torch::relu(conv(batch.data)), 2);
+    return {{"val_loss", torch::nn::functional::cross_entropy(fc(x.flatten(1)), batch.target).item<double>()}};
+  }
+  BOOST_HANA_DEFINE_STRUCT(PlainNetImpl, (torch::nn::Conv2d, conv), (torch::nn::Linear, fc));
+};
 
 int dispatch(const Flags& flags) {
   using Model = keel::model<SmallNetImpl>;
@@ -43,8 +64,20 @@ int dispatch(const Flags& flags) {
                             keel::scheduler<keel::sched::StepDecay>, keel::callbacks<KillSwitch>>;
     return run<T>(flags, torch::optim::SGDOptions(0.05).momentum(0.9), keel::sched::StepDecayOptions(7, 0.5));
   }
+  // Data-parallel under a launcher (alone: one process). SmallNet's BatchNorm and Dropout make
+  // the ranks' buffers and random streams part of the test; PlainNet has neither.
+  if (flags.variant == "ddp_sgd") {
+    using T = keel::Trainer<Model, keel::optimizer<keel::optim::SGD>, keel::strategy<keel::DataParallel>,
+                            keel::callbacks<KillSwitch>>;
+    return run<T>(flags, torch::optim::SGDOptions(0.05).momentum(0.9));
+  }
+  if (flags.variant == "ddp_plain") {
+    using T = keel::Trainer<keel::model<PlainNetImpl>, keel::optimizer<keel::optim::SGD>,
+                            keel::strategy<keel::DataParallel>, keel::callbacks<KillSwitch>>;
+    return run<T>(flags, torch::optim::SGDOptions(0.05).momentum(0.9));
+  }
   if (const int status = dispatch_matrix(flags); status >= 0) return status;
-  std::fprintf(stderr, "unknown --variant %s (sgd_step, adam_cosine, adamw_cosine, declared_model, or one of "
+  std::fprintf(stderr, "unknown --variant %s (sgd_step, adam_cosine, adamw_cosine, declared_model, ddp_sgd, ddp_plain, or one of "
                "tests/resume/matrix_variants.cpp)\n", flags.variant.c_str());
   return 2;
 }
@@ -81,6 +114,7 @@ int main(int argc, char** argv) {
   text("--ckpt-dir", flags.ckpt_dir);
   text("--resume", flags.resume);
   text("--save-to", flags.save_to);
+  text("--params-to", flags.params_to);
   text("--allow-changes", flags.allow_changes);
   text("--fork-from", flags.fork_from);
   text("--extend", flags.extend);

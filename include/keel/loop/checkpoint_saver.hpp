@@ -39,7 +39,7 @@ class CheckpointSaver {
   /// then removes the temporary files that killed writers left there: with the lock held, no
   /// other process writes there, so none appear later.
   void lock_directory() {
-    if (!enabled() || lock_) return;
+    if (!enabled() || lock_ || !s_.strategy.writes_checkpoints()) return;  // (another process writes)
     lock_ = std::make_unique<ckpt::DirectoryLock>(s_.options.checkpoint_dir());
     ckpt::remove_stale_temporaries(s_.options.checkpoint_dir());
   }
@@ -106,9 +106,16 @@ class CheckpointSaver {
 
  private:
   /// Writes step-<global step>.ckpt into the directory, moves last.ckpt to it, rotates (with
-  /// async_save: snapshots the state and leaves the rest to the background).
+  /// async_save: snapshots the state and leaves the rest to the background). With several
+  /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
+    if (s_.strategy.writes_checkpoints()) write_step_checkpoint();
+    else unsaved_ = validation_unsaved_ = false;  // the writing process saves this same state
+    s_.strategy.checkpoint_done();
+  }
+
+  void write_step_checkpoint() {
     finish_background_save();  // one save in flight at most, and its outcome first
     const auto& options = s_.options;
     const ckpt::fs::path directory = options.checkpoint_dir();

@@ -23,6 +23,9 @@ template <class State>
 void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std::int64_t window,
                     const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
+  // With several processes (keel::DataParallel), their gradients, losses and buffers are made
+  // the same first, so that every process decides alike below.
+  const torch::Tensor combined_loss = s.strategy.synchronize(s, window_loss);
   // Gradients that overflow under a loss scale that is too large are expected: the scaler skips
   // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
   if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {
@@ -44,7 +47,7 @@ void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std
   s.scheduler.step();
   ++s.loop.global_step;
   s.loop.micro_batch = 0;
-  s.view.loss = window == 1 ? window_loss : window_loss / static_cast<double>(window);
+  s.view.loss = window == 1 ? combined_loss : combined_loss / static_cast<double>(window);
   s.publish_lrs();
   s.dispatch(event::on_optimizer_step_end{});
 }

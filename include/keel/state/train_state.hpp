@@ -13,6 +13,7 @@
 #include <keel/loop_state.hpp>
 #include <keel/model_check.hpp>
 #include <keel/state/sections.hpp>
+#include <keel/strategy/single_process.hpp>
 #include <keel/trainer_options.hpp>
 
 #include <cstddef>
@@ -63,13 +64,15 @@ inline void describe_options(Fingerprint& f, const TrainerOptions& options) {
   for (const auto& [key, value] : options.config()) f.add("user." + key, value);
 }
 
-template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false>
+template <class ModuleT, class OptimizerT, class SchedulerT, class CallbacksT, bool ModelParametersOnly = false,
+          class StrategyT = SingleProcess>
 class TrainState {
  public:
   using Module = ModuleT;
   using Optimizer = OptimizerT;
   using Scheduler = SchedulerT;
   using Callbacks = CallbacksT;
+  using Strategy = StrategyT;
   static constexpr bool model_parameters_only = ModelParametersOnly;
 
   TrainState(TrainerOptions options_in, std::shared_ptr<Module> model_in,
@@ -125,6 +128,7 @@ class TrainState {
   LoopView view;
   Context context;
   ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
+  Strategy strategy;              // how many processes train, and how they share the work
   std::int64_t train_size = 0;    // samples in the training set of the current fit
 
   /// Sends one event to every callback, in declaration order.
@@ -155,6 +159,7 @@ class TrainState {
     f.add("callbacks", names);
     describe_callbacks(f, std::make_index_sequence<std::tuple_size_v<Callbacks>>{});
     describe_options(f, options);
+    strategy.describe(f);
     return f;
   }
 

@@ -1,0 +1,184 @@
+#pragma once
+// keel::DataParallel, the strategy of `keel::strategy<keel::DataParallel>`: every process (rank)
+// holds the whole model and trains on its own share of each epoch's samples; before each
+// optimizer step the ranks' gradients are averaged, so every rank takes the same step and the
+// ranks stay equal. Rank 0 writes the checkpoints and the others wait for each one. Started by
+// a launcher (keel-run, torchrun, srun, mpirun: keel/distributed/place.hpp); started alone, the
+// program trains in one process as without the policy.
+//
+// With B samples per rank and N ranks, a step averages over the same N*B samples as one process
+// with batch N*B: the same training, up to the order of floating-point sums.
+
+#include <keel/data/sampler.hpp>
+#include <keel/distributed/place.hpp>
+#include <keel/distributed/process_group.hpp>
+#include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
+
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace keel {
+
+class DataParallel {
+ public:
+  int rank() const noexcept { return group_ ? group_->rank() : 0; }
+  int world_size() const noexcept { return group_ ? group_->world_size() : 1; }
+
+  /// How long a rank waits for the others (to join, and in each collective) before it fails
+  /// with a DistributedError naming the ranks that did not answer. Default: 5 minutes. Set it
+  /// before fit.
+  DataParallel& timeout(std::chrono::milliseconds limit) {
+    if (limit.count() <= 0)
+      throw ConfigError("keel: DataParallel's timeout must be positive, got " + std::to_string(limit.count()) + " ms");
+    timeout_ = limit;
+    return *this;
+  }
+
+  /// The process group, once joined (null in a process started alone).
+  dist::ProcessGroup* group() noexcept { return group_.get(); }
+
+  // ---- what the loop asks (keel/strategy/single_process.hpp) --------------------------------
+
+  template <class State>
+  void join(State& s) {
+    if (group_) return;
+    dist::ProcessPlace place = dist::place_from_environment();
+    if (!place.distributed()) return;
+    if (s.options.async_save())
+      throw ConfigError("keel: TrainerOptions::async_save is not supported with keel::DataParallel yet; "
+                        "turn it off (checkpoints are written synchronously by rank 0)");
+    if (s.options.device().is_cuda())
+      throw ConfigError("keel: keel::DataParallel runs on CPU tensors (Gloo) so far; the device is " +
+                        s.options.device().str() + ": train on the CPU, or in one process");
+    group_ = std::make_unique<dist::ProcessGroup>(std::move(place), timeout_);
+  }
+
+  /// Every rank starts from rank 0's parameters and buffers. When the state came from a
+  /// checkpoint (`loaded`: a resume, or an earlier fit's save) `digest` (the state's) must be
+  /// rank 0's on every rank, or the ranks loaded different files: refused, naming them.
+  template <class State, class Digest>
+  void start(State& s, bool loaded, const Digest& digest) {
+    if (!group_) return;
+    broadcast_from_rank_0(s.model->parameters());
+    broadcast_buffers(s);
+    if (!loaded) return;
+    const auto all = group_->all_gather_text(digest() + " " + s.view.checkpoint_path);
+    std::string differ;
+    for (std::size_t r = 1; r < all.size(); ++r)
+      if (all[r].substr(0, all[r].find(' ')) != all[0].substr(0, all[0].find(' ')))
+        differ += "\n  rank " + std::to_string(r) + " loaded " + all[r].substr(all[r].find(' ') + 1);
+    if (!differ.empty())
+      throw dist::DistributedError("keel: after the resume, the ranks' states differ from rank 0's (which loaded " +
+                                   all[0].substr(all[0].find(' ') + 1) + "):" + differ +
+                                   "\n  every rank must see the same checkpoint directory; resume every rank "
+                                   "from the same file");
+  }
+
+  data::SamplerOptions shard(data::SamplerOptions sampling) const {
+    sampling.rank = rank();
+    sampling.world_size = world_size();
+    return sampling;
+  }
+
+  /// Makes the window's outcome the same on every rank: the gradients averaged over the ranks
+  /// (one all-reduce per dtype), the mean of the ranks' window losses returned, and rank 0's
+  /// buffers taken (BatchNorm's running statistics follow each rank's own samples: as
+  /// PyTorch's DistributedDataParallel does, rank 0's count). A parameter without a gradient on
+  /// every rank keeps none; one with a gradient on some ranks gets their sum over the world size
+  /// (the others count as zero), so every rank steps alike.
+  template <class State>
+  torch::Tensor synchronize(State& s, const torch::Tensor& window_loss) {
+    if (!group_) return window_loss;
+    std::vector<at::Tensor> params;
+    for (const auto& p : s.model->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    // Which gradients exist on any rank, and the losses: one small all-reduce.
+    at::Tensor control = torch::zeros({static_cast<std::int64_t>(params.size()) + 1}, torch::kFloat64);
+    auto counts = control.accessor<double, 1>();
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor& grad = params[i].grad();
+      if (grad.defined() && grad.is_sparse())
+        throw ConfigError("keel: keel::DataParallel averages dense gradients; a parameter has a sparse one "
+                          "(an Embedding with sparse=true?): make it dense");
+      counts[static_cast<std::int64_t>(i)] = grad.defined() ? 1.0 : 0.0;
+    }
+    counts[static_cast<std::int64_t>(params.size())] = window_loss.item<double>();
+    group_->all_reduce_sum(control);
+    const double world = static_cast<double>(world_size());
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < params.size(); ++i)
+      if (counts[static_cast<std::int64_t>(i)] > 0.0 && !params[i].grad().defined())
+        params[i].mutable_grad() = torch::zeros_like(params[i]);  // (a slot in the sum below)
+    std::vector<at::Tensor> grads;
+    for (std::size_t i = 0; i < params.size(); ++i)
+      if (counts[static_cast<std::int64_t>(i)] > 0.0) grads.push_back(params[i].grad());
+    for (auto& [dtype, flat] : by_dtype(grads)) {
+      group_->all_reduce_sum(flat.values);
+      flat.values.div_(world);
+      flat.scatter();
+    }
+    broadcast_buffers(s);
+    return torch::full({}, counts[static_cast<std::int64_t>(params.size())] / world, window_loss.options());
+  }
+
+  bool writes_checkpoints() const noexcept { return rank() == 0; }
+  void checkpoint_done() {
+    if (group_) group_->barrier();
+  }
+
+  /// A checkpoint of N ranks resumes with N ranks (resuming with another number is not
+  /// supported yet: its position in the epoch counts batches of N ranks).
+  void describe(Fingerprint& f) const {
+    if (world_size() > 1) f.add("strategy.world_size", world_size());
+  }
+
+ private:
+  template <class State>
+  void broadcast_buffers(State& s) {
+    broadcast_from_rank_0(s.model->buffers());
+  }
+  void broadcast_from_rank_0(const std::vector<at::Tensor>& tensors) {
+    for (auto& [dtype, flat] : by_dtype(tensors)) {
+      group_->broadcast(flat.values, 0);
+      flat.scatter();
+    }
+  }
+
+  /// Tensors of one dtype laid end to end in one buffer, and back.
+  struct Flat {
+    at::Tensor values;
+    std::vector<at::Tensor> parts;
+    void scatter() {
+      std::int64_t offset = 0;
+      for (auto& part : parts) {
+        const std::int64_t n = part.numel();
+        part.copy_(values.narrow(0, offset, n).view(part.sizes()));
+        offset += n;
+      }
+    }
+  };
+  static std::map<at::ScalarType, Flat> by_dtype(const std::vector<at::Tensor>& tensors) {
+    std::map<at::ScalarType, Flat> out;
+    for (const auto& t : tensors) out[t.scalar_type()].parts.push_back(t);
+    for (auto& [dtype, flat] : out) {
+      std::vector<at::Tensor> pieces;
+      for (const auto& part : flat.parts) pieces.push_back(part.detach().reshape({-1}));
+      flat.values = torch::cat(pieces);
+      for (auto& part : flat.parts) part = part.detach();  // (written in place: outside autograd)
+    }
+    return out;
+  }
+
+  std::chrono::milliseconds timeout_{std::chrono::minutes(5)};
+  std::unique_ptr<dist::ProcessGroup> group_;
+};
+
+}  // namespace keel

@@ -1,0 +1,291 @@
+// keel/distributed: a process's place read from the launchers' variables, and ranks joined on
+// c10d (TCPStore, Gloo) that run collectives and, when a rank dies or hangs, fail within the
+// timeout naming it. The ranks are tests/distributed/rank_probe, started by keel-run or
+// directly with the variables a launcher such as srun would set.
+
+#include "support/process.hpp"
+
+#include <keel/distributed/place.hpp>
+
+#include <doctest/doctest.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+using keel_test::Process;
+using keel_test::ProcessResult;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string probe = KEEL_RANK_PROBE;
+const std::string launcher = KEEL_RUN_TOOL;
+const std::string driver = KEEL_RESUME_DRIVER;
+
+fs::path fresh_directory(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("keel-distributed-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+/// An environment of these variables only.
+keel::dist::EnvironmentReader environment(std::map<std::string, std::string> variables) {
+  return [variables = std::move(variables)](const char* name) -> const char* {
+    const auto found = variables.find(name);
+    return found == variables.end() ? nullptr : found->second.c_str();
+  };
+}
+
+/// The message of the ConfigError that reading `variables` throws ("" if none).
+std::string refusal(std::map<std::string, std::string> variables) {
+  try {
+    keel::dist::place_from_environment(environment(std::move(variables)));
+  } catch (const keel::ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+/// A TCP port on the loopback that nothing listens on now (the kernel's pick).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  socklen_t size = sizeof address;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+/// The lines of `text` that start with `prefix`, sorted (ranks print in any order).
+std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+/// Rank `rank` of a job of two, started as srun or a hand-written script would: the variables
+/// set, no launcher watching.
+std::vector<std::string> rank_of_two(int rank, int port, std::vector<std::string> args) {
+  std::vector<std::string> argv{"/usr/bin/env", "RANK=" + std::to_string(rank), "WORLD_SIZE=2",
+                                "LOCAL_RANK=" + std::to_string(rank), "LOCAL_WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                                "MASTER_PORT=" + std::to_string(port), "KEEL_PROBE_TIMEOUT_MS=3000", probe};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+}  // namespace
+
+TEST_CASE("a process's place comes from torchrun's, Slurm's or Open MPI's variables") {
+  using keel::dist::place_from_environment;
+  {
+    const auto place = place_from_environment(environment({}));
+    CHECK(place.launcher == "none");
+    CHECK(place.rank == 0);
+    CHECK(place.world_size == 1);
+    CHECK_FALSE(place.distributed());
+  }
+  {
+    const auto place = place_from_environment(environment({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"},
+                                                            {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "10.0.0.7"},
+                                                            {"MASTER_PORT", "29511"}}));
+    CHECK(place.launcher == "torchrun");
+    CHECK(place.rank == 3);
+    CHECK(place.world_size == 4);
+    CHECK(place.local_rank == 1);
+    CHECK(place.local_world_size == 2);
+    CHECK(place.master_addr == "10.0.0.7");
+    CHECK(place.master_port == 29511);
+  }
+  {  // srun, with an uneven allocation's per-node count; torchrun's variables would win
+    const auto place = place_from_environment(
+        environment({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}, {"SLURM_LOCALID", "2"},
+                     {"SLURM_NTASKS_PER_NODE", "3(x2)"}, {"MASTER_ADDR", "node1"}, {"MASTER_PORT", "1234"}}));
+    CHECK(place.launcher == "slurm");
+    CHECK(place.rank == 5);
+    CHECK(place.world_size == 6);
+    CHECK(place.local_rank == 2);
+  }
+  {
+    const auto place = place_from_environment(
+        environment({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "1"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
+                     {"OMPI_COMM_WORLD_LOCAL_SIZE", "1"}}));
+    CHECK(place.launcher == "openmpi");
+    CHECK_FALSE(place.distributed());  // a job of one needs no store
+  }
+}
+
+TEST_CASE("a launcher's malformed variables are refused, naming the variable and its value") {
+  const std::map<std::string, std::string> good{{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                                {"MASTER_PORT", "29500"}};
+  auto with = [&](const std::string& name, const std::string& value) {
+    auto variables = good;
+    variables[name] = value;
+    return refusal(variables);
+  };
+  CHECK(refusal(good).empty());
+  CHECK(with("RANK", "2").find("RANK='2' is not a rank of a job of 2 (an integer from 0 to 1)") != std::string::npos);
+  CHECK(with("RANK", "-1").find("RANK='-1'") != std::string::npos);
+  CHECK(with("WORLD_SIZE", "two").find("WORLD_SIZE='two' is not a number of ranks") != std::string::npos);
+  CHECK(with("WORLD_SIZE", "").find("WORLD_SIZE=''") != std::string::npos);
+  CHECK(with("MASTER_PORT", "70000").find("MASTER_PORT='70000' is not a TCP port (an integer from 1 to 65535)") !=
+        std::string::npos);
+  CHECK(with("LOCAL_RANK", "4").find("LOCAL_RANK='4'") != std::string::npos);
+  CHECK(refusal({{"RANK", "0"}}).find("has RANK but not WORLD_SIZE") != std::string::npos);
+  CHECK(refusal({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "29500"}})
+            .find("rank 0 of 2 (RANK, WORLD_SIZE) but MASTER_ADDR or MASTER_PORT is not set") != std::string::npos);
+}
+
+TEST_CASE("ranks started by keel-run meet on c10d and run collectives") {
+  if (probe.empty() || launcher.empty()) return;
+  const ProcessResult result = keel_test::run(
+      {launcher, "--nproc-per-node", "2", "--master-port", std::to_string(free_port()), probe, "collectives"},
+      std::chrono::seconds(120));
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK(lines_starting(result.output, "rank=") ==
+        std::vector<std::string>{"rank=0 sum=3,30 broadcast=5,5,5 gathered=r0,r1",
+                                 "rank=1 sum=3,30 broadcast=5,5,5 gathered=r0,r1"});
+}
+
+TEST_CASE("a rank that dies or hangs is named by the others within the timeout") {
+  if (probe.empty()) return;
+  for (const std::string mode : {"leave", "hang"}) {
+    for (const int gone : {0, 1}) {
+      CAPTURE(mode);
+      CAPTURE(gone);
+      const int port = free_port();
+      Process first(rank_of_two(0, port, {mode, std::to_string(gone)}));
+      Process second(rank_of_two(1, port, {mode, std::to_string(gone)}));
+      Process& survivor = gone == 0 ? second : first;
+      Process& other = gone == 0 ? first : second;
+      const ProcessResult survived = survivor.wait(std::chrono::seconds(60));
+      other.kill(SIGKILL);
+      const ProcessResult ended = other.wait(std::chrono::seconds(60));
+      INFO(survived.output);
+      INFO(ended.output);
+      CHECK(survived.exit_code == 1);
+      const auto error = keel_test::value_of(survived.output, "error");
+      REQUIRE(error);
+      CHECK(error->find("rank " + std::to_string(1 - gone) + " of 2: an all-reduce failed: rank " +
+                        std::to_string(gone) + " is gone or not answering") != std::string::npos);
+      // Within the timeout (3 s here) and the roll call's wait (at most as long), plus slack.
+      const auto waited = keel_test::value_of(survived.output, "rank=" + std::to_string(1 - gone) + " failed_after_s");
+      REQUIRE(waited);
+      CHECK(std::stod(*waited) < 12.0);
+      if (mode == "leave") CHECK(ended.exit_code == 3);
+    }
+  }
+}
+
+namespace {
+/// The resume driver's data-parallel variant, `ranks` ranks under keel-run (or alone for 1).
+ProcessResult train(int ranks, std::int64_t batch, std::vector<std::string> extra,
+                    const std::string& variant = "ddp_sgd") {
+  std::vector<std::string> argv;
+  if (ranks > 1)
+    argv = {launcher, "--nproc-per-node", std::to_string(ranks), "--master-port", std::to_string(free_port())};
+  for (const std::string& a : {driver, std::string("--variant"), variant, std::string("--epochs"),
+                               std::string("2"), std::string("--dataset-size"), std::string("200"),
+                               std::string("--batch-size"), std::to_string(batch)})
+    argv.push_back(a);
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return keel_test::run(argv, std::chrono::seconds(300));
+}
+
+std::vector<torch::Tensor> load_params(const fs::path& file) {
+  std::vector<torch::Tensor> params;
+  torch::load(params, file.string());
+  return params;
+}
+
+/// The largest absolute difference between two lists of parameters of the same shapes.
+double max_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  REQUIRE(a.size() == b.size());
+  double most = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].sizes() == b[i].sizes());
+    most = std::max(most, (a[i] - b[i]).abs().max().item<double>());
+  }
+  return most;
+}
+}  // namespace
+
+TEST_CASE("two data-parallel ranks of batch B train as one process of batch 2B") {
+  if (driver.empty() || launcher.empty()) return;
+  const fs::path dir = fresh_directory("equivalence");
+  // (PlainNet: no BatchNorm, whose statistics are each rank's own, nor Dropout.)
+  const ProcessResult two = train(2, 16, {"--params-to", (dir / "two.pt").string()}, "ddp_plain");
+  INFO(two.output);
+  REQUIRE(two.exit_code == 0);
+  const ProcessResult one = train(1, 32, {"--params-to", (dir / "one.pt").string()}, "ddp_plain");
+  INFO(one.output);
+  REQUIRE(one.exit_code == 0);
+  // The control: one process of batch 16 trains differently, so the comparison can fail.
+  const ProcessResult half = train(1, 16, {"--params-to", (dir / "half.pt").string()}, "ddp_plain");
+  REQUIRE(half.exit_code == 0);
+  // Both ranks end at the same step; the same samples per step, summed in another order:
+  // float32 rounding apart (14 steps of SGD with momentum).
+  CHECK(lines_starting(two.output, "global_step=") == std::vector<std::string>{"global_step=14", "global_step=14"});
+  CHECK(keel_test::value_of(one.output, "global_step") == "14");
+  const auto ranks = load_params(dir / "two.pt");
+  CHECK(max_difference(ranks, load_params(dir / "one.pt")) < 1e-5);
+  CHECK(max_difference(ranks, load_params(dir / "half.pt")) > 1e-3);
+  fs::remove_all(dir);
+}
+
+// SmallNet: BatchNorm's running statistics (rank 0's are taken at each step) and Dropout's
+// random stream (equal on every rank: the same seed, the same draws) are in the digest.
+TEST_CASE("rank 0 writes the checkpoints of two ranks, and both resume from them exactly") {
+  if (driver.empty() || launcher.empty()) return;
+  const fs::path dir = fresh_directory("resume");
+  const std::vector<std::string> saving{"--ckpt-dir", (dir / "ckpt").string(), "--save-every-steps", "3"};
+  std::vector<std::string> first = saving;
+  first.insert(first.end(), {"--max-steps", "8"});
+  const ProcessResult stopped = train(2, 16, first);
+  INFO(stopped.output);
+  REQUIRE(stopped.exit_code == 0);
+  // One writer: each checkpoint once, no rank's temporary left behind.
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(dir / "ckpt")) files.push_back(entry.path().filename().string());
+  std::sort(files.begin(), files.end());
+  CHECK(files == std::vector<std::string>{".keel.lock", "last.ckpt", "step-000000003.ckpt", "step-000000006.ckpt",
+                                          "step-000000007.ckpt", "step-000000008.ckpt"});  // (7: an epoch's end)
+  std::vector<std::string> resumed = saving;
+  resumed.insert(resumed.end(), {"--resume", "auto"});
+  const ProcessResult finished = train(2, 16, resumed);
+  INFO(finished.output);
+  REQUIRE(finished.exit_code == 0);
+  const ProcessResult straight = train(2, 16, {});
+  REQUIRE(straight.exit_code == 0);
+  const auto digests = lines_starting(finished.output, "state_digest=");
+  REQUIRE(digests.size() == 2);
+  CHECK(digests[0] == digests[1]);  // the ranks are equal
+  CHECK(lines_starting(straight.output, "state_digest=") == digests);
+  // A single process refuses the two ranks' checkpoint (resuming with another world size is not
+  // supported yet), naming the difference.
+  const ProcessResult alone = train(1, 16, resumed);
+  CHECK(alone.exit_code != 0);
+  CHECK(alone.output.find("strategy.world_size") != std::string::npos);
+  fs::remove_all(dir);
+}
