@@ -354,7 +354,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
   // Every process starts this fit from the same state (after a load: checked to be the same).
-  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(),
+  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), fingerprint(),
                         [&] { return state::state_digest<Format>(state_); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +

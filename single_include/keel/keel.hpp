@@ -10378,6 +10378,12 @@ class NonFiniteWatch {
     return bad;
   }
 
+  /// The window's loss combined over several processes (keel::DataParallel): not finite when
+  /// any process's was, so that every process skips or steps alike.
+  void combined_loss(const torch::Tensor& loss) {
+    if (!std::isfinite(loss.item<double>())) window_nonfinite_ = true;
+  }
+
   /// Whether a micro-batch loss of the current window was not finite.
   bool window_loss_nonfinite() const noexcept { return window_nonfinite_; }
   /// The window ended without check_window (the loss scaler skipped its step).
@@ -10798,6 +10804,60 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
 
 }  // namespace keel::state
 
+// ---- keel/strategy/single_process.hpp ----
+// The strategy of a Trainer without keel::strategy<>: one process trains alone. The loop asks
+// its strategy at a few points (joining at the start of a fit, the data shard, the gradients
+// before the optimizer step, who writes checkpoints); here every answer is the trivial one, and
+// the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
+// the other answers.
+
+
+#include <torch/types.h>
+
+#include <cstdint>
+
+namespace keel {
+
+/// How a checkpoint save ended, as the writing process tells the others.
+enum class SaveOutcome : std::int64_t {
+  committed = 0,  ///< written, and last.ckpt points at it
+  skipped = 1,    ///< an I/O error under continue_on_save_error: training goes on unsaved
+  failed = 2,     ///< the save threw: training ends
+};
+
+struct SingleProcess {
+  int rank() const noexcept { return 0; }
+  int world_size() const noexcept { return 1; }
+
+  /// At the start of each fit, before a resume: joins the other processes, if any.
+  template <class State>
+  void join(State&) {}
+  /// After the resume (or the warm start, or nothing), before the first step: every process
+  /// starts alike. `loaded`: the state came from a checkpoint; `configuration`: what a resume
+  /// must match; `digest()`: the state's digest.
+  template <class State, class Digest>
+  void start(State&, bool /*loaded*/, const Fingerprint& /*configuration*/, const Digest&) {}
+  /// At each optimizer-step boundary: whether to stop, decided by every process together.
+  /// Returns the stop signal to act on (0: none); may set `stop_requested`.
+  int agree_on_stop(bool& /*stop_requested*/, int pending_signal) { return pending_signal; }
+  /// This process's share of each epoch's samples.
+  data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
+  /// Before the optimizer step: the window's gradients, loss (returned) and buffers made the
+  /// same in every process.
+  template <class State>
+  torch::Tensor synchronize(State&, const torch::Tensor& window_loss) {
+    return window_loss;
+  }
+  /// Whether this process writes the checkpoints (the others wait for them).
+  bool writes_checkpoints() const noexcept { return true; }
+  /// How the writing process's save ended, known to every process once this returns.
+  SaveOutcome share_save_outcome(SaveOutcome outcome) { return outcome; }
+  /// What a resume must match of the strategy: nothing for one process.
+  void describe(Fingerprint&) const {}
+};
+
+}  // namespace keel
+
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -10891,9 +10951,33 @@ class CheckpointSaver {
   /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
-    if (s_.strategy.writes_checkpoints()) write_step_checkpoint();
-    else unsaved_ = validation_unsaved_ = false;  // the writing process saves this same state
-    s_.strategy.checkpoint_done();
+    if (!s_.strategy.writes_checkpoints()) return follow_writer();
+    try {
+      write_step_checkpoint();
+    } catch (...) {
+      s_.strategy.share_save_outcome(SaveOutcome::failed);  // (the others stop too, naming this)
+      throw;
+    }
+    s_.strategy.share_save_outcome(unsaved_ ? SaveOutcome::skipped : SaveOutcome::committed);
+  }
+
+  /// A process that does not write (keel::DataParallel's ranks but 0) takes the writer's outcome
+  /// of the same save, so that it goes on as the writer does.
+  void follow_writer() {
+    const std::string name = ckpt::step_file_name(s_.loop.global_step, Format::extension);
+    switch (s_.strategy.share_save_outcome(SaveOutcome::committed)) {
+      case SaveOutcome::committed:
+        s_.view.checkpoint_path = (ckpt::fs::path(s_.options.checkpoint_dir()) / name).string();
+        unsaved_ = validation_unsaved_ = false;
+        return;
+      case SaveOutcome::skipped:  // continue_on_save_error: still unsaved, as on the writer
+        ++failed_saves_;
+        return;
+      case SaveOutcome::failed:
+        break;
+    }
+    throw Error("keel: the process that writes the checkpoints failed to write " + name +
+                " (see its error); this one stops with it");
   }
 
   void write_step_checkpoint() {
@@ -11392,9 +11476,10 @@ template <class State>
 void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std::int64_t window,
                     const torch::Tensor& window_loss) {
   s.dispatch(event::on_optimizer_step_start{});
-  // Every process's gradients and losses combined first (data parallelism), so that every
-  // process decides alike below.
-  const torch::Tensor combined_loss = s.strategy.combine_gradients(s, window_loss);
+  // With several processes (keel::DataParallel), their gradients, losses and buffers are made
+  // the same first, so that every process decides alike below.
+  const torch::Tensor combined_loss = s.strategy.synchronize(s, window_loss);
+  if (s.strategy.world_size() > 1) nonfinite.combined_loss(combined_loss);
   // Gradients that overflow under a loss scale that is too large are expected: the scaler skips
   // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
   if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {
@@ -11508,6 +11593,17 @@ class StopSignals {
   std::optional<StopSignalGuard> guard_;
 };
 
+/// At an optimizer-step boundary: true when training is done; a stop signal saves and throws
+/// Interrupted. With several processes they decide together (keel::DataParallel: a stop on any
+/// is a stop on all), so that all save the same checkpoint.
+template <class State, class Saver>
+bool done_at_boundary(State& s, Saver& saver, const StopSignals& signals) {
+  const int signal = s.strategy.agree_on_stop(s.loop.stop_requested, signals.pending());
+  if (finished(s.loop, s.options)) return true;
+  if (signal) saver.stop_for_signal(signal);
+  return false;
+}
+
 }  // namespace keel::loop
 
 #include <torch/types.h>
@@ -11574,10 +11670,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   LossScaler scaler(s.options, s.loop.loss_scale, *s.model);
   torch::Tensor window_loss;  // the sum of the window's micro-batch losses
   while (s.loop.batch_in_epoch < batches) {
-    if (s.loop.micro_batch == 0) {  // stop only between optimizer steps
-      if (finished(s.loop, s.options)) return;
-      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
-    }
+    if (s.loop.micro_batch == 0 && done_at_boundary(s, saver, signals)) return;  // (between optimizer steps only)
     // Windows start at multiples of `accumulate`; the epoch's last one may be shorter.
     const std::int64_t window_start = s.loop.batch_in_epoch - s.loop.micro_batch;
     const std::int64_t window = std::min(accumulate, batches - window_start);
@@ -11633,10 +11726,7 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
   s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {
     s.dispatch(event::on_fit_start{});
-    while (!finished(s.loop, s.options)) {
-      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
-      run_epoch(s, saver, signals, train, validation, sampler);
-    }
+    while (!done_at_boundary(s, saver, signals)) run_epoch(s, saver, signals, train, validation, sampler);
     saver.at_fit_end();
     s.dispatch(event::on_fit_end{});
   } catch (...) {
@@ -11656,49 +11746,6 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
 // The loop's pieces (keel/loop/) work on it; sections() is the list of what a checkpoint saves
 // of it; fingerprint() is the configuration a resume must match.
 
-
-// ---- keel/strategy/single_process.hpp ----
-// The strategy of a Trainer without keel::strategy<>: one process trains alone. The loop asks
-// its strategy at a few points (joining at the start of a fit, the data shard, the gradients
-// before the optimizer step, who writes checkpoints); here every answer is the trivial one, and
-// the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
-// the other answers.
-
-
-#include <torch/types.h>
-
-namespace keel {
-
-struct SingleProcess {
-  int rank() const noexcept { return 0; }
-  int world_size() const noexcept { return 1; }
-
-  /// At the start of each fit, before a resume: joins the other processes, if any.
-  template <class State>
-  void join(State&) {}
-  /// After the resume (or the warm start, or nothing), before the first step: every process
-  /// starts from the same state. `loaded`: the state came from a checkpoint; `digest()` is the
-  /// state's digest.
-  template <class State, class Digest>
-  void start(State&, bool /*loaded*/, const Digest&) {}
-  /// This process's share of each epoch's samples.
-  data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
-  /// Before the optimizer step: the gradients (and the window's loss, returned) of every
-  /// process combined.
-  template <class State>
-  torch::Tensor combine_gradients(State&, const torch::Tensor& window_loss) {
-    return window_loss;
-  }
-  /// Whether this process writes the checkpoints (the others wait for them).
-  bool writes_checkpoints() const noexcept { return true; }
-  /// A checkpoint of this step was written (or its write failed and training goes on): returns
-  /// once every process knows.
-  void checkpoint_done() {}
-  /// What a resume must match of the strategy: nothing for one process.
-  void describe(Fingerprint&) const {}
-};
-
-}  // namespace keel
 
 #include <cstddef>
 #include <cstdint>
@@ -12335,7 +12382,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
   // Every process starts this fit from the same state (after a load: checked to be the same).
-  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(),
+  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), fingerprint(),
                         [&] { return state::state_digest<Format>(state_); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace resume_driver {
@@ -32,6 +34,7 @@ struct Flags {
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
+  std::int64_t pause_ms = 0;
   std::int64_t batch_size = 16;
   std::int64_t dataset_size = 200;
   std::int64_t total_steps = 60;  // the schedule's length, fixed whatever --max-steps says
@@ -122,10 +125,12 @@ struct EpochLossMean {
 /// precise point, such as inside a gradient-accumulation window.
 struct KillSwitch {
   std::int64_t at_batch = -1;  // configuration, not state
+  std::int64_t pause_ms = 0;   // (configuration) sleeps after each micro-batch: a slower run to signal
   template <class Archive>
   void serialize(Archive&) {}
 
   void on_train_batch_end(keel::Context& ctx) {
+    if (pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
     const std::int64_t global_batch = ctx.epoch() * ctx.batches_per_epoch() + ctx.batch_in_epoch();
     if (at_batch >= 0 && global_batch == at_batch) {
       std::fflush(stdout);
@@ -169,7 +174,7 @@ int run(const Flags& flags, Extra&&... extra) {
                                                            : std::nullopt)
                       .keep_best(flags.keep_best)
                       .monitor(flags.keep_best > 0 ? "val_loss" : ""),
-                  std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch});
+                  std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch, flags.pause_ms});
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
   if (!flags.params_to.empty() && trainer.strategy().rank() == 0) {

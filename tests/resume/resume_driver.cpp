@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   number("--save-every-steps", flags.save_every_steps);
   number("--accumulate", flags.accumulate);
   number("--kill-at-batch", flags.kill_at_batch);
+  number("--pause-ms", flags.pause_ms);
   number("--batch-size", flags.batch_size);
   number("--dataset-size", flags.dataset_size);
   number("--total-steps", flags.total_steps);

@@ -13,10 +13,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <netinet/in.h>
@@ -192,7 +194,7 @@ TEST_CASE("a rank that dies or hangs is named by the others within the timeout")
       // Within the timeout (3 s here) and the roll call's wait (at most as long), plus slack.
       const auto waited = keel_test::value_of(survived.output, "rank=" + std::to_string(1 - gone) + " failed_after_s");
       REQUIRE(waited);
-      CHECK(std::stod(*waited) < 12.0);
+      CHECK(std::stod(*waited) < 30.0);  // (generous: a loaded CI machine)
       if (mode == "leave") CHECK(ended.exit_code == 3);
     }
   }
@@ -288,4 +290,62 @@ TEST_CASE("rank 0 writes the checkpoints of two ranks, and both resume from them
   CHECK(alone.exit_code != 0);
   CHECK(alone.output.find("strategy.world_size") != std::string::npos);
   fs::remove_all(dir);
+}
+
+TEST_CASE("SIGTERM to keel-run stops both ranks after one checkpoint, and the resume is exact") {
+  if (driver.empty() || launcher.empty()) return;
+  const fs::path dir = fresh_directory("sigterm");
+  const std::vector<std::string> saving{"--ckpt-dir", (dir / "ckpt").string(), "--save-every-steps", "2",
+                                        "--pause-ms", "60"};  // (14 steps of at least 60 ms: time to signal)
+  std::vector<std::string> argv{launcher, "--nproc-per-node", "2", "--master-port", std::to_string(free_port()),
+                                driver, "--variant", "ddp_sgd", "--epochs", "2", "--dataset-size", "200",
+                                "--batch-size", "16"};
+  argv.insert(argv.end(), saving.begin(), saving.end());
+  Process job(argv);
+  // Once the first checkpoint is there, training is under way on both ranks.
+  for (int i = 0; i < 600 && !fs::exists(dir / "ckpt" / "step-000000002.ckpt"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  job.kill(SIGTERM);
+  const ProcessResult stopped = job.wait(std::chrono::seconds(120));
+  INFO(stopped.output);
+  CHECK(stopped.exit_code == 143);
+  // Both ranks stopped at the same step, after the one checkpoint rank 0 wrote there.
+  const auto lines = lines_starting(stopped.output, "keel: stopped by SIGTERM after saving ");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0] == lines[1]);
+  CHECK(keel_test::value_of(stopped.output, "state_digest") == std::nullopt);
+
+  std::vector<std::string> resumed = saving;
+  resumed.insert(resumed.end(), {"--resume", "auto"});
+  const ProcessResult finished = train(2, 16, resumed);
+  INFO(finished.output);
+  REQUIRE(finished.exit_code == 0);
+  const ProcessResult straight = train(2, 16, {});
+  REQUIRE(straight.exit_code == 0);
+  const auto digests = lines_starting(finished.output, "state_digest=");
+  REQUIRE(digests.size() == 2);
+  CHECK(digests[0] == digests[1]);
+  CHECK(lines_starting(straight.output, "state_digest=") == digests);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("ranks that would train differently are refused before the first step, naming the difference") {
+  if (driver.empty()) return;
+  const int port = free_port();
+  auto rank = [&](int r, const std::string& batch) {
+    return std::vector<std::string>{"/usr/bin/env", "RANK=" + std::to_string(r), "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                                    "MASTER_PORT=" + std::to_string(port), driver, "--variant", "ddp_sgd",
+                                    "--epochs", "1", "--batch-size", batch};
+  };
+  Process first(rank(0, "16"));
+  Process second(rank(1, "8"));
+  const ProcessResult a = first.wait(std::chrono::seconds(120));
+  const ProcessResult b = second.wait(std::chrono::seconds(120));
+  INFO(a.output);
+  INFO(b.output);
+  CHECK(a.exit_code == 1);
+  CHECK(b.exit_code == 1);
+  for (const auto* output : {&a.output, &b.output})
+    CHECK(output->find("the ranks do not start alike; against rank 0:\n  rank 1: data.batch_size=8 (rank 0: "
+                       "data.batch_size=16)") != std::string::npos);
 }

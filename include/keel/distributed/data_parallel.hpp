@@ -14,6 +14,9 @@
 #include <keel/distributed/process_group.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
+#include <keel/hash.hpp>
+#include <keel/rng.hpp>
+#include <keel/strategy/single_process.hpp>
 
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -29,8 +32,13 @@ namespace keel {
 
 class DataParallel {
  public:
-  int rank() const noexcept { return group_ ? group_->rank() : 0; }
-  int world_size() const noexcept { return group_ ? group_->world_size() : 1; }
+  /// Reads this process's place from the launcher's variables (a malformed one is refused
+  /// here); the ranks join at the first fit.
+  DataParallel() : place_(dist::place_from_environment()) {}
+
+  int rank() const noexcept { return place_.rank; }
+  int world_size() const noexcept { return place_.world_size; }
+  const dist::ProcessPlace& place() const noexcept { return place_; }
 
   /// How long a rank waits for the others (to join, and in each collective) before it fails
   /// with a DistributedError naming the ranks that did not answer. Default: 5 minutes. Set it
@@ -49,37 +57,60 @@ class DataParallel {
 
   template <class State>
   void join(State& s) {
-    if (group_) return;
-    dist::ProcessPlace place = dist::place_from_environment();
-    if (!place.distributed()) return;
+    if (group_ || !place_.distributed()) return;
     if (s.options.async_save())
       throw ConfigError("keel: TrainerOptions::async_save is not supported with keel::DataParallel yet; "
                         "turn it off (checkpoints are written synchronously by rank 0)");
     if (s.options.device().is_cuda())
       throw ConfigError("keel: keel::DataParallel runs on CPU tensors (Gloo) so far; the device is " +
                         s.options.device().str() + ": train on the CPU, or in one process");
-    group_ = std::make_unique<dist::ProcessGroup>(std::move(place), timeout_);
+    group_ = std::make_unique<dist::ProcessGroup>(place_, timeout_);
   }
 
-  /// Every rank starts from rank 0's parameters and buffers. When the state came from a
-  /// checkpoint (`loaded`: a resume, or an earlier fit's save) `digest` (the state's) must be
-  /// rank 0's on every rank, or the ranks loaded different files: refused, naming them.
+  /// Before the first step, every rank must train the same way from the same state: their
+  /// configurations (the fingerprint and the loop's settings) must be rank 0's, and so must
+  /// their states when they came from a checkpoint (`loaded`; `digest()` is the state's):
+  /// otherwise refused, naming the ranks and what differs. Then every rank takes rank 0's
+  /// parameters and buffers.
   template <class State, class Digest>
-  void start(State& s, bool loaded, const Digest& digest) {
+  void start(State& s, bool loaded, const Fingerprint& configuration, const Digest& digest) {
     if (!group_) return;
-    broadcast_from_rank_0(s.model->parameters());
-    broadcast_buffers(s);
-    if (!loaded) return;
-    const auto all = group_->all_gather_text(digest() + " " + s.view.checkpoint_path);
+    std::string mine;
+    for (const auto& [key, value] : configuration.entries()) mine += key + "=" + value + "\n";
+    const auto& o = s.options;
+    mine += "loop.max_steps=" + std::to_string(o.max_steps()) + "\nloop.max_epochs=" + std::to_string(o.max_epochs()) +
+            "\ncheckpoint.save_every_steps=" + std::to_string(o.save_every_steps()) +
+            "\ncheckpoint.save_on_epoch_end=" + std::to_string(o.save_on_epoch_end()) +
+            "\ncheckpoint.enabled=" + std::to_string(!o.checkpoint_dir().empty()) +
+            "\nloaded=" + (loaded ? "from " + s.view.checkpoint_path : std::string("no")) + "\n";
+    // Only rank 0's random streams are saved: the ranks' must be equal (seeded alike, drawn
+    // alike), or a resume would not be exact.
+    const at::Tensor cpu_stream = RngState::capture().cpu.contiguous();
+    mine += "random_streams=" + hex64(hash64(cpu_stream.data_ptr(), static_cast<std::size_t>(cpu_stream.numel()))) + "\n";
+    if (loaded) mine += "state_digest=" + digest() + "\n";
+    const auto all = group_->all_gather_text(mine);
     std::string differ;
     for (std::size_t r = 1; r < all.size(); ++r)
-      if (all[r].substr(0, all[r].find(' ')) != all[0].substr(0, all[0].find(' ')))
-        differ += "\n  rank " + std::to_string(r) + " loaded " + all[r].substr(all[r].find(' ') + 1);
+      if (all[r] != all[0]) differ += "\n  rank " + std::to_string(r) + ": " + first_difference(all[0], all[r]);
     if (!differ.empty())
-      throw dist::DistributedError("keel: after the resume, the ranks' states differ from rank 0's (which loaded " +
-                                   all[0].substr(all[0].find(' ') + 1) + "):" + differ +
-                                   "\n  every rank must see the same checkpoint directory; resume every rank "
-                                   "from the same file");
+      throw dist::DistributedError(
+          "keel: rank " + std::to_string(rank()) + ": the ranks do not start alike; against rank 0:" + differ +
+          "\n  start every rank with the same program, options and checkpoint directory, and seed every rank "
+          "alike (keel::seed_everything(seed), not seed + rank: only rank 0's random streams are saved)");
+    broadcast_from_rank_0(s.model->parameters());
+    broadcast_buffers(s);
+  }
+
+  /// At each optimizer-step boundary: the ranks stop together. A callback's stop request on any
+  /// rank stops all (`stop_requested` becomes true on every rank), and so does a stop signal
+  /// that any rank has received (the largest signal number is returned, 0 if none), so that
+  /// every rank saves the same checkpoint and ends with the same status.
+  int agree_on_stop(bool& stop_requested, int pending_signal) {
+    if (!group_) return pending_signal;
+    at::Tensor flags = torch::tensor({stop_requested ? 1.0 : 0.0, static_cast<double>(pending_signal)}, torch::kFloat64);
+    group_->all_reduce_max(flags);
+    stop_requested = flags[0].item<double>() > 0.0;
+    return static_cast<int>(flags[1].item<double>());
   }
 
   data::SamplerOptions shard(data::SamplerOptions sampling) const {
@@ -130,8 +161,12 @@ class DataParallel {
   }
 
   bool writes_checkpoints() const noexcept { return rank() == 0; }
-  void checkpoint_done() {
-    if (group_) group_->barrier();
+  /// The writer's outcome of a save, sent to every rank (all return once it is known).
+  SaveOutcome share_save_outcome(SaveOutcome outcome) {
+    if (!group_) return outcome;
+    at::Tensor value = torch::tensor({static_cast<std::int64_t>(outcome)}, torch::kInt64);
+    group_->broadcast(value, 0);
+    return static_cast<SaveOutcome>(value[0].item<std::int64_t>());
   }
 
   /// A checkpoint of N ranks resumes with N ranks (resuming with another number is not
@@ -150,6 +185,18 @@ class DataParallel {
       group_->broadcast(flat.values, 0);
       flat.scatter();
     }
+  }
+
+  /// The first line of `theirs` that differs from `ours`, with rank 0's value.
+  static std::string first_difference(const std::string& ours, const std::string& theirs) {
+    std::size_t at = 0;
+    while (at < ours.size() && at < theirs.size()) {
+      const std::size_t a = ours.find('\n', at), b = theirs.find('\n', at);
+      const std::string line_ours = ours.substr(at, a - at), line_theirs = theirs.substr(at, b - at);
+      if (line_ours != line_theirs) return line_theirs + " (rank 0: " + line_ours + ")";
+      at = a + 1;
+    }
+    return "(a configuration of another length)";
   }
 
   /// Tensors of one dtype laid end to end in one buffer, and back.
@@ -177,6 +224,7 @@ class DataParallel {
     return out;
   }
 
+  dist::ProcessPlace place_;
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};
   std::unique_ptr<dist::ProcessGroup> group_;
 };

@@ -16,7 +16,6 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/types.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -110,6 +109,13 @@ class ProcessGroup {
     std::vector<at::Tensor> one{tensor};
     collective("an all-reduce", [&] { return group_->allreduce(one); });
   }
+  /// The elementwise maximum of `tensor` over the ranks, in place on every rank.
+  void all_reduce_max(at::Tensor& tensor) {
+    std::vector<at::Tensor> one{tensor};
+    ::c10d::AllreduceOptions options;
+    options.reduceOp = ::c10d::ReduceOp::MAX;
+    collective("an all-reduce", [&] { return group_->allreduce(one, options); });
+  }
   /// Every rank's `tensor` becomes `root`'s (in place).
   void broadcast(at::Tensor& tensor, int root = 0) {
     std::vector<at::Tensor> one{tensor};
@@ -159,18 +165,18 @@ class ProcessGroup {
   }
 
   /// A roll call through the store, after a failed collective: each rank that reaches it
-  /// answers under this collective's number (every rank counts collectives alike); the ranks
-  /// that have not answered within a short wait are named. The store lives in rank 0: if it
-  /// cannot be reached, rank 0 is the one gone.
+  /// answers (a failure is final: a rank answers once, whichever collective failed for it), and
+  /// the ranks that have not answered within the timeout (time for the others' own collectives
+  /// to fail) are named. The store lives in rank 0: if it cannot be reached, rank 0 is the one
+  /// gone.
   std::string missing_ranks() {
-    const std::string prefix = "keel/roll-call/" + std::to_string(sequence_) + "/";
+    const std::string prefix = "keel/roll-call/";
     try {
       store_->set(prefix + std::to_string(place_.rank), detail::bytes_of("here"));
       std::vector<std::string> keys;
       for (int r = 0; r < place_.world_size; ++r) keys.push_back(prefix + std::to_string(r));
-      const auto wait = std::min(timeout_, std::chrono::milliseconds(5000));
       try {
-        store_->wait(keys, wait);
+        store_->wait(keys, timeout_);
         return "every rank answered a roll call afterwards: a rank's connection failed (" + where() + ")";
       } catch (const std::exception&) {
       }

@@ -11,11 +11,13 @@
 #include <keel/checkpoint/directory.hpp>
 #include <keel/checkpoint/file_io.hpp>
 #include <keel/checkpoint/snapshot.hpp>
+#include <keel/error.hpp>
 #include <keel/hooks.hpp>
 #include <keel/log.hpp>
 #include <keel/loop/background_save.hpp>
 #include <keel/signals.hpp>
 #include <keel/state/checkpoint_io.hpp>
+#include <keel/strategy/single_process.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -110,9 +112,33 @@ class CheckpointSaver {
   /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
-    if (s_.strategy.writes_checkpoints()) write_step_checkpoint();
-    else unsaved_ = validation_unsaved_ = false;  // the writing process saves this same state
-    s_.strategy.checkpoint_done();
+    if (!s_.strategy.writes_checkpoints()) return follow_writer();
+    try {
+      write_step_checkpoint();
+    } catch (...) {
+      s_.strategy.share_save_outcome(SaveOutcome::failed);  // (the others stop too, naming this)
+      throw;
+    }
+    s_.strategy.share_save_outcome(unsaved_ ? SaveOutcome::skipped : SaveOutcome::committed);
+  }
+
+  /// A process that does not write (keel::DataParallel's ranks but 0) takes the writer's outcome
+  /// of the same save, so that it goes on as the writer does.
+  void follow_writer() {
+    const std::string name = ckpt::step_file_name(s_.loop.global_step, Format::extension);
+    switch (s_.strategy.share_save_outcome(SaveOutcome::committed)) {
+      case SaveOutcome::committed:
+        s_.view.checkpoint_path = (ckpt::fs::path(s_.options.checkpoint_dir()) / name).string();
+        unsaved_ = validation_unsaved_ = false;
+        return;
+      case SaveOutcome::skipped:  // continue_on_save_error: still unsaved, as on the writer
+        ++failed_saves_;
+        return;
+      case SaveOutcome::failed:
+        break;
+    }
+    throw Error("keel: the process that writes the checkpoints failed to write " + name +
+                " (see its error); this one stops with it");
   }
 
   void write_step_checkpoint() {

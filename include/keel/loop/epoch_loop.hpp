@@ -83,10 +83,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   LossScaler scaler(s.options, s.loop.loss_scale, *s.model);
   torch::Tensor window_loss;  // the sum of the window's micro-batch losses
   while (s.loop.batch_in_epoch < batches) {
-    if (s.loop.micro_batch == 0) {  // stop only between optimizer steps
-      if (finished(s.loop, s.options)) return;
-      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
-    }
+    if (s.loop.micro_batch == 0 && done_at_boundary(s, saver, signals)) return;  // (between optimizer steps only)
     // Windows start at multiples of `accumulate`; the epoch's last one may be shorter.
     const std::int64_t window_start = s.loop.batch_in_epoch - s.loop.micro_batch;
     const std::int64_t window = std::min(accumulate, batches - window_start);

@@ -32,10 +32,7 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
   s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {
     s.dispatch(event::on_fit_start{});
-    while (!finished(s.loop, s.options)) {
-      if (const int signal = signals.pending()) saver.stop_for_signal(signal);
-      run_epoch(s, saver, signals, train, validation, sampler);
-    }
+    while (!done_at_boundary(s, saver, signals)) run_epoch(s, saver, signals, train, validation, sampler);
     saver.at_fit_end();
     s.dispatch(event::on_fit_end{});
   } catch (...) {

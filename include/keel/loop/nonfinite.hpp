@@ -146,6 +146,12 @@ class NonFiniteWatch {
     return bad;
   }
 
+  /// The window's loss combined over several processes (keel::DataParallel): not finite when
+  /// any process's was, so that every process skips or steps alike.
+  void combined_loss(const torch::Tensor& loss) {
+    if (!std::isfinite(loss.item<double>())) window_nonfinite_ = true;
+  }
+
   /// Whether a micro-batch loss of the current window was not finite.
   bool window_loss_nonfinite() const noexcept { return window_nonfinite_; }
   /// The window ended without check_window (the loss scaler skipped its step).

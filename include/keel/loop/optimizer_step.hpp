@@ -26,6 +26,7 @@ void optimizer_step(State& s, NonFiniteWatch& nonfinite, LossScaler& scaler, std
   // With several processes (keel::DataParallel), their gradients, losses and buffers are made
   // the same first, so that every process decides alike below.
   const torch::Tensor combined_loss = s.strategy.synchronize(s, window_loss);
+  if (s.strategy.world_size() > 1) nonfinite.combined_loss(combined_loss);
   // Gradients that overflow under a loss scale that is too large are expected: the scaler skips
   // the step and backs off. A non-finite loss is not the scale's doing: on_nonfinite decides.
   if (!nonfinite.window_loss_nonfinite() && !scaler.unscale()) {

@@ -33,4 +33,15 @@ class StopSignals {
   std::optional<StopSignalGuard> guard_;
 };
 
+/// At an optimizer-step boundary: true when training is done; a stop signal saves and throws
+/// Interrupted. With several processes they decide together (keel::DataParallel: a stop on any
+/// is a stop on all), so that all save the same checkpoint.
+template <class State, class Saver>
+bool done_at_boundary(State& s, Saver& saver, const StopSignals& signals) {
+  const int signal = s.strategy.agree_on_stop(s.loop.stop_requested, signals.pending());
+  if (finished(s.loop, s.options)) return true;
+  if (signal) saver.stop_for_signal(signal);
+  return false;
+}
+
 }  // namespace keel::loop

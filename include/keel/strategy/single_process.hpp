@@ -10,7 +10,16 @@
 
 #include <torch/types.h>
 
+#include <cstdint>
+
 namespace keel {
+
+/// How a checkpoint save ended, as the writing process tells the others.
+enum class SaveOutcome : std::int64_t {
+  committed = 0,  ///< written, and last.ckpt points at it
+  skipped = 1,    ///< an I/O error under continue_on_save_error: training goes on unsaved
+  failed = 2,     ///< the save threw: training ends
+};
 
 struct SingleProcess {
   int rank() const noexcept { return 0; }
@@ -20,10 +29,13 @@ struct SingleProcess {
   template <class State>
   void join(State&) {}
   /// After the resume (or the warm start, or nothing), before the first step: every process
-  /// starts from the same state. `loaded`: the state came from a checkpoint; `digest()` is the
-  /// state's digest.
+  /// starts alike. `loaded`: the state came from a checkpoint; `configuration`: what a resume
+  /// must match; `digest()`: the state's digest.
   template <class State, class Digest>
-  void start(State&, bool /*loaded*/, const Digest&) {}
+  void start(State&, bool /*loaded*/, const Fingerprint& /*configuration*/, const Digest&) {}
+  /// At each optimizer-step boundary: whether to stop, decided by every process together.
+  /// Returns the stop signal to act on (0: none); may set `stop_requested`.
+  int agree_on_stop(bool& /*stop_requested*/, int pending_signal) { return pending_signal; }
   /// This process's share of each epoch's samples.
   data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
   /// Before the optimizer step: the window's gradients, loss (returned) and buffers made the
@@ -34,9 +46,8 @@ struct SingleProcess {
   }
   /// Whether this process writes the checkpoints (the others wait for them).
   bool writes_checkpoints() const noexcept { return true; }
-  /// A checkpoint of this step was written (or its write failed and training goes on): returns
-  /// once every process knows.
-  void checkpoint_done() {}
+  /// How the writing process's save ended, known to every process once this returns.
+  SaveOutcome share_save_outcome(SaveOutcome outcome) { return outcome; }
   /// What a resume must match of the strategy: nothing for one process.
   void describe(Fingerprint&) const {}
 };
