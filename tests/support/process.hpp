@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -116,6 +117,16 @@ inline ProcessResult run(const std::vector<std::string>& argv,
                          std::chrono::seconds timeout = std::chrono::seconds(600)) {
   Process p(argv);
   return p.wait(timeout);
+}
+
+/// The lines of `text` that start with `prefix`, sorted (processes that run at once print in any order).
+inline std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  return lines;
 }
 
 /// The value of the last line `key=value` in a program's output, or nullopt.

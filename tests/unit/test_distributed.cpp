@@ -16,7 +16,6 @@
 #include <csignal>
 #include <filesystem>
 #include <map>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +26,7 @@
 
 using keel_test::Process;
 using keel_test::ProcessResult;
+using keel_test::lines_starting;
 
 namespace {
 
@@ -74,16 +74,6 @@ int free_port() {
   REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0);
   ::close(fd);
   return ntohs(address.sin_port);
-}
-
-/// The lines of `text` that start with `prefix`, sorted (ranks print in any order).
-std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
-  std::sort(lines.begin(), lines.end());
-  return lines;
 }
 
 /// Rank `rank` of a job of two, started as srun or a hand-written script would: the variables
@@ -221,6 +211,24 @@ std::vector<torch::Tensor> load_params(const fs::path& file) {
   return params;
 }
 
+/// Resumes two ranks (batch 16) from the checkpoints that `saving` (the stopped run's
+/// checkpoint flags) left, to the end, and checks that both ranks end with the digest of an
+/// uninterrupted two-rank run. Returns the resumed run's flags.
+std::vector<std::string> check_exact_resume(const std::vector<std::string>& saving) {
+  std::vector<std::string> resumed = saving;
+  resumed.insert(resumed.end(), {"--resume", "auto"});
+  const ProcessResult finished = train(2, 16, resumed);
+  INFO(finished.output);
+  REQUIRE(finished.exit_code == 0);
+  const ProcessResult straight = train(2, 16, {});
+  REQUIRE(straight.exit_code == 0);
+  const auto digests = lines_starting(finished.output, "state_digest=");
+  REQUIRE(digests.size() == 2);
+  CHECK(digests[0] == digests[1]);  // the ranks are equal
+  CHECK(lines_starting(straight.output, "state_digest=") == digests);
+  return resumed;
+}
+
 /// The largest absolute difference between two lists of parameters of the same shapes.
 double max_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   REQUIRE(a.size() == b.size());
@@ -273,17 +281,7 @@ TEST_CASE("rank 0 writes the checkpoints of two ranks, and both resume from them
   std::sort(files.begin(), files.end());
   CHECK(files == std::vector<std::string>{".keel.lock", "last.ckpt", "step-000000003.ckpt", "step-000000006.ckpt",
                                           "step-000000007.ckpt", "step-000000008.ckpt"});  // (7: an epoch's end)
-  std::vector<std::string> resumed = saving;
-  resumed.insert(resumed.end(), {"--resume", "auto"});
-  const ProcessResult finished = train(2, 16, resumed);
-  INFO(finished.output);
-  REQUIRE(finished.exit_code == 0);
-  const ProcessResult straight = train(2, 16, {});
-  REQUIRE(straight.exit_code == 0);
-  const auto digests = lines_starting(finished.output, "state_digest=");
-  REQUIRE(digests.size() == 2);
-  CHECK(digests[0] == digests[1]);  // the ranks are equal
-  CHECK(lines_starting(straight.output, "state_digest=") == digests);
+  const auto resumed = check_exact_resume(saving);
   // A single process refuses the two ranks' checkpoint (resuming with another world size is not
   // supported yet), naming the difference.
   const ProcessResult alone = train(1, 16, resumed);
@@ -314,18 +312,7 @@ TEST_CASE("SIGTERM to keel-run stops both ranks after one checkpoint, and the re
   REQUIRE(lines.size() == 2);
   CHECK(lines[0] == lines[1]);
   CHECK(keel_test::value_of(stopped.output, "state_digest") == std::nullopt);
-
-  std::vector<std::string> resumed = saving;
-  resumed.insert(resumed.end(), {"--resume", "auto"});
-  const ProcessResult finished = train(2, 16, resumed);
-  INFO(finished.output);
-  REQUIRE(finished.exit_code == 0);
-  const ProcessResult straight = train(2, 16, {});
-  REQUIRE(straight.exit_code == 0);
-  const auto digests = lines_starting(finished.output, "state_digest=");
-  REQUIRE(digests.size() == 2);
-  CHECK(digests[0] == digests[1]);
-  CHECK(lines_starting(straight.output, "state_digest=") == digests);
+  check_exact_resume(saving);
   fs::remove_all(dir);
 }
 

@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +22,7 @@
 namespace fs = std::filesystem;
 using keel_test::Process;
 using keel_test::ProcessResult;
+using keel_test::lines_starting;
 
 namespace {
 
@@ -31,16 +31,6 @@ const std::string launcher = KEEL_RUN_TOOL;
 ProcessResult launch(std::vector<std::string> args, std::chrono::seconds timeout = std::chrono::seconds(60)) {
   args.insert(args.begin(), launcher);
   return keel_test::run(args, timeout);
-}
-
-/// The lines of `text` that start with `prefix`, sorted (ranks print in any order).
-std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
-  std::sort(lines.begin(), lines.end());
-  return lines;
 }
 
 /// Whether process `pid` is gone (or only a zombie nobody has reaped yet: it runs no more).

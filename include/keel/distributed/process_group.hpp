@@ -130,7 +130,7 @@ class ProcessGroup {
   /// Every rank's `text`, in rank order (through the store: for small things, digests and
   /// names, not tensors).
   std::vector<std::string> all_gather_text(const std::string& text) {
-    const std::string prefix = "keel/gather/" + std::to_string(++sequence_) + "/";
+    const std::string prefix = "keel/gather/" + std::to_string(++gathers_) + "/";
     std::vector<std::string> all;
     guarded("gathering values", [&] {
       store_->set(prefix + std::to_string(place_.rank), detail::bytes_of(text));
@@ -145,7 +145,6 @@ class ProcessGroup {
  private:
   template <class Start>
   void collective(const char* what, const Start& start) {
-    ++sequence_;
     guarded(what, [&] {
       auto work = start();
       work->wait(timeout_);
@@ -207,7 +206,7 @@ class ProcessGroup {
   std::chrono::milliseconds timeout_;
   c10::intrusive_ptr<::c10d::Store> store_;
   c10::intrusive_ptr<::c10d::ProcessGroupGloo> group_;
-  std::int64_t sequence_ = 0;  // collectives so far: the same on every rank
+  std::int64_t gathers_ = 0;  // all_gather_text calls so far (the same on every rank): their keys
 };
 
 }  // namespace keel::dist
