@@ -17,7 +17,7 @@
 #   libtorch2  clang++ 19, LibTorch 2.6 (Debian trixie, in a root that scripts/libtorch2-root.sh
 #              makes on first use and reuses after): the whole suite but the header check, the
 #              compile-fail file and the slow process tests of keel's code above LibTorch
-#              (signals, disk faults, the example's flags, workers, logs and forks);
+#              (signals, disk faults, the example's flags, workers, logs, forks and ranks);
 #              keel-ckpt's export is read back by trixie's python3-torch 2.6; the benchmarks are
 #              built too, so that they keep compiling. No Node.js there: the TensorBoard reader's
 #              test runs in the gcc and clang parts. clang++ rather than trixie's g++ 14: it
@@ -103,11 +103,12 @@ for part in "${parts[@]}"; do
       echo "== $part: the whole suite, $compiler, LibTorch 2.6 (Debian trixie root)"
       # The slow process tests of keel's own code above LibTorch run in the gcc part only (six
       # minutes of processes): the example's flag combinations, worker counts and logs across
-      # kills, the preemption signals, a second signal, a refusing disk, the example's forks.
+      # kills, the preemption signals, a second signal, a refusing disk, the example's forks and
+      # its two ranks under keel-run (the resume driver's data-parallel tests do run here).
       # Here run the exactness, SIGKILL, fixture and keel-ckpt tests, which LibTorch's version
       # can change. The compile-fail file is built in the clang part.
       in_libtorch2_root whole_suite "build/torch2-${compiler%++}" "$compiler" "$jobs" \
-        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with" \
+        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with|the example trains as two ranks" \
         -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF -DKEEL_COMPILE_FAIL_TESTS=OFF -DKEEL_COMPILE_FAIL_SOURCES=OFF \
         -DKEEL_NODE_TESTS=OFF
       ;;

@@ -6,14 +6,18 @@
 //   fashion_mnist --epochs 4 --resume-changed auto     train a finished run for longer (a fork)
 //   fashion_mnist --init-from FILE --ckpt-dir DIR      a new run from FILE's weights
 //   fashion_mnist --optimizer sgd --momentum 0.9 --scheduler onecycle --precision bf16 --ema 0.999
+//   keel-run --nproc-per-node 2 fashion_mnist --batch-size 32   two processes, data-parallel
 //
 // The optimizer and the scheduler are chosen at run time (keel::optim::OneOf, keel::sched::OneOf)
 // and so are the optional callbacks (keel::Optional): one Trainer type per model and format
-// serves every combination of flags.
+// serves every combination of flags. The strategy is keel::DataParallel: started by a launcher
+// (keel-run, torchrun, srun, mpirun) the processes train together, each on its share of every
+// epoch with --batch-size samples per step; started alone, the program trains in one process.
 
 #include "fashion_mnist_data.hpp"
 #include "models.hpp"
 
+#include <keel/distributed.hpp>
 #include <keel/keel.hpp>
 
 #include <CLI/CLI.hpp>
@@ -68,6 +72,8 @@ struct Flags {
   double max_time = 0.0;
   std::string format = "binary";
   std::string tensorboard;
+  std::string strategy = "auto";
+  double dist_timeout = 300.0;
 };
 
 using Optimizer = keel::optim::OneOf<keel::optim::SGD, keel::optim::Adam, keel::optim::AdamW, keel::optim::RMSprop,
@@ -119,7 +125,7 @@ int train(const Flags& flags) {
       keel::model<Module>, keel::optimizer<Optimizer>, keel::scheduler<Scheduler>,
       keel::callbacks<keel::ProgressBar, keel::MetricsLogger, keel::LearningRateMonitor, keel::EarlyStopping,
                       keel::Optional<keel::EMA>, keel::Optional<keel::WallTimeLimit>, keel::Optional<keel::TensorBoardLogger>>,
-      keel::checkpoint<Format>>;
+      keel::checkpoint<Format>, keel::strategy<keel::DataParallel>>;
 
   fashion_mnist::Dataset all_train(flags.data, "train");
   fashion_mnist::Dataset test(flags.data, "t10k");
@@ -130,8 +136,11 @@ int train(const Flags& flags) {
   train_set.augment(flags.augment);
   auto validation_set = all_train.slice(train_size, static_cast<std::int64_t>(all_train.size()));
 
-  // The schedule spans the whole run: every epoch, or --max-steps if that ends it sooner.
-  const std::int64_t batches = (train_size + flags.batch_size - 1) / flags.batch_size;
+  // The schedule spans the whole run: every epoch, or --max-steps if that ends it sooner. Under
+  // a launcher each of the processes takes its share of an epoch, in steps of --batch-size.
+  const std::int64_t processes = keel::dist::place_from_environment().world_size;
+  const std::int64_t share = (train_size + processes - 1) / processes;
+  const std::int64_t batches = (share + flags.batch_size - 1) / flags.batch_size;
   const std::int64_t steps_per_epoch = (batches + flags.accumulate - 1) / flags.accumulate;
   std::int64_t total_steps = flags.epochs * steps_per_epoch;
   if (flags.max_steps > 0) total_steps = std::min(total_steps, flags.max_steps);
@@ -190,6 +199,12 @@ int train(const Flags& flags) {
                   flags.tensorboard.empty()
                       ? keel::Optional<keel::TensorBoardLogger>()
                       : keel::Optional<keel::TensorBoardLogger>(keel::TensorBoardLogger(flags.tensorboard, flags.log_every)));
+  auto& strategy = trainer.strategy();
+  if (flags.strategy == "ddp" && strategy.place().launcher == "none")
+    throw keel::ConfigError("--strategy ddp: this process was started by no launcher (no RANK, WORLD_SIZE...): start it "
+                            "with keel-run --nproc-per-node N, torchrun, srun or mpirun, or drop --strategy ddp to "
+                            "train in one process");
+  strategy.timeout(std::chrono::milliseconds(static_cast<std::int64_t>(flags.dist_timeout * 1000.0)));
 
   const auto start = std::chrono::steady_clock::now();
   if (flags.validation_size > 0) {
@@ -200,6 +215,7 @@ int train(const Flags& flags) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const keel::Metrics test_metrics = trainer.evaluate(test);
+  if (strategy.rank() != 0) return 0;  // (rank 0 reports for a data-parallel job: every rank holds the same state)
   std::printf("trained to epoch %lld, step %lld in %.1f s (this process)\n",
               static_cast<long long>(trainer.loop().epoch), static_cast<long long>(trainer.loop().global_step),
               seconds);
@@ -220,7 +236,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-steps", flags.max_steps, "stop after this many optimizer steps in total (0: no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch-size", flags.batch_size, "samples per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch-size", flags.batch_size, "samples per micro-batch (of each process, under a launcher)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lr", flags.lr, "peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", flags.seed, "seed of initialization, data order and dropout")->capture_default_str();
   app.add_option("--threads", flags.threads, "LibTorch intra-op threads (0: LibTorch's default)")
@@ -304,6 +320,16 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"binary", "json"}));
   app.add_option("--tensorboard", flags.tensorboard, "write TensorBoard scalars into this directory");
+  app.add_option("--strategy", flags.strategy,
+                 "auto: data-parallel when a launcher (keel-run, torchrun, srun, mpirun) started this process, one "
+                 "process otherwise; ddp: data-parallel, refused without a launcher")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "ddp"}));
+  app.add_option("--dist-timeout", flags.dist_timeout,
+                 "seconds a data-parallel rank waits for the others (to join, at each step) before it fails naming "
+                 "the ranks that did not answer")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -32,6 +32,8 @@ struct LoopView {
   Metrics metrics;             ///< of the latest validation run
   Metrics batch_metrics;       ///< of the validation batch just processed
   std::int64_t batch_size = 0;  ///< samples in the latest training micro-batch
+  int rank = 0;                 ///< this process's rank in a data-parallel job (0 alone)
+  int world_size = 1;           ///< processes training together (1 alone)
   std::int64_t max_steps = 0;
   std::int64_t max_epochs = 0;
   std::int64_t batches_per_epoch = 0;
@@ -74,8 +76,18 @@ class Context {
   /// Metrics of the validation batch just processed (on_validation_batch_end).
   const Metrics& batch_metrics() const noexcept { return view_.batch_metrics; }
 
-  /// Samples in the latest training micro-batch.
+  /// Samples in the latest training micro-batch, of this process (every process of a
+  /// data-parallel job takes as many: the job's are batch_size() * world_size()).
   std::int64_t batch_size() const noexcept { return view_.batch_size; }
+
+  /// This process's rank among the world_size() processes of a data-parallel job
+  /// (keel::strategy<keel::DataParallel>); 0 and 1 for a process training alone.
+  int rank() const noexcept { return view_.rank; }
+  int world_size() const noexcept { return view_.world_size; }
+  /// Whether this process writes logs and prints progress: rank 0, or a process alone. The
+  /// other ranks keep the same callback state without writing (so every rank's state_digest is
+  /// the same), as keel's loggers do.
+  bool is_global_zero() const noexcept { return view_.rank == 0; }
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }
   std::int64_t max_epochs() const noexcept { return view_.max_epochs; }

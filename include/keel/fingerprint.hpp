@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -53,6 +54,11 @@ class Fingerprint {
   }
 
   const std::vector<Entry>& entries() const noexcept { return entries_; }
+  /// The value of `key`, if the fingerprint has it.
+  std::optional<std::string> value(const std::string& key) const {
+    const Entry* entry = find(key);
+    return entry ? std::optional<std::string>(entry->second) : std::nullopt;
+  }
 
   static constexpr const char* absent = "(absent)";
 

@@ -339,6 +339,8 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
 
   const auto& options = state_.options;
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
+  state_.view.rank = state_.strategy.rank();
+  state_.view.world_size = state_.strategy.world_size();
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();

@@ -2073,6 +2073,7 @@ void load(Archive& ar, discard_block_engine<E, p, r>& e) { keel::detail::load_en
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -2115,6 +2116,11 @@ class Fingerprint {
   }
 
   const std::vector<Entry>& entries() const noexcept { return entries_; }
+  /// The value of `key`, if the fingerprint has it.
+  std::optional<std::string> value(const std::string& key) const {
+    const Entry* entry = find(key);
+    return entry ? std::optional<std::string>(entry->second) : std::nullopt;
+  }
 
   static constexpr const char* absent = "(absent)";
 
@@ -2274,6 +2280,8 @@ struct LoopView {
   Metrics metrics;             ///< of the latest validation run
   Metrics batch_metrics;       ///< of the validation batch just processed
   std::int64_t batch_size = 0;  ///< samples in the latest training micro-batch
+  int rank = 0;                 ///< this process's rank in a data-parallel job (0 alone)
+  int world_size = 1;           ///< processes training together (1 alone)
   std::int64_t max_steps = 0;
   std::int64_t max_epochs = 0;
   std::int64_t batches_per_epoch = 0;
@@ -2316,8 +2324,18 @@ class Context {
   /// Metrics of the validation batch just processed (on_validation_batch_end).
   const Metrics& batch_metrics() const noexcept { return view_.batch_metrics; }
 
-  /// Samples in the latest training micro-batch.
+  /// Samples in the latest training micro-batch, of this process (every process of a
+  /// data-parallel job takes as many: the job's are batch_size() * world_size()).
   std::int64_t batch_size() const noexcept { return view_.batch_size; }
+
+  /// This process's rank among the world_size() processes of a data-parallel job
+  /// (keel::strategy<keel::DataParallel>); 0 and 1 for a process training alone.
+  int rank() const noexcept { return view_.rank; }
+  int world_size() const noexcept { return view_.world_size; }
+  /// Whether this process writes logs and prints progress: rank 0, or a process alone. The
+  /// other ranks keep the same callback state without writing (so every rank's state_digest is
+  /// the same), as keel's loggers do.
+  bool is_global_zero() const noexcept { return view_.rank == 0; }
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }
   std::int64_t max_epochs() const noexcept { return view_.max_epochs; }
@@ -6739,6 +6757,10 @@ struct SamplerOptions {
   bool drop_last = false;
   std::int64_t rank = 0;        ///< this process's shard (data parallelism)
   std::int64_t world_size = 1;  ///< number of shards
+  /// true: every rank gets as many samples (padded by wrapping around, or truncated with
+  /// drop_last), so that the ranks take their steps together. false (evaluation): each sample
+  /// exactly once, the first size % world_size ranks one more than the others (a rank may get none).
+  bool even = true;
 };
 
 /// Which samples form batch b of epoch e, for one rank.
@@ -6755,10 +6777,11 @@ class EpochSampler {
     // Every rank gets the same number of samples: the order is padded by wrapping around
     // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
     const std::int64_t world = options_.world_size;
-    per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
+    if (!options_.even) per_rank_ = (size_ - options_.rank + world - 1) / world;
+    else per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
     batches_ = options_.drop_last ? per_rank_ / options_.batch_size
                                   : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
-    if (batches_ == 0)
+    if (batches_ == 0 && options_.drop_last)
       throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
                         " exceeds the " + std::to_string(per_rank_) +
                         " samples per epoch, so an epoch has no batch");
@@ -7605,6 +7628,8 @@ CEREAL_CLASS_VERSION(keel::EarlyStopping, 1);
 //
 // After a resume every step appears exactly once: the rows written are counted in the logger's
 // saved state, and rows beyond the count are cut off when a fit starts (keel/detail/row_log.hpp).
+// In a data-parallel job rank 0 writes the files (samples/s counts the whole job's samples); the
+// other ranks count the same rows without writing.
 
 
 // ---- keel/detail/row_log.hpp ----
@@ -7732,7 +7757,11 @@ class MetricsLogger {
     archive(cereal::make_nvp("rows", rows_));
   }
 
-  void on_fit_start(Context&) {
+  void on_fit_start(Context& ctx) {
+    started_ = true;
+    last_ = Clock::now();
+    samples_ = 0;
+    if (!ctx.is_global_zero()) return;
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::MetricsLogger: cannot create '" + directory_ + "': " + error.message());
@@ -7743,14 +7772,12 @@ class MetricsLogger {
       for (const auto& c : columns_) header += "," + c;
       std::fprintf(csv_.get(), "%s\n", header.c_str());
     }
-    last_ = Clock::now();
-    samples_ = 0;
   }
 
-  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size(); }
+  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size() * ctx.world_size(); }  // (the job's)
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !csv_) return;
+    if (ctx.global_step() % every_ != 0 || !started_) return;
     const auto now = Clock::now();
     const double seconds = std::chrono::duration<double>(now - last_).count();
     const double throughput = seconds > 0 ? static_cast<double>(samples_) / seconds : 0.0;
@@ -7768,7 +7795,7 @@ class MetricsLogger {
   }
 
   void on_validation_end(Context& ctx) {
-    if (!csv_) return;
+    if (!started_) return;
     std::string csv = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch()) + ",validation,,,";
     for (const auto& c : columns_) {
       auto found = ctx.metrics().find(c);
@@ -7791,8 +7818,10 @@ class MetricsLogger {
   static std::string json_number(double value) { return detail::json_number(value); }
 
   void write_row(const std::string& csv, const std::string& json) {
-    std::fprintf(csv_.get(), "%s\n", csv.c_str());
-    std::fprintf(jsonl_.get(), "%s\n", json.c_str());
+    if (csv_) {  // (rank 0's files; another rank counts the row only)
+      std::fprintf(csv_.get(), "%s\n", csv.c_str());
+      std::fprintf(jsonl_.get(), "%s\n", json.c_str());
+    }
     ++rows_;
   }
 
@@ -7805,6 +7834,7 @@ class MetricsLogger {
   std::int64_t every_;
   std::vector<std::string> columns_;
   std::int64_t rows_ = 0;
+  bool started_ = false;  // (on_fit_start has run: the rows may be counted)
   File csv_;
   File jsonl_;
   Clock::time_point last_{};
@@ -7852,13 +7882,14 @@ class ProgressBar {
   void serialize(Archive&) {}  // display only: nothing to save
 
   void on_fit_start(Context& ctx) {
+    if (!ctx.is_global_zero()) mode_ = Mode::off;  // (rank 0 speaks for a data-parallel job)
     if (mode_ == Mode::automatic) mode_ = ::isatty(::fileno(stream_)) ? Mode::bar : Mode::plain;
     start_ = last_ = Clock::now();
     start_step_ = ctx.global_step();
     samples_ = 0;
   }
 
-  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size(); }
+  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size() * ctx.world_size(); }  // (the job's)
 
   void on_optimizer_step_end(Context& ctx) {
     if (mode_ == Mode::off) return;
@@ -8178,6 +8209,9 @@ class EMA {
 // killed, possibly half a record) are cut off before new records are appended. The file's name
 // is fixed so that two runs of one configuration have the same state; only the wall times in
 // the records differ.
+//
+// In a data-parallel job rank 0 writes the file; the other ranks count the same bytes without
+// writing, so that their state is rank 0's.
 
 
 // ---- keel/detail/tfevents.hpp ----
@@ -8361,10 +8395,15 @@ class TensorBoardLogger {
     archive(cereal::make_nvp("bytes", bytes_));
   }
 
-  void on_fit_start(Context&) {
+  void on_fit_start(Context& ctx) {
     // A fit after one that threw: its buffered records reach the file before it is measured.
     sync();
     file_.reset();
+    counts_only_ = !ctx.is_global_zero();
+    if (counts_only_) {
+      if (bytes_ == 0) write(tfevents::file_version_event(now()));
+      return;
+    }
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::TensorBoardLogger: cannot create '" + directory_ + "': " + error.message());
@@ -8373,7 +8412,7 @@ class TensorBoardLogger {
   }
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !file_) return;
+    if (ctx.global_step() % every_ != 0 || !(file_ || counts_only_)) return;
     std::vector<std::pair<std::string, float>> values;
     values.emplace_back("train/loss", scalar(ctx.loss().defined() ? ctx.loss().item<double>() : NAN));
     values.emplace_back("train/lr", scalar(ctx.lr()));
@@ -8385,7 +8424,7 @@ class TensorBoardLogger {
   }
 
   void on_validation_end(Context& ctx) {
-    if (!file_ || ctx.metrics().empty()) return;
+    if (!(file_ || counts_only_) || ctx.metrics().empty()) return;
     std::vector<std::pair<std::string, float>> values;
     for (const auto& [name, value] : ctx.metrics()) values.emplace_back("val/" + name, scalar(value));
     write(tfevents::scalar_event(now(), ctx.global_step(), values));
@@ -8414,6 +8453,10 @@ class TensorBoardLogger {
   /// and is not counted: a resume cuts off the part that got through.
   void write(const std::string& event) {
     const std::string framed = tfevents::record(event);
+    if (counts_only_) {  // (another rank's; rank 0 writes the same record)
+      bytes_ += static_cast<std::int64_t>(framed.size());
+      return;
+    }
     if (std::fwrite(framed.data(), 1, framed.size(), file_.get()) != framed.size()) {
       warn("keel::TensorBoardLogger: cannot write to " + path() + "; no more scalars are logged in this fit");
       file_.reset();
@@ -8451,6 +8494,7 @@ class TensorBoardLogger {
   std::string directory_;
   std::int64_t every_;
   std::int64_t bytes_ = 0;
+  bool counts_only_ = false;  // a rank other than 0: the bytes are counted, not written
   File file_;
 };
 
@@ -8508,6 +8552,9 @@ class LearningRateMonitor {
   }
 
   void on_fit_start(Context& ctx) {
+    started_ = true;
+    applied_ = ctx.lrs();
+    if (!ctx.is_global_zero()) return;  // (rank 0 writes a data-parallel job's file; the others count its rows)
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError(std::string(keel_name) + ": cannot create '" + directory_ + "': " + error.message());
@@ -8517,7 +8564,6 @@ class LearningRateMonitor {
       for (const auto& group : ctx.lr_groups()) header += ",lr_" + group;
       std::fprintf(file_.get(), "%s\n", header.c_str());
     }
-    applied_ = ctx.lrs();
   }
 
   /// The rates the coming optimizer step applies (a validation or an epoch end may have changed
@@ -8527,10 +8573,12 @@ class LearningRateMonitor {
   }
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !file_) return;
-    std::string row = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch());
-    for (const double lr : applied_) row += "," + detail::csv_number(lr);
-    std::fprintf(file_.get(), "%s\n", row.c_str());
+    if (ctx.global_step() % every_ != 0 || !started_) return;
+    if (file_) {
+      std::string row = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch());
+      for (const double lr : applied_) row += "," + detail::csv_number(lr);
+      std::fprintf(file_.get(), "%s\n", row.c_str());
+    }
     ++rows_;
   }
 
@@ -8542,6 +8590,7 @@ class LearningRateMonitor {
   std::string directory_;
   std::int64_t every_;
   std::int64_t rows_ = 0;
+  bool started_ = false;  // (on_fit_start has run: the rows may be counted)
   std::vector<double> applied_;  // the rates of the step under way
   detail::LogFile file_;
 };
@@ -10815,6 +10864,8 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace keel {
 
@@ -10848,6 +10899,9 @@ struct SingleProcess {
   torch::Tensor synchronize(State&, const torch::Tensor& window_loss) {
     return window_loss;
   }
+  /// After an evaluation of this process's share: the metric sums (sample-weighted) and the
+  /// sample count of every process, added up, in place.
+  void add_up(std::map<std::string, double>& /*sums*/, std::int64_t& /*samples*/) {}
   /// Whether this process writes the checkpoints (the others wait for them).
   bool writes_checkpoints() const noexcept { return true; }
   /// How the writing process's save ended, known to every process once this returns.
@@ -11129,7 +11183,9 @@ class CheckpointSaver {
 // ---- keel/loop/evaluation.hpp ----
 // Evaluation: the model's validation_step over a dataset, in order, without gradients, and the
 // sample-weighted means of its metrics. Draws no random numbers, so validating in the middle
-// of training changes nothing that follows.
+// of training changes nothing that follows. In a data-parallel job each rank evaluates its share
+// of the samples (each sample once) and the strategy adds up the ranks' sums: every rank gets the
+// same means, so it must be called on every rank.
 
 
 // ---- keel/loop/precision.hpp ----
@@ -11263,6 +11319,8 @@ Metrics evaluate(State& s, Dataset& dataset, bool with_hooks) {
   data::SamplerOptions in_order;
   in_order.batch_size = options.validation_batch_size() > 0 ? options.validation_batch_size() : options.batch_size();
   in_order.shuffle = false;
+  in_order = s.strategy.shard(in_order);
+  in_order.even = false;  // (no step to take together: each sample once)
   const data::EpochSampler sampler(data::dataset_size(dataset), in_order, 0);
   if (with_hooks) s.dispatch(event::on_validation_start{});
   s.model->eval();
@@ -11291,6 +11349,7 @@ Metrics evaluate(State& s, Dataset& dataset, bool with_hooks) {
     }
   }
   s.model->train();
+  s.strategy.add_up(sums, seen);
   Metrics means;
   for (const auto& [name, sum] : sums) means[name] = seen ? sum / static_cast<double>(seen) : 0.0;
   if (with_hooks) {
@@ -12367,6 +12426,8 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
 
   const auto& options = state_.options;
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
+  state_.view.rank = state_.strategy.rank();
+  state_.view.world_size = state_.strategy.world_size();
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();

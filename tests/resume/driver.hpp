@@ -80,6 +80,9 @@ int dispatch_matrix(const Flags& flags);
 // under tests/fixtures/checkpoints, which must keep loading.
 namespace {
 
+/// Samples a validation_step has seen in this process (PlainNet counts them).
+std::int64_t validated_samples = 0;
+
 using resume_driver::Flags;
 using resume_driver::split_commas;
 using keel_test::SmallNetImpl;
@@ -177,6 +180,11 @@ int run(const Flags& flags, Extra&&... extra) {
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch, flags.pause_ms});
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
+  if (!flags.params_to.empty()) {  // (the data-parallel comparisons: every rank evaluates)
+    const keel::Metrics evaluated = trainer.evaluate(validation);
+    std::printf("evaluated_val_loss=%.17g\nvalidated_samples=%lld\n", evaluated.at("val_loss"),
+                static_cast<long long>(validated_samples));
+  }
   if (!flags.params_to.empty() && trainer.strategy().rank() == 0) {
     std::vector<torch::Tensor> params;
     for (const auto& p : trainer.model()->parameters()) params.push_back(p.detach().clone());

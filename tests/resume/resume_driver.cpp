@@ -30,6 +30,7 @@ struct PlainNetImpl : torch::nn::Module {
     return torch::nn::functional::cross_entropy(fc(x.flatten(1)), batch.target);
   }
   keel::Metrics validation_step(const keel::data::Example& batch) {
+    validated_samples += batch.target.size(0);  // (a data-parallel rank validates its share)
     const auto x = torch::max_pool2d(torch::relu(conv(batch.data)), 2);
     return {{"val_loss", torch::nn::functional::cross_entropy(fc(x.flatten(1)), batch.target).item<double>()}};
   }

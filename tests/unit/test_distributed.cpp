@@ -1,7 +1,8 @@
 // keel/distributed: a process's place read from the launchers' variables, and ranks joined on
 // c10d (TCPStore, Gloo) that run collectives and, when a rank dies or hangs, fail within the
 // timeout naming it. The ranks are tests/distributed/rank_probe, started by keel-run or
-// directly with the variables a launcher such as srun would set.
+// directly with the variables a launcher such as srun would set; the resume driver's and the
+// Fashion-MNIST example's data-parallel runs, stopped and resumed.
 
 #include "support/process.hpp"
 
@@ -11,8 +12,12 @@
 
 #include <torch/torch.h>
 
+#include <keel/checkpoint/directory.hpp>
+
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <random>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -35,6 +40,7 @@ namespace fs = std::filesystem;
 const std::string probe = KEEL_RANK_PROBE;
 const std::string launcher = KEEL_RUN_TOOL;
 const std::string driver = KEEL_RESUME_DRIVER;
+const std::string example = KEEL_FASHION_MNIST_EXAMPLE;
 
 fs::path fresh_directory(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("keel-distributed-" + name + "-" + std::to_string(::getpid()));
@@ -261,6 +267,16 @@ TEST_CASE("two data-parallel ranks of batch B train as one process of batch 2B")
   const auto ranks = load_params(dir / "two.pt");
   CHECK(max_difference(ranks, load_params(dir / "one.pt")) < 1e-5);
   CHECK(max_difference(ranks, load_params(dir / "half.pt")) > 1e-3);
+  // Validation is shared out: each rank validated half of the 64 samples (after each of the two
+  // epochs, and in the evaluation after fit), and both got the mean of all 64.
+  CHECK(lines_starting(two.output, "validated_samples=") ==
+        std::vector<std::string>{"validated_samples=96", "validated_samples=96"});
+  CHECK(keel_test::value_of(one.output, "validated_samples") == "192");
+  const auto evaluated = lines_starting(two.output, "evaluated_val_loss=");
+  REQUIRE(evaluated.size() == 2);
+  CHECK(evaluated[0] == evaluated[1]);
+  const double alone = std::stod(*keel_test::value_of(one.output, "evaluated_val_loss"));
+  CHECK(std::stod(evaluated[0].substr(evaluated[0].find('=') + 1)) == doctest::Approx(alone).epsilon(1e-5));
   fs::remove_all(dir);
 }
 
@@ -335,4 +351,102 @@ TEST_CASE("ranks that would train differently are refused before the first step,
   for (const auto* output : {&a.output, &b.output})
     CHECK(output->find("the ranks do not start alike; against rank 0:\n  rank 1: data.batch_size=8 (rank 0: "
                        "data.batch_size=16)") != std::string::npos);
+}
+
+namespace {
+/// The Fashion-MNIST example as a job of two ranks under keel-run: the CNN (BatchNorm, Dropout),
+/// 60 steps of 32 samples per rank, a checkpoint every 10 steps, a 10-second timeout for a
+/// missing rank.
+std::vector<std::string> example_job(const fs::path& dir) {
+  return {launcher, "--nproc-per-node", "2", "--master-port", std::to_string(free_port()), example,
+          "--strategy", "ddp", "--model", "cnn", "--batch-size", "32", "--max-steps", "60", "--epochs", "1",
+          "--save-every-steps", "10", "--log-every", "10", "--validation-size", "1000", "--threads", "1",
+          "--dist-timeout", "10", "--progress", "plain", "--ckpt-dir", (dir / "ckpt").string(),
+          "--log-dir", (dir / "logs").string()};
+}
+
+/// The pid of the child of `parent` that runs as rank `rank` (its environment says RANK=rank), or -1.
+pid_t child_of_rank(pid_t parent, int rank) {
+  std::ifstream children("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");
+  for (pid_t child = 0; children >> child;) {
+    std::ifstream environ("/proc/" + std::to_string(child) + "/environ", std::ios::binary);
+    for (std::string entry; std::getline(environ, entry, '\0');)
+      if (entry == "RANK=" + std::to_string(rank)) return child;
+  }
+  return -1;
+}
+
+/// Runs `job` until its newest checkpoint is at `step` or later, then sends SIGKILL to the
+/// process `victim` names (keel-run's pid given). Returns the job's end.
+template <class Victim>
+ProcessResult kill_at_step(const std::vector<std::string>& job, const fs::path& ckpt, std::int64_t step,
+                           const Victim& victim) {
+  Process process(job);
+  while (!process.pump(std::chrono::milliseconds(5))) {
+    const auto files = keel::ckpt::list_checkpoints(ckpt);
+    if (!files.empty() && files.front().global_step >= step) {
+      const pid_t target = victim(process.pid());
+      REQUIRE(target > 0);
+      ::kill(target, SIGKILL);
+      break;
+    }
+  }
+  return process.wait(std::chrono::seconds(120));
+}
+}  // namespace
+
+TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a rank or to keel-run resumes exactly") {
+  if (launcher.empty()) return;
+  REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
+  const fs::path straight_dir = fresh_directory("example-straight");
+  const ProcessResult straight = keel_test::run(example_job(straight_dir), std::chrono::seconds(600));
+  INFO(straight.output);
+  REQUIRE(straight.exit_code == 0);
+  // Rank 0 reports and logs for the job: one result, one progress line per 10 steps, one log.
+  CHECK(lines_starting(straight.output, "test_accuracy=").size() == 1);
+  REQUIRE(lines_starting(straight.output, "state_digest=").size() == 1);
+  CHECK(lines_starting(straight.output, "epoch 1/1 | step 10/60").size() == 1);
+  std::ifstream csv(straight_dir / "logs" / "metrics.csv");
+  std::vector<std::string> steps;
+  for (std::string line; std::getline(csv, line);)
+    if (line.find(",train,") != std::string::npos) steps.push_back(line.substr(0, line.find(',')));
+  CHECK(steps == std::vector<std::string>{"10", "20", "30", "40", "50", "60"});
+  const auto info = keel_test::run({KEEL_CKPT_TOOL, "info", (straight_dir / "ckpt" / "last.ckpt").string()});
+  CHECK(info.output.find("strategy:          keel::DataParallel, 2 processes") != std::string::npos);
+
+  // At a random moment: a SIGKILL to one rank (either), then one to keel-run itself.
+  std::mt19937 random(std::random_device{}());
+  const int victim = static_cast<int>(random() % 2);
+  const std::int64_t first_step = 10 + static_cast<std::int64_t>(random() % 20);
+  const std::int64_t second_step = first_step + 10 + static_cast<std::int64_t>(random() % (50 - first_step));
+  CAPTURE(victim);
+  CAPTURE(first_step);
+  CAPTURE(second_step);
+  const fs::path dir = fresh_directory("example-killed");
+  const auto started = std::chrono::steady_clock::now();
+  const ProcessResult rank_killed = kill_at_step(example_job(dir), dir / "ckpt", first_step,
+                                                 [&](pid_t run) { return child_of_rank(run, victim); });
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  INFO(rank_killed.output);
+  // keel-run ends with the killed rank's status; the survivor names it, within its timeout
+  // (10 s, and as long for the roll call) and keel-run's --stop-timeout (30 s).
+  CHECK(rank_killed.exit_code == 128 + SIGKILL);
+  CHECK(rank_killed.output.find("rank " + std::to_string(victim) + " is gone or not answering") != std::string::npos);
+  CHECK(took < 120.0);
+  std::vector<pid_t> ranks;
+  const ProcessResult launcher_killed = kill_at_step(example_job(dir), dir / "ckpt", second_step, [&](pid_t run) {
+    ranks = {child_of_rank(run, 0), child_of_rank(run, 1)};
+    return run;
+  });
+  CHECK(launcher_killed.signal == SIGKILL);
+  // The kernel kills the ranks of a killed keel-run (PR_SET_PDEATHSIG); the restart waits for
+  // them to be gone (rank 0 holds the checkpoint directory's lock until then).
+  for (const pid_t rank : ranks)
+    for (int i = 0; i < 200 && rank > 0 && ::kill(rank, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const ProcessResult resumed = keel_test::run(example_job(dir), std::chrono::seconds(600));
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(lines_starting(resumed.output, "state_digest=") == lines_starting(straight.output, "state_digest="));
+  fs::remove_all(straight_dir);
+  fs::remove_all(dir);
 }

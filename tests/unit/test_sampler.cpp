@@ -77,6 +77,25 @@ TEST_CASE("shards of one epoch are disjoint, equal in size, and cover the datase
   CHECK(seen.size() == 30);
 }
 
+TEST_CASE("uneven shards (evaluation) hold each sample once; the first size % world ranks hold one more") {
+  std::vector<std::int64_t> all;
+  std::vector<std::int64_t> batches;
+  for (std::int64_t rank = 0; rank < 4; ++rank) {
+    SamplerOptions o = options(2, false, false, rank, 4);
+    o.even = false;
+    const EpochSampler shard(6, o, 0);
+    const auto order = shard.epoch_order(0);
+    all.insert(all.end(), order.begin(), order.end());
+    batches.push_back(shard.batches_per_epoch());
+  }
+  // ranks 0 and 1: {0, 4} and {1, 5}; ranks 2 and 3: {2} and {3} (no wrap-around padding)
+  CHECK(all == std::vector<std::int64_t>{0, 4, 1, 5, 2, 3});
+  CHECK(batches == std::vector<std::int64_t>{1, 1, 1, 1});
+  SamplerOptions o = options(2, false, false, 3, 4);
+  o.even = false;
+  CHECK(EpochSampler(3, o, 0).batches_per_epoch() == 0);  // more ranks than samples: this one has none
+}
+
 TEST_CASE("bad sampler settings are refused with the offending value") {
   CHECK_THROWS_WITH_AS(EpochSampler(10, options(0), 1), "keel: batch_size must be positive, got 0", keel::ConfigError);
   CHECK_THROWS_WITH_AS(EpochSampler(0, options(4), 1), "keel: the training dataset is empty", keel::ConfigError);

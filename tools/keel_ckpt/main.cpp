@@ -145,6 +145,11 @@ int info(const std::string& path, bool list_tensors) {
   std::printf("training set:      %s samples; %s intra-op threads\n", m.fact("train_size").c_str(),
               m.fact("threads").c_str());
   std::printf("state digest:      %s\n", keel::checkpoint_digest(*container).c_str());
+  if (const auto ranks = m.fingerprint.value("strategy.world_size"))
+    std::printf("strategy:          %s, %s processes (rank 0 wrote it; it resumes with as many)\n",
+                m.fingerprint.value("strategy").value_or("?").c_str(), ranks->c_str());
+  else
+    std::printf("strategy:          one process\n");
   for (const auto& [key, value] : m.fingerprint.entries())
     if (key == "model.state" && value == "parameters only")
       std::printf("model state:       parameters and buffers only (keel::parameters_only: the model's other "

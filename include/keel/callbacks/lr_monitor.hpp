@@ -54,6 +54,9 @@ class LearningRateMonitor {
   }
 
   void on_fit_start(Context& ctx) {
+    started_ = true;
+    applied_ = ctx.lrs();
+    if (!ctx.is_global_zero()) return;  // (rank 0 writes a data-parallel job's file; the others count its rows)
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError(std::string(keel_name) + ": cannot create '" + directory_ + "': " + error.message());
@@ -63,7 +66,6 @@ class LearningRateMonitor {
       for (const auto& group : ctx.lr_groups()) header += ",lr_" + group;
       std::fprintf(file_.get(), "%s\n", header.c_str());
     }
-    applied_ = ctx.lrs();
   }
 
   /// The rates the coming optimizer step applies (a validation or an epoch end may have changed
@@ -73,10 +75,12 @@ class LearningRateMonitor {
   }
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !file_) return;
-    std::string row = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch());
-    for (const double lr : applied_) row += "," + detail::csv_number(lr);
-    std::fprintf(file_.get(), "%s\n", row.c_str());
+    if (ctx.global_step() % every_ != 0 || !started_) return;
+    if (file_) {
+      std::string row = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch());
+      for (const double lr : applied_) row += "," + detail::csv_number(lr);
+      std::fprintf(file_.get(), "%s\n", row.c_str());
+    }
     ++rows_;
   }
 
@@ -88,6 +92,7 @@ class LearningRateMonitor {
   std::string directory_;
   std::int64_t every_;
   std::int64_t rows_ = 0;
+  bool started_ = false;  // (on_fit_start has run: the rows may be counted)
   std::vector<double> applied_;  // the rates of the step under way
   detail::LogFile file_;
 };

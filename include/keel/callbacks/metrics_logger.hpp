@@ -5,6 +5,8 @@
 //
 // After a resume every step appears exactly once: the rows written are counted in the logger's
 // saved state, and rows beyond the count are cut off when a fit starts (keel/detail/row_log.hpp).
+// In a data-parallel job rank 0 writes the files (samples/s counts the whole job's samples); the
+// other ranks count the same rows without writing.
 
 #include <keel/context.hpp>
 #include <keel/detail/row_log.hpp>
@@ -53,7 +55,11 @@ class MetricsLogger {
     archive(cereal::make_nvp("rows", rows_));
   }
 
-  void on_fit_start(Context&) {
+  void on_fit_start(Context& ctx) {
+    started_ = true;
+    last_ = Clock::now();
+    samples_ = 0;
+    if (!ctx.is_global_zero()) return;
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::MetricsLogger: cannot create '" + directory_ + "': " + error.message());
@@ -64,14 +70,12 @@ class MetricsLogger {
       for (const auto& c : columns_) header += "," + c;
       std::fprintf(csv_.get(), "%s\n", header.c_str());
     }
-    last_ = Clock::now();
-    samples_ = 0;
   }
 
-  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size(); }
+  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size() * ctx.world_size(); }  // (the job's)
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !csv_) return;
+    if (ctx.global_step() % every_ != 0 || !started_) return;
     const auto now = Clock::now();
     const double seconds = std::chrono::duration<double>(now - last_).count();
     const double throughput = seconds > 0 ? static_cast<double>(samples_) / seconds : 0.0;
@@ -89,7 +93,7 @@ class MetricsLogger {
   }
 
   void on_validation_end(Context& ctx) {
-    if (!csv_) return;
+    if (!started_) return;
     std::string csv = std::to_string(ctx.global_step()) + "," + std::to_string(ctx.epoch()) + ",validation,,,";
     for (const auto& c : columns_) {
       auto found = ctx.metrics().find(c);
@@ -112,8 +116,10 @@ class MetricsLogger {
   static std::string json_number(double value) { return detail::json_number(value); }
 
   void write_row(const std::string& csv, const std::string& json) {
-    std::fprintf(csv_.get(), "%s\n", csv.c_str());
-    std::fprintf(jsonl_.get(), "%s\n", json.c_str());
+    if (csv_) {  // (rank 0's files; another rank counts the row only)
+      std::fprintf(csv_.get(), "%s\n", csv.c_str());
+      std::fprintf(jsonl_.get(), "%s\n", json.c_str());
+    }
     ++rows_;
   }
 
@@ -126,6 +132,7 @@ class MetricsLogger {
   std::int64_t every_;
   std::vector<std::string> columns_;
   std::int64_t rows_ = 0;
+  bool started_ = false;  // (on_fit_start has run: the rows may be counted)
   File csv_;
   File jsonl_;
   Clock::time_point last_{};

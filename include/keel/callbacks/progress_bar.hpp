@@ -38,13 +38,14 @@ class ProgressBar {
   void serialize(Archive&) {}  // display only: nothing to save
 
   void on_fit_start(Context& ctx) {
+    if (!ctx.is_global_zero()) mode_ = Mode::off;  // (rank 0 speaks for a data-parallel job)
     if (mode_ == Mode::automatic) mode_ = ::isatty(::fileno(stream_)) ? Mode::bar : Mode::plain;
     start_ = last_ = Clock::now();
     start_step_ = ctx.global_step();
     samples_ = 0;
   }
 
-  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size(); }
+  void on_train_batch_end(Context& ctx) { samples_ += ctx.batch_size() * ctx.world_size(); }  // (the job's)
 
   void on_optimizer_step_end(Context& ctx) {
     if (mode_ == Mode::off) return;

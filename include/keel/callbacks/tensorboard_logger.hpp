@@ -12,6 +12,9 @@
 // killed, possibly half a record) are cut off before new records are appended. The file's name
 // is fixed so that two runs of one configuration have the same state; only the wall times in
 // the records differ.
+//
+// In a data-parallel job rank 0 writes the file; the other ranks count the same bytes without
+// writing, so that their state is rank 0's.
 
 #include <keel/context.hpp>
 #include <keel/detail/tfevents.hpp>
@@ -63,10 +66,15 @@ class TensorBoardLogger {
     archive(cereal::make_nvp("bytes", bytes_));
   }
 
-  void on_fit_start(Context&) {
+  void on_fit_start(Context& ctx) {
     // A fit after one that threw: its buffered records reach the file before it is measured.
     sync();
     file_.reset();
+    counts_only_ = !ctx.is_global_zero();
+    if (counts_only_) {
+      if (bytes_ == 0) write(tfevents::file_version_event(now()));
+      return;
+    }
     std::error_code error;
     std::filesystem::create_directories(directory_, error);
     if (error) throw ConfigError("keel::TensorBoardLogger: cannot create '" + directory_ + "': " + error.message());
@@ -75,7 +83,7 @@ class TensorBoardLogger {
   }
 
   void on_optimizer_step_end(Context& ctx) {
-    if (ctx.global_step() % every_ != 0 || !file_) return;
+    if (ctx.global_step() % every_ != 0 || !(file_ || counts_only_)) return;
     std::vector<std::pair<std::string, float>> values;
     values.emplace_back("train/loss", scalar(ctx.loss().defined() ? ctx.loss().item<double>() : NAN));
     values.emplace_back("train/lr", scalar(ctx.lr()));
@@ -87,7 +95,7 @@ class TensorBoardLogger {
   }
 
   void on_validation_end(Context& ctx) {
-    if (!file_ || ctx.metrics().empty()) return;
+    if (!(file_ || counts_only_) || ctx.metrics().empty()) return;
     std::vector<std::pair<std::string, float>> values;
     for (const auto& [name, value] : ctx.metrics()) values.emplace_back("val/" + name, scalar(value));
     write(tfevents::scalar_event(now(), ctx.global_step(), values));
@@ -116,6 +124,10 @@ class TensorBoardLogger {
   /// and is not counted: a resume cuts off the part that got through.
   void write(const std::string& event) {
     const std::string framed = tfevents::record(event);
+    if (counts_only_) {  // (another rank's; rank 0 writes the same record)
+      bytes_ += static_cast<std::int64_t>(framed.size());
+      return;
+    }
     if (std::fwrite(framed.data(), 1, framed.size(), file_.get()) != framed.size()) {
       warn("keel::TensorBoardLogger: cannot write to " + path() + "; no more scalars are logged in this fit");
       file_.reset();
@@ -153,6 +165,7 @@ class TensorBoardLogger {
   std::string directory_;
   std::int64_t every_;
   std::int64_t bytes_ = 0;
+  bool counts_only_ = false;  // a rank other than 0: the bytes are counted, not written
   File file_;
 };
 

@@ -60,6 +60,10 @@ struct SamplerOptions {
   bool drop_last = false;
   std::int64_t rank = 0;        ///< this process's shard (data parallelism)
   std::int64_t world_size = 1;  ///< number of shards
+  /// true: every rank gets as many samples (padded by wrapping around, or truncated with
+  /// drop_last), so that the ranks take their steps together. false (evaluation): each sample
+  /// exactly once, the first size % world_size ranks one more than the others (a rank may get none).
+  bool even = true;
 };
 
 /// Which samples form batch b of epoch e, for one rank.
@@ -76,10 +80,11 @@ class EpochSampler {
     // Every rank gets the same number of samples: the order is padded by wrapping around
     // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
     const std::int64_t world = options_.world_size;
-    per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
+    if (!options_.even) per_rank_ = (size_ - options_.rank + world - 1) / world;
+    else per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
     batches_ = options_.drop_last ? per_rank_ / options_.batch_size
                                   : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
-    if (batches_ == 0)
+    if (batches_ == 0 && options_.drop_last)
       throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
                         " exceeds the " + std::to_string(per_rank_) +
                         " samples per epoch, so an epoch has no batch");

@@ -23,6 +23,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -160,6 +162,27 @@ class DataParallel {
     return torch::full({}, counts[static_cast<std::int64_t>(params.size())] / world, window_loss.options());
   }
 
+  /// The ranks' evaluation sums and sample counts, added up in rank order (so every rank gets
+  /// the same values, bit for bit). A metric some rank lacks (it had no sample) counts as 0 there.
+  void add_up(std::map<std::string, double>& sums, std::int64_t& samples) {
+    if (!group_) return;
+    std::string mine = std::to_string(samples) + "\n";
+    for (const auto& [name, sum] : sums) mine += exact(sum) + " " + name + "\n";
+    std::map<std::string, double> total;
+    std::int64_t count = 0;
+    for (const auto& text : group_->all_gather_text(mine)) {
+      std::size_t line_end = text.find('\n');
+      count += std::stoll(text.substr(0, line_end));
+      for (std::size_t at = line_end + 1; at < text.size(); at = line_end + 1) {
+        line_end = text.find('\n', at);
+        const std::size_t space = text.find(' ', at);
+        total[text.substr(space + 1, line_end - space - 1)] += std::strtod(text.substr(at, space - at).c_str(), nullptr);
+      }
+    }
+    sums = std::move(total);
+    samples = count;
+  }
+
   bool writes_checkpoints() const noexcept { return rank() == 0; }
   /// The writer's outcome of a save, sent to every rank (all return once it is known).
   SaveOutcome share_save_outcome(SaveOutcome outcome) {
@@ -171,8 +194,11 @@ class DataParallel {
 
   /// A checkpoint of N ranks resumes with N ranks (resuming with another number is not
   /// supported yet: its position in the epoch counts batches of N ranks).
+  /// (Nothing for a process alone: its checkpoints are those of a Trainer without the policy.)
   void describe(Fingerprint& f) const {
-    if (world_size() > 1) f.add("strategy.world_size", world_size());
+    if (world_size() <= 1) return;
+    f.add("strategy", "keel::DataParallel");
+    f.add("strategy.world_size", world_size());
   }
 
  private:
@@ -185,6 +211,13 @@ class DataParallel {
       group_->broadcast(flat.values, 0);
       flat.scatter();
     }
+  }
+
+  /// A double as text that reads back as exactly it (hexadecimal floating point).
+  static std::string exact(double value) {
+    char buffer[40];
+    std::snprintf(buffer, sizeof buffer, "%a", value);
+    return buffer;
   }
 
   /// The first line of `theirs` that differs from `ours`, with rank 0's value.

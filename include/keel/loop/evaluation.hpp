@@ -1,7 +1,9 @@
 #pragma once
 // Evaluation: the model's validation_step over a dataset, in order, without gradients, and the
 // sample-weighted means of its metrics. Draws no random numbers, so validating in the middle
-// of training changes nothing that follows.
+// of training changes nothing that follows. In a data-parallel job each rank evaluates its share
+// of the samples (each sample once) and the strategy adds up the ranks' sums: every rank gets the
+// same means, so it must be called on every rank.
 
 #include <keel/context.hpp>
 #include <keel/data/dataset.hpp>
@@ -30,6 +32,8 @@ Metrics evaluate(State& s, Dataset& dataset, bool with_hooks) {
   data::SamplerOptions in_order;
   in_order.batch_size = options.validation_batch_size() > 0 ? options.validation_batch_size() : options.batch_size();
   in_order.shuffle = false;
+  in_order = s.strategy.shard(in_order);
+  in_order.even = false;  // (no step to take together: each sample once)
   const data::EpochSampler sampler(data::dataset_size(dataset), in_order, 0);
   if (with_hooks) s.dispatch(event::on_validation_start{});
   s.model->eval();
@@ -58,6 +62,7 @@ Metrics evaluate(State& s, Dataset& dataset, bool with_hooks) {
     }
   }
   s.model->train();
+  s.strategy.add_up(sums, seen);
   Metrics means;
   for (const auto& [name, sum] : sums) means[name] = seen ? sum / static_cast<double>(seen) : 0.0;
   if (with_hooks) {

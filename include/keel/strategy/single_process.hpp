@@ -11,6 +11,8 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace keel {
 
@@ -44,6 +46,9 @@ struct SingleProcess {
   torch::Tensor synchronize(State&, const torch::Tensor& window_loss) {
     return window_loss;
   }
+  /// After an evaluation of this process's share: the metric sums (sample-weighted) and the
+  /// sample count of every process, added up, in place.
+  void add_up(std::map<std::string, double>& /*sums*/, std::int64_t& /*samples*/) {}
   /// Whether this process writes the checkpoints (the others wait for them).
   bool writes_checkpoints() const noexcept { return true; }
   /// How the writing process's save ended, known to every process once this returns.
