@@ -138,15 +138,18 @@ int train(const Flags& flags) {
 
   // The schedule spans the whole run: every epoch, or --max-steps if that ends it sooner. Under
   // a launcher each of the processes takes its share of an epoch, in steps of --batch-size.
-  const std::int64_t processes = keel::dist::place_from_environment().world_size;
-  const std::int64_t share = (train_size + processes - 1) / processes;
+  const keel::dist::ProcessPlace place = keel::dist::place_from_environment();  // (one process: rank 0 of 1)
+  const std::int64_t share = (train_size + place.world_size - 1) / place.world_size;
   const std::int64_t batches = (share + flags.batch_size - 1) / flags.batch_size;
   const std::int64_t steps_per_epoch = (batches + flags.accumulate - 1) / flags.accumulate;
   std::int64_t total_steps = flags.epochs * steps_per_epoch;
   if (flags.max_steps > 0) total_steps = std::min(total_steps, flags.max_steps);
   const std::int64_t warmup = std::max<std::int64_t>(1, std::min<std::int64_t>(200, total_steps / 10));
 
-  keel::seed_everything(flags.seed);  // before the model is built: its initialization draws numbers
+  // Before the model is built: its initialization draws numbers. Each process of a
+  // data-parallel job draws its own Dropout masks (the parameters are rank 0's, sent to every
+  // rank at the start; each rank's random streams are saved).
+  keel::seed_everything(flags.seed + static_cast<std::uint64_t>(place.rank));
   std::shared_ptr<Module> module;
   if constexpr (std::is_same_v<Module, fashion_mnist::MlpImpl>) {
     module = std::make_shared<Module>(flags.mlp_hidden);
@@ -215,7 +218,7 @@ int train(const Flags& flags) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const keel::Metrics test_metrics = trainer.evaluate(test);
-  if (strategy.rank() != 0) return 0;  // (rank 0 reports for a data-parallel job: every rank holds the same state)
+  if (strategy.rank() != 0) return 0;  // (rank 0 reports for a data-parallel job, whose checkpoints it writes)
   std::printf("trained to epoch %lld, step %lld in %.1f s (this process)\n",
               static_cast<long long>(trainer.loop().epoch), static_cast<long long>(trainer.loop().global_step),
               seconds);

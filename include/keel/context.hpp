@@ -85,8 +85,8 @@ class Context {
   int rank() const noexcept { return view_.rank; }
   int world_size() const noexcept { return view_.world_size; }
   /// Whether this process writes logs and prints progress: rank 0, or a process alone. The
-  /// other ranks keep the same callback state without writing (so every rank's state_digest is
-  /// the same), as keel's loggers do.
+  /// other ranks keep the same callback state without writing (so that a checkpoint, which rank
+  /// 0 writes, holds theirs too), as keel's loggers do.
   bool is_global_zero() const noexcept { return view_.rank == 0; }
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }

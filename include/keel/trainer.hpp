@@ -339,8 +339,6 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
 
   const auto& options = state_.options;
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
-  state_.view.rank = state_.strategy.rank();
-  state_.view.world_size = state_.strategy.world_size();
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();
@@ -356,8 +354,9 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
   // Every process starts this fit from the same state (after a load: checked to be the same).
+  // (each rank's own random streams aside: the ranks may draw differently, each from its own)
   state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), fingerprint(),
-                        [&] { return state::state_digest<Format>(state_); });
+                        [&] { return state::state_digest<Format>(state_, {"rng"}); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +

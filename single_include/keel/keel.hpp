@@ -2333,8 +2333,8 @@ class Context {
   int rank() const noexcept { return view_.rank; }
   int world_size() const noexcept { return view_.world_size; }
   /// Whether this process writes logs and prints progress: rank 0, or a process alone. The
-  /// other ranks keep the same callback state without writing (so every rank's state_digest is
-  /// the same), as keel's loggers do.
+  /// other ranks keep the same callback state without writing (so that a checkpoint, which rank
+  /// 0 writes, holds theirs too), as keel's loggers do.
   bool is_global_zero() const noexcept { return view_.rank == 0; }
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }
@@ -7328,14 +7328,25 @@ class DirectoryLock {
 // version, size and checksum), computed either from a live trainer (DigestWriter, fed the same
 // section writers as a checkpoint file, writing nothing) or from a file (checkpoint_digest).
 // Both give the same hex for the same state; no time, path or host name enters it.
+//
+// One section stays outside it: "rng.ranks", the random streams of every rank of a
+// data-parallel job. A rank knows the others' streams only when they are gathered for a save,
+// so a live digest could not include them; the digest is the state of the process that wrote
+// the file (its own streams are in "rng"), and the other ranks' streams show in it through the
+// steps they shape. The file's checksums cover the section like any other.
 
 
 #include <cstdint>
 #include <ostream>
 #include <streambuf>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace keel::ckpt {
+
+/// Whether a section is left out of the state digest (see above).
+inline bool outside_state_digest(const std::string& name) { return name == "rng.ranks"; }
 
 /// One section's contribution to the digest.
 inline void digest_section(Hasher128& hasher, const std::string& name, const std::string& type,
@@ -7347,10 +7358,16 @@ inline void digest_section(Hasher128& hasher, const std::string& name, const std
   hasher.update_u64(checksum);
 }
 
-/// Hashes what a checkpoint would hold, section by section, without writing anything.
+/// Hashes what a checkpoint would hold, section by section, without writing anything; the
+/// sections named in `leave_out` are left out.
 class DigestWriter final : public SectionWriter {
  public:
+  explicit DigestWriter(std::vector<std::string> leave_out = {}) : leave_out_(std::move(leave_out)) {}
+
   void section(std::string name, std::string type, std::uint32_t version, const WriteBytes& write) override {
+    if (outside_state_digest(name)) return;
+    for (const auto& left_out : leave_out_)
+      if (name == left_out) return;
     SectionHasher buffer;
     std::ostream stream(&buffer);
     write(stream);
@@ -7376,13 +7393,15 @@ class DigestWriter final : public SectionWriter {
       return traits_type::not_eof(ch);
     }
   };
+  std::vector<std::string> leave_out_;
   Hasher128 hasher_;
 };
 
 /// The state digest of a verified checkpoint: the hex Trainer::state_digest() printed for it.
 inline std::string checkpoint_digest(const Container& container) {
   Hasher128 hasher;
-  for (const auto& s : container.manifest.sections) digest_section(hasher, s.name, s.type, s.version, s.size, s.checksum);
+  for (const auto& s : container.manifest.sections)
+    if (!outside_state_digest(s.name)) digest_section(hasher, s.name, s.type, s.version, s.size, s.checksum);
   return hasher.hex();
 }
 
@@ -9551,8 +9570,15 @@ struct LineageSection {
   void commit(Lineage&& saved) { live = std::move(saved); }
 };
 
-/// Stands for the process's own random generators (the live side of the "rng" section).
-struct ProcessGenerators {};
+/// Stands for the process's own random generators (the live side of the "rng" and "rng.ranks"
+/// sections). In a data-parallel job (world_size > 1) `ranks` holds every rank's streams, rank 0
+/// first, while a save writes them: the strategy gathers them for that save, which then lets go
+/// of them (a file written without a gather, by Trainer::save_checkpoint, holds none).
+struct ProcessGenerators {
+  int rank = 0;
+  int world_size = 1;
+  std::vector<RngState> ranks;
+};
 
 /// "rng": LibTorch's CPU generator and each CUDA device's; last in the list, so that it is
 /// captured last and restored last, after everything that might draw while it is built.
@@ -9584,6 +9610,57 @@ struct RngSection {
       live = std::move(saved);
     } else {
       saved.apply();
+    }
+  }
+};
+
+/// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
+/// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
+/// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
+/// exactly as before the stop, even when the ranks were seeded differently. A file without the
+/// section (keel before it), or an empty one, leaves every rank with "rng". Outside the state
+/// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
+template <class Live>
+struct RankRngSection {
+  static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
+  static constexpr bool absent_is_empty = true;
+  Live& live;
+
+  bool present() const {
+    if constexpr (offline) {
+      return true;  // (read when the file has it)
+    } else {
+      return live.world_size > 1;
+    }
+  }
+  std::string name() const { return "rng.ranks"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return "std::vector<keel::RngState>"; }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return 1; }
+  std::uint32_t oldest_version() const { return 1; }
+  const std::vector<RngState>& capture() const {
+    if constexpr (offline) {
+      return live;
+    } else {
+      return live.ranks;
+    }
+  }
+  std::vector<RngState> stage() const { return {}; }
+  void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
+    if constexpr (!offline) {
+      if (!saved.empty() && saved.size() != static_cast<std::size_t>(live.world_size))
+        plan.problem("section 'rng.ranks' holds the random streams of " + std::to_string(saved.size()) +
+                     " processes, and " + std::to_string(live.world_size) + " train now; start as many as wrote it");
+      for (std::size_t r = 0; r < saved.size(); ++r)
+        for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
+    }
+  }
+  void commit(std::vector<RngState>&& saved) {
+    if constexpr (offline) {
+      live = std::move(saved);
+    } else {
+      if (live.rank < static_cast<int>(saved.size())) saved[static_cast<std::size_t>(live.rank)].apply();
     }
   }
 };
@@ -9732,16 +9809,18 @@ auto optimizer_member_sections(Optimizer& optimizer) {
 }
 }  // namespace detail
 
-/// THE LIST: every section of a checkpoint, in file order. Random streams come last.
-template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
+/// THE LIST: every section of a checkpoint, in file order. Random streams come last: the
+/// process's own, then (data-parallel) every rank's.
+template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators,
+          class RankGenerators>
 auto checkpoint_sections(LoopState& loop, Lineage& lineage, Model& model, Optimizer& optimizer, Scheduler& scheduler,
-                         std::tuple<Callbacks...>& callbacks, Generators& generators) {
+                         std::tuple<Callbacks...>& callbacks, Generators& generators, RankGenerators& rank_generators) {
   return std::tuple_cat(std::make_tuple(LoopSection{loop}, LineageSection{lineage}, ModelSection<Model>{model}),
                         detail::model_member_sections<ModelParametersOnly>(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
                         detail::optimizer_member_sections(optimizer),
                         std::make_tuple(SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
                         detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),
-                        std::make_tuple(RngSection<Generators>{generators}));
+                        std::make_tuple(RngSection<Generators>{generators}, RankRngSection<RankGenerators>{rank_generators}));
 }
 
 }  // namespace keel::state
@@ -10540,7 +10619,10 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
     const std::string line = Fingerprint::describe(change);
-    if (!change_allowed(options.allow_changes(), key)) {
+    if (detail::starts_with(key, "strategy")) {  // (allowed or not)
+      plan.refused.push_back(line + ": a checkpoint resumes only with as many processes as wrote it, for now (its "
+                                    "position in the epoch counts their batches); start that many");
+    } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
     } else if (key == "format" || key == "model.state") {
@@ -10763,9 +10845,10 @@ void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::
 }
 
 /// A hex digest of every byte a checkpoint of `s` would hold; equal digests, equal states.
+/// (`leave_out`: sections left out, such as a data-parallel rank's own random streams.)
 template <class Format, class State>
-std::string state_digest(State& s) {
-  ckpt::DigestWriter writer;
+std::string state_digest(State& s, std::vector<std::string> leave_out = {}) {
+  ckpt::DigestWriter writer(std::move(leave_out));
   SectionList::of<Format>(s.sections()).write(writer);
   return writer.hex();
 }
@@ -10902,6 +10985,9 @@ struct SingleProcess {
   /// After an evaluation of this process's share: the metric sums (sample-weighted) and the
   /// sample count of every process, added up, in place.
   void add_up(std::map<std::string, double>& /*sums*/, std::int64_t& /*samples*/) {}
+  /// Before each save, on every process: every process's random streams into `generators.ranks`.
+  template <class Generators>
+  void gather_random_streams(Generators&) {}
   /// Whether this process writes the checkpoints (the others wait for them).
   bool writes_checkpoints() const noexcept { return true; }
   /// How the writing process's save ended, known to every process once this returns.
@@ -10919,6 +11005,7 @@ struct SingleProcess {
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace keel::loop {
 
@@ -11005,6 +11092,11 @@ class CheckpointSaver {
   /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
+    s_.strategy.gather_random_streams(s_.generators);  // (every rank's, into this checkpoint)
+    struct Forget {  // (only this save writes them: a later file without a gather holds none)
+      std::vector<RngState>& ranks;
+      ~Forget() { ranks.clear(); }
+    } forget{s_.generators.ranks};
     if (!s_.strategy.writes_checkpoints()) return follow_writer();
     try {
       write_step_checkpoint();
@@ -11875,6 +11967,9 @@ class TrainState {
         callbacks(std::move(callbacks_in)),
         context(loop, view, *model) {
     loop.data_seed = options.seed();
+    // (known from the launcher's variables before any fit: a load before fit needs them too)
+    view.rank = generators.rank = strategy.rank();
+    view.world_size = generators.world_size = strategy.world_size();
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
     for (std::size_t g = 0; g < optimizer.group_count(); ++g) view.lr_groups.push_back(group_name(g));
@@ -11917,7 +12012,7 @@ class TrainState {
   Lineage lineage;                // the forks and warm starts this run descends from
   LoopView view;
   Context context;
-  ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
+  ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same (and every rank's)
   Strategy strategy;              // how many processes train, and how they share the work
   std::int64_t train_size = 0;    // samples in the training set of the current fit
 
@@ -11928,7 +12023,8 @@ class TrainState {
   }
 
   /// Every section of a checkpoint, bound to this state (keel/state/sections.hpp).
-  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, lineage, *model, optimizer, scheduler, callbacks, generators); }
+  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, lineage, *model, optimizer, scheduler, callbacks, generators,
+                                                                        generators); }
 
   /// The configuration that must match for a resume.
   Fingerprint fingerprint(const std::string& format_name) const {
@@ -12426,8 +12522,6 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
 
   const auto& options = state_.options;
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
-  state_.view.rank = state_.strategy.rank();
-  state_.view.world_size = state_.strategy.world_size();
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
   sampling.shuffle = options.shuffle();
@@ -12443,8 +12537,9 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
   // Every process starts this fit from the same state (after a load: checked to be the same).
+  // (each rank's own random streams aside: the ranks may draw differently, each from its own)
   state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), fingerprint(),
-                        [&] { return state::state_digest<Format>(state_); });
+                        [&] { return state::state_digest<Format>(state_, {"rng"}); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +
@@ -12530,6 +12625,7 @@ void Trainer<P...>::require_whole_state() const {
 
 
 #include <tuple>
+#include <vector>
 
 namespace keel::state {
 
@@ -12543,8 +12639,9 @@ struct SavedState {
   sched::SchedulerState scheduler;
   std::tuple<> callbacks;
   RngState rng;
+  std::vector<RngState> rng_ranks;  ///< each rank's, of a data-parallel job (empty otherwise)
 
-  auto sections() { return checkpoint_sections(loop, lineage, model, optimizer, scheduler, callbacks, rng); }
+  auto sections() { return checkpoint_sections(loop, lineage, model, optimizer, scheduler, callbacks, rng, rng_ranks); }
 };
 
 }  // namespace keel::state

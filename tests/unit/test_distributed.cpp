@@ -18,6 +18,8 @@
 #include <chrono>
 #include <fstream>
 #include <random>
+#include <sstream>
+#include <utility>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -365,13 +367,28 @@ std::vector<std::string> example_job(const fs::path& dir) {
           "--log-dir", (dir / "logs").string()};
 }
 
+/// A process's parent pid and state letter, from /proc/<pid>/stat (state '?' when it is gone).
+std::pair<pid_t, char> parent_and_state(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line) || line.rfind(')') == std::string::npos) return {-1, '?'};
+  std::istringstream rest(line.substr(line.rfind(')') + 1));  // (after the command name, which may hold spaces)
+  char state = '?';
+  pid_t parent = -1;
+  rest >> state >> parent;
+  return {parent, state};
+}
+
 /// The pid of the child of `parent` that runs as rank `rank` (its environment says RANK=rank), or -1.
 pid_t child_of_rank(pid_t parent, int rank) {
-  std::ifstream children("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");
-  for (pid_t child = 0; children >> child;) {
-    std::ifstream environ("/proc/" + std::to_string(child) + "/environ", std::ios::binary);
-    for (std::string entry; std::getline(environ, entry, '\0');)
-      if (entry == "RANK=" + std::to_string(rank)) return child;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = std::stoi(name);
+    if (parent_and_state(pid).first != parent) continue;
+    std::ifstream environ(entry.path() / "environ", std::ios::binary);
+    for (std::string variable; std::getline(environ, variable, '\0');)
+      if (variable == "RANK=" + std::to_string(rank)) return pid;
   }
   return -1;
 }
@@ -413,12 +430,14 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
   CHECK(steps == std::vector<std::string>{"10", "20", "30", "40", "50", "60"});
   const auto info = keel_test::run({KEEL_CKPT_TOOL, "info", (straight_dir / "ckpt" / "last.ckpt").string()});
   CHECK(info.output.find("strategy:          keel::DataParallel, 2 processes") != std::string::npos);
+  // Each rank's random streams (the example seeds each rank differently: its own Dropout masks).
+  CHECK(info.output.find("\n  rng.ranks ") != std::string::npos);
 
   // At a random moment: a SIGKILL to one rank (either), then one to keel-run itself.
   std::mt19937 random(std::random_device{}());
   const int victim = static_cast<int>(random() % 2);
   const std::int64_t first_step = 10 + static_cast<std::int64_t>(random() % 20);
-  const std::int64_t second_step = first_step + 10 + static_cast<std::int64_t>(random() % (50 - first_step));
+  const std::int64_t second_step = first_step + 10 + static_cast<std::int64_t>(random() % (41 - first_step));  // (<= 50)
   CAPTURE(victim);
   CAPTURE(first_step);
   CAPTURE(second_step);
@@ -442,7 +461,9 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
   // The kernel kills the ranks of a killed keel-run (PR_SET_PDEATHSIG); the restart waits for
   // them to be gone (rank 0 holds the checkpoint directory's lock until then).
   for (const pid_t rank : ranks)
-    for (int i = 0; i < 200 && rank > 0 && ::kill(rank, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    for (int i = 0; i < 200 && rank > 0 && std::string("?XZ").find(parent_and_state(rank).second) == std::string::npos;
+         ++i)  // (until gone, dead or a zombie)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const ProcessResult resumed = keel_test::run(example_job(dir), std::chrono::seconds(600));
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);

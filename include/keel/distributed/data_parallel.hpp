@@ -14,7 +14,6 @@
 #include <keel/distributed/process_group.hpp>
 #include <keel/error.hpp>
 #include <keel/fingerprint.hpp>
-#include <keel/hash.hpp>
 #include <keel/rng.hpp>
 #include <keel/strategy/single_process.hpp>
 
@@ -25,6 +24,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -85,10 +85,6 @@ class DataParallel {
             "\ncheckpoint.save_on_epoch_end=" + std::to_string(o.save_on_epoch_end()) +
             "\ncheckpoint.enabled=" + std::to_string(!o.checkpoint_dir().empty()) +
             "\nloaded=" + (loaded ? "from " + s.view.checkpoint_path : std::string("no")) + "\n";
-    // Only rank 0's random streams are saved: the ranks' must be equal (seeded alike, drawn
-    // alike), or a resume would not be exact.
-    const at::Tensor cpu_stream = RngState::capture().cpu.contiguous();
-    mine += "random_streams=" + hex64(hash64(cpu_stream.data_ptr(), static_cast<std::size_t>(cpu_stream.numel()))) + "\n";
     if (loaded) mine += "state_digest=" + digest() + "\n";
     const auto all = group_->all_gather_text(mine);
     std::string differ;
@@ -97,8 +93,7 @@ class DataParallel {
     if (!differ.empty())
       throw dist::DistributedError(
           "keel: rank " + std::to_string(rank()) + ": the ranks do not start alike; against rank 0:" + differ +
-          "\n  start every rank with the same program, options and checkpoint directory, and seed every rank "
-          "alike (keel::seed_everything(seed), not seed + rank: only rank 0's random streams are saved)");
+          "\n  start every rank with the same program, options and checkpoint directory");
     broadcast_from_rank_0(s.model->parameters());
     broadcast_buffers(s);
   }
@@ -115,7 +110,10 @@ class DataParallel {
     return static_cast<int>(flags[1].item<double>());
   }
 
+  /// This rank's share of each epoch (and of an evaluation); all of it before the ranks have
+  /// joined (an evaluate before the first fit runs whole on each rank).
   data::SamplerOptions shard(data::SamplerOptions sampling) const {
+    if (!group_) return sampling;
     sampling.rank = rank();
     sampling.world_size = world_size();
     return sampling;
@@ -183,6 +181,16 @@ class DataParallel {
     samples = count;
   }
 
+  /// Every rank's random streams, gathered before each save into `generators.ranks` on every
+  /// rank: the checkpoint's "rng.ranks" section, from which each rank takes its own at a resume.
+  template <class Generators>
+  void gather_random_streams(Generators& generators) {
+    if (!group_) return;
+    generators.ranks.clear();
+    for (const auto& bytes : group_->all_gather_text(stream_bytes(RngState::capture())))
+      generators.ranks.push_back(streams_of(bytes));
+  }
+
   bool writes_checkpoints() const noexcept { return rank() == 0; }
   /// The writer's outcome of a save, sent to every rank (all return once it is known).
   SaveOutcome share_save_outcome(SaveOutcome outcome) {
@@ -211,6 +219,37 @@ class DataParallel {
       group_->broadcast(flat.values, 0);
       flat.scatter();
     }
+  }
+
+  /// A process's generator states as bytes (each: its length, then its bytes), and back.
+  static std::string stream_bytes(const RngState& streams) {
+    std::string out;
+    auto put = [&](const at::Tensor& state) {
+      const at::Tensor bytes = state.contiguous();
+      const auto size = static_cast<std::uint64_t>(bytes.numel());
+      out.append(reinterpret_cast<const char*>(&size), sizeof size);
+      out.append(static_cast<const char*>(bytes.data_ptr()), static_cast<std::size_t>(size));
+    };
+    put(streams.cpu);
+    for (const auto& device : streams.cuda) put(device);
+    return out;
+  }
+  static RngState streams_of(const std::string& bytes) {
+    std::vector<at::Tensor> states;
+    for (std::size_t at = 0; at + sizeof(std::uint64_t) <= bytes.size();) {
+      std::uint64_t size = 0;
+      std::memcpy(&size, bytes.data() + at, sizeof size);
+      at += sizeof size;
+      if (size > bytes.size() - at) throw dist::DistributedError("keel: a rank's random streams arrived cut short");
+      states.push_back(torch::empty({static_cast<std::int64_t>(size)}, torch::kUInt8));
+      std::memcpy(states.back().data_ptr(), bytes.data() + at, static_cast<std::size_t>(size));
+      at += static_cast<std::size_t>(size);
+    }
+    if (states.empty()) throw dist::DistributedError("keel: a rank sent no random streams");
+    RngState streams;
+    streams.cpu = states.front();
+    streams.cuda.assign(states.begin() + 1, states.end());
+    return streams;
   }
 
   /// A double as text that reads back as exactly it (hexadecimal floating point).

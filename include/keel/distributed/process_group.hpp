@@ -139,6 +139,12 @@ class ProcessGroup {
         all.emplace_back(bytes.begin(), bytes.end());
       }
     });
+    // Every rank has set its key of this gather, so every rank is done reading the previous
+    // gather's keys: this rank's can go (else the store grows by a key per gather and rank).
+    if (gathers_ > 1) try {
+        store_->deleteKey("keel/gather/" + std::to_string(gathers_ - 1) + "/" + std::to_string(place_.rank));
+      } catch (const std::exception&) {  // (a key left behind costs memory, not correctness)
+      }
     return all;
   }
 

@@ -14,6 +14,7 @@
 #include <keel/error.hpp>
 #include <keel/hooks.hpp>
 #include <keel/log.hpp>
+#include <keel/rng.hpp>
 #include <keel/loop/background_save.hpp>
 #include <keel/signals.hpp>
 #include <keel/state/checkpoint_io.hpp>
@@ -26,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace keel::loop {
 
@@ -112,6 +114,11 @@ class CheckpointSaver {
   /// processes (keel::DataParallel) one writes, and all return once it has.
   void save() {
     if (!enabled()) return;
+    s_.strategy.gather_random_streams(s_.generators);  // (every rank's, into this checkpoint)
+    struct Forget {  // (only this save writes them: a later file without a gather holds none)
+      std::vector<RngState>& ranks;
+      ~Forget() { ranks.clear(); }
+    } forget{s_.generators.ranks};
     if (!s_.strategy.writes_checkpoints()) return follow_writer();
     try {
       write_step_checkpoint();

@@ -92,7 +92,10 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
     const std::string line = Fingerprint::describe(change);
-    if (!change_allowed(options.allow_changes(), key)) {
+    if (detail::starts_with(key, "strategy")) {  // (allowed or not)
+      plan.refused.push_back(line + ": a checkpoint resumes only with as many processes as wrote it, for now (its "
+                                    "position in the epoch counts their batches); start that many");
+    } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
     } else if (key == "format" || key == "model.state") {

@@ -11,6 +11,7 @@
 #include <keel/state/sections.hpp>
 
 #include <tuple>
+#include <vector>
 
 namespace keel::state {
 
@@ -24,8 +25,9 @@ struct SavedState {
   sched::SchedulerState scheduler;
   std::tuple<> callbacks;
   RngState rng;
+  std::vector<RngState> rng_ranks;  ///< each rank's, of a data-parallel job (empty otherwise)
 
-  auto sections() { return checkpoint_sections(loop, lineage, model, optimizer, scheduler, callbacks, rng); }
+  auto sections() { return checkpoint_sections(loop, lineage, model, optimizer, scheduler, callbacks, rng, rng_ranks); }
 };
 
 }  // namespace keel::state

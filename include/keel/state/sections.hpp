@@ -264,8 +264,15 @@ struct LineageSection {
   void commit(Lineage&& saved) { live = std::move(saved); }
 };
 
-/// Stands for the process's own random generators (the live side of the "rng" section).
-struct ProcessGenerators {};
+/// Stands for the process's own random generators (the live side of the "rng" and "rng.ranks"
+/// sections). In a data-parallel job (world_size > 1) `ranks` holds every rank's streams, rank 0
+/// first, while a save writes them: the strategy gathers them for that save, which then lets go
+/// of them (a file written without a gather, by Trainer::save_checkpoint, holds none).
+struct ProcessGenerators {
+  int rank = 0;
+  int world_size = 1;
+  std::vector<RngState> ranks;
+};
 
 /// "rng": LibTorch's CPU generator and each CUDA device's; last in the list, so that it is
 /// captured last and restored last, after everything that might draw while it is built.
@@ -297,6 +304,57 @@ struct RngSection {
       live = std::move(saved);
     } else {
       saved.apply();
+    }
+  }
+};
+
+/// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
+/// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
+/// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
+/// exactly as before the stop, even when the ranks were seeded differently. A file without the
+/// section (keel before it), or an empty one, leaves every rank with "rng". Outside the state
+/// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
+template <class Live>
+struct RankRngSection {
+  static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
+  static constexpr bool absent_is_empty = true;
+  Live& live;
+
+  bool present() const {
+    if constexpr (offline) {
+      return true;  // (read when the file has it)
+    } else {
+      return live.world_size > 1;
+    }
+  }
+  std::string name() const { return "rng.ranks"; }
+  std::string legacy_name() const { return {}; }
+  std::string type() const { return "std::vector<keel::RngState>"; }
+  bool accepts(const std::string& t) const { return t == type(); }
+  std::uint32_t version() const { return 1; }
+  std::uint32_t oldest_version() const { return 1; }
+  const std::vector<RngState>& capture() const {
+    if constexpr (offline) {
+      return live;
+    } else {
+      return live.ranks;
+    }
+  }
+  std::vector<RngState> stage() const { return {}; }
+  void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
+    if constexpr (!offline) {
+      if (!saved.empty() && saved.size() != static_cast<std::size_t>(live.world_size))
+        plan.problem("section 'rng.ranks' holds the random streams of " + std::to_string(saved.size()) +
+                     " processes, and " + std::to_string(live.world_size) + " train now; start as many as wrote it");
+      for (std::size_t r = 0; r < saved.size(); ++r)
+        for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
+    }
+  }
+  void commit(std::vector<RngState>&& saved) {
+    if constexpr (offline) {
+      live = std::move(saved);
+    } else {
+      if (live.rank < static_cast<int>(saved.size())) saved[static_cast<std::size_t>(live.rank)].apply();
     }
   }
 };
@@ -445,16 +503,18 @@ auto optimizer_member_sections(Optimizer& optimizer) {
 }
 }  // namespace detail
 
-/// THE LIST: every section of a checkpoint, in file order. Random streams come last.
-template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators>
+/// THE LIST: every section of a checkpoint, in file order. Random streams come last: the
+/// process's own, then (data-parallel) every rank's.
+template <bool ModelParametersOnly = false, class Model, class Optimizer, class Scheduler, class... Callbacks, class Generators,
+          class RankGenerators>
 auto checkpoint_sections(LoopState& loop, Lineage& lineage, Model& model, Optimizer& optimizer, Scheduler& scheduler,
-                         std::tuple<Callbacks...>& callbacks, Generators& generators) {
+                         std::tuple<Callbacks...>& callbacks, Generators& generators, RankGenerators& rank_generators) {
   return std::tuple_cat(std::make_tuple(LoopSection{loop}, LineageSection{lineage}, ModelSection<Model>{model}),
                         detail::model_member_sections<ModelParametersOnly>(model), std::make_tuple(OptimizerSection<Optimizer>{optimizer}),
                         detail::optimizer_member_sections(optimizer),
                         std::make_tuple(SchedulerSection<Scheduler>{scheduler, detail::param_groups_of(optimizer)}),
                         detail::callback_sections(callbacks, std::index_sequence_for<Callbacks...>{}),
-                        std::make_tuple(RngSection<Generators>{generators}));
+                        std::make_tuple(RngSection<Generators>{generators}, RankRngSection<RankGenerators>{rank_generators}));
 }
 
 }  // namespace keel::state

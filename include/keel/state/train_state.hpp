@@ -85,6 +85,9 @@ class TrainState {
         callbacks(std::move(callbacks_in)),
         context(loop, view, *model) {
     loop.data_seed = options.seed();
+    // (known from the launcher's variables before any fit: a load before fit needs them too)
+    view.rank = generators.rank = strategy.rank();
+    view.world_size = generators.world_size = strategy.world_size();
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
     for (std::size_t g = 0; g < optimizer.group_count(); ++g) view.lr_groups.push_back(group_name(g));
@@ -127,7 +130,7 @@ class TrainState {
   Lineage lineage;                // the forks and warm starts this run descends from
   LoopView view;
   Context context;
-  ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same
+  ProcessGenerators generators;   // LibTorch's random streams: process-wide, saved all the same (and every rank's)
   Strategy strategy;              // how many processes train, and how they share the work
   std::int64_t train_size = 0;    // samples in the training set of the current fit
 
@@ -138,7 +141,8 @@ class TrainState {
   }
 
   /// Every section of a checkpoint, bound to this state (keel/state/sections.hpp).
-  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, lineage, *model, optimizer, scheduler, callbacks, generators); }
+  auto sections() { return checkpoint_sections<ModelParametersOnly>(loop, lineage, *model, optimizer, scheduler, callbacks, generators,
+                                                                        generators); }
 
   /// The configuration that must match for a resume.
   Fingerprint fingerprint(const std::string& format_name) const {

@@ -49,6 +49,9 @@ struct SingleProcess {
   /// After an evaluation of this process's share: the metric sums (sample-weighted) and the
   /// sample count of every process, added up, in place.
   void add_up(std::map<std::string, double>& /*sums*/, std::int64_t& /*samples*/) {}
+  /// Before each save, on every process: every process's random streams into `generators.ranks`.
+  template <class Generators>
+  void gather_random_streams(Generators&) {}
   /// Whether this process writes the checkpoints (the others wait for them).
   bool writes_checkpoints() const noexcept { return true; }
   /// How the writing process's save ended, known to every process once this returns.
