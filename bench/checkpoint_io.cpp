@@ -82,6 +82,7 @@ std::vector<std::pair<std::string, torch::Tensor>> state_tensors(StackImpl& mode
 /// training state: nothing to save.
 struct SaveClock {
   std::vector<double>* held = nullptr;
+  std::vector<double>* collected = nullptr;  // the part of each hold before on_save_checkpoint_start
   std::vector<double>* steps = nullptr;
   // When set: a plain copy of the state at each step where a save comes (or would come), timed
   // into `copies`: the floor for a snapshot. Without checkpoints the copy is held like a save;
@@ -109,6 +110,11 @@ struct SaveClock {
     if (saving) held->push_back(seconds_since(save_started));
     saving = false;
   }
+  // (after the save has collected the write before it, if any: with async_save, the rest of the
+  // hold is the snapshot)
+  void on_save_checkpoint_start(keel::Context&) {
+    if (saving) collected->push_back(seconds_since(save_started));
+  }
   void on_train_epoch_end(keel::Context&) { hold_ends(); }
   void on_train_batch_start(keel::Context&) {
     hold_ends();
@@ -121,9 +127,11 @@ struct SaveClock {
 };
 using ClockedTrainer = keel::Trainer<keel::model<StackImpl>, keel::optimizer<keel::optim::AdamW>, keel::callbacks<SaveClock>>;
 
-SaveClock clock_into(std::vector<double>& held, std::vector<double>& steps, std::int64_t every) {
+SaveClock clock_into(std::vector<double>& held, std::vector<double>& collected, std::vector<double>& steps,
+                     std::int64_t every) {
   SaveClock clock;
   clock.held = &held;
+  clock.collected = &collected;
   clock.steps = &steps;
   clock.every = every;
   return clock;
@@ -154,7 +162,7 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
                       std::int64_t steps, std::int64_t every) {
   const OneBatch data{{torch::randn({batch, width}), torch::randn({batch, width})}};
   auto fit = [&](const char* how, bool save, bool async) {
-    std::vector<double> held, step_times, copies;
+    std::vector<double> held, collected, step_times, copies;
     torch::manual_seed(1);
     const std::string run_dir = dir + "/" + how;
     std::filesystem::remove_all(run_dir);
@@ -168,7 +176,7 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
                                .save_on_epoch_end(false)  // (one batch per epoch here)
                                .keep_last(1)
                                .async_save(async),
-                           torch::optim::AdamWOptions(1e-3), clock_into(held, step_times, every));
+                           torch::optim::AdamWOptions(1e-3), clock_into(held, collected, step_times, every));
     std::vector<torch::Tensor> kept;  // the copies' memory, kept from one copy to the next
     if (!save || async) {
       auto& clock = trainer.callback<SaveClock>();
@@ -184,8 +192,11 @@ void background_saves(std::int64_t width, std::int64_t layers, const std::string
     auto copy = data;
     trainer.fit(copy);
     if (!held.empty()) held.erase(held.begin());
+    if (!collected.empty()) collected.erase(collected.begin());
     std::printf("%s_held_s=%.6f\n%s_step_s=%.6f\n%s_held_each=%s\n", how, median(held), how, median(step_times), how,
                 each(held).c_str());
+    if (!collected.empty())  // (of each hold, the part until the save began: collecting the write before it)
+      std::printf("%s_collect_each=%s\n", how, each(collected).c_str());
     if (!copies.empty()) {
       copies.erase(copies.begin());  // (allocated the memory, as a first save does)
       const char* which = save ? "paired_copy" : "fit_copy";

@@ -85,7 +85,7 @@ if [[ " $tables " == *" async "* ]]; then
     ratio=$(awk -v a="$(m async_held_s)" -v c="$(m paired_copy_s)" 'BEGIN { printf "%.2f", a / c }')
     echo "| $size | $(m fit_copy_s) | $(m paired_copy_s) | $(m state_copy_s) | $(m sync_held_s) | $(m async_held_s) | $ratio | $(m no_saves_step_s) | $(m async_step_s) |"
     spread fit_copy_s paired_copy_s state_copy_s sync_held_s async_held_s no_saves_step_s async_step_s \
-           async_held_each paired_copy_each
+           async_held_each async_collect_each paired_copy_each
     unset all
   done
 fi

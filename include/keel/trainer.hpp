@@ -353,9 +353,12 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
   // From here on a stop signal ends training at the next optimizer-step boundary, saved.
   loop::StopSignals signals(options.stop_signals());
   resume_as_configured();
-  // Every process starts this fit from the same state (after a load: checked to be the same).
-  // (each rank's own random streams aside: the ranks may draw differently, each from its own)
-  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), fingerprint(),
+  // Every process starts this fit from the same state (after a load: checked to be the same),
+  // each rank's own random streams aside (the ranks may draw differently, each from its own),
+  // and validates alike (the ranks evaluate together).
+  Fingerprint configuration = fingerprint();
+  configuration.add("fit.validation", validation ? "a validation set" : "none");
+  state_.strategy.start(state_, /*loaded=*/!state_.view.checkpoint_path.empty(), configuration,
                         [&] { return state::state_digest<Format>(state_, {"rng"}); });
   if (loaded_train_size_ && *loaded_train_size_ != state_.train_size)
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
