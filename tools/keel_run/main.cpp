@@ -7,7 +7,8 @@
 // LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR and MASTER_PORT set (torchrun's variables; a keel
 // program reads the same ones under torchrun, Slurm or mpirun). The launcher forwards the stop
 // signals it receives (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) to every rank, and
-// when a rank fails it stops the others (SIGTERM, then SIGKILL after --stop-timeout) and exits
+// when a rank fails it stops the others (after a grace of 2 s in which they can notice and report
+// it themselves: SIGTERM, then SIGKILL after --stop-timeout) and exits
 // with that rank's status (128 + the signal for a rank a signal ended). Each rank runs in a
 // process group of its own, and signals go to the whole group (a rank started through a shell
 // script gets them too). If the launcher itself is killed, the kernel kills the processes it
@@ -57,8 +58,8 @@ const char* const usage_text =
     "  --master-addr A       the host of rank 0, where the ranks meet (default 127.0.0.1; required\n"
     "                        with more than one node)\n"
     "  --master-port P       its port, 1 to 65535 (default 29500)\n"
-    "  --stop-timeout S      after a rank fails, seconds the others have to stop on SIGTERM before\n"
-    "                        SIGKILL (default 30)\n"
+    "  --stop-timeout S      after a rank fails (and 2 s for the others to notice it themselves),\n"
+    "                        seconds the others have to stop on SIGTERM before SIGKILL (default 30)\n"
     "\n"
     "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to every rank's process\n"
     "group. keel-run exits with the status of the first rank that failed (128 + signal if a signal\n"
@@ -271,6 +272,13 @@ int main(int argc, char** argv) {
   bool stop_signalled = false;  // a stop signal was passed on: the ranks are stopping already
   bool kill_pending = false;    // the others get SIGKILL at kill_at
   std::chrono::steady_clock::time_point kill_at{};
+  // After a rank fails, the others first get a grace to fail on their own and say why: a
+  // collective with a dead rank fails at once, and a SIGTERM in the middle of reporting that
+  // (a keel program has put back the default action by then) would end the process before it
+  // prints. Then SIGTERM, at term_at.
+  constexpr auto failure_grace = std::chrono::seconds(2);
+  bool term_pending = false;
+  std::chrono::steady_clock::time_point term_at{};
   auto running = [&] {
     return static_cast<int>(std::count_if(ranks.begin(), ranks.end(), [](const Rank& r) { return r.running; }));
   };
@@ -288,8 +296,9 @@ int main(int argc, char** argv) {
 
   while (running() > 0) {
     timespec wait_for{1, 0};
-    if (kill_pending) {
-      const auto left = std::max(kill_at - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero());
+    if (kill_pending || term_pending) {
+      const auto next = kill_pending && term_pending ? std::min(kill_at, term_at) : kill_pending ? kill_at : term_at;
+      const auto left = std::max(next - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero());
       const auto ns = std::min<long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(left).count(), 1000000000);
       wait_for = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
     }
@@ -317,8 +326,8 @@ int main(int argc, char** argv) {
       if (running() > 0) {
         std::fprintf(stderr, "keel-run: rank %d (pid %d) %s; stopping the other ranks\n", it->rank,
                      static_cast<int>(pid), describe(status).c_str());
-        send_all(SIGTERM);
-        kill_later();
+        term_pending = true;
+        term_at = std::chrono::steady_clock::now() + failure_grace;
       } else {
         std::fprintf(stderr, "keel-run: rank %d (pid %d) %s\n", it->rank, static_cast<int>(pid),
                      describe(status).c_str());
@@ -328,6 +337,13 @@ int main(int argc, char** argv) {
       for (Rank& r : ranks) r.running = false;
       if (!result) result = 1;
       std::fprintf(stderr, "keel-run: the ranks' exit statuses were lost (were children reaped elsewhere?)\n");
+    }
+    if (term_pending && std::chrono::steady_clock::now() >= term_at) {
+      term_pending = false;
+      if (running() > 0) {
+        send_all(SIGTERM);
+        kill_later();
+      }
     }
     if (kill_pending && std::chrono::steady_clock::now() >= kill_at && running() > 0) {
       std::fprintf(stderr, "keel-run: %d rank(s) still running %g s after the stop began; killing them\n",
