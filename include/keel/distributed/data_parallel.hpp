@@ -17,6 +17,7 @@
 #include <keel/rng.hpp>
 #include <keel/strategy/single_process.hpp>
 
+#include <cereal/archives/binary.hpp>
 #include <torch/types.h>
 #include <torch/utils.h>
 
@@ -24,9 +25,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -221,34 +222,24 @@ class DataParallel {
     }
   }
 
-  /// A process's generator states as bytes (each: its length, then its bytes), and back.
+  /// A process's generator states as bytes (RngState's own serialization), and back.
   static std::string stream_bytes(const RngState& streams) {
-    std::string out;
-    auto put = [&](const at::Tensor& state) {
-      const at::Tensor bytes = state.contiguous();
-      const auto size = static_cast<std::uint64_t>(bytes.numel());
-      out.append(reinterpret_cast<const char*>(&size), sizeof size);
-      out.append(static_cast<const char*>(bytes.data_ptr()), static_cast<std::size_t>(size));
-    };
-    put(streams.cpu);
-    for (const auto& device : streams.cuda) put(device);
-    return out;
+    std::ostringstream out;
+    {
+      cereal::BinaryOutputArchive archive(out);
+      archive(streams);
+    }
+    return out.str();
   }
   static RngState streams_of(const std::string& bytes) {
-    std::vector<at::Tensor> states;
-    for (std::size_t at = 0; at + sizeof(std::uint64_t) <= bytes.size();) {
-      std::uint64_t size = 0;
-      std::memcpy(&size, bytes.data() + at, sizeof size);
-      at += sizeof size;
-      if (size > bytes.size() - at) throw dist::DistributedError("keel: a rank's random streams arrived cut short");
-      states.push_back(torch::empty({static_cast<std::int64_t>(size)}, torch::kUInt8));
-      std::memcpy(states.back().data_ptr(), bytes.data() + at, static_cast<std::size_t>(size));
-      at += static_cast<std::size_t>(size);
-    }
-    if (states.empty()) throw dist::DistributedError("keel: a rank sent no random streams");
+    std::istringstream in(bytes);
     RngState streams;
-    streams.cpu = states.front();
-    streams.cuda.assign(states.begin() + 1, states.end());
+    try {
+      cereal::BinaryInputArchive archive(in);
+      archive(streams);
+    } catch (const std::exception& e) {
+      throw dist::DistributedError(std::string("keel: a rank's random streams arrived damaged: ") + e.what());
+    }
     return streams;
   }
 
