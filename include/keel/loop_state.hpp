@@ -36,23 +36,28 @@ struct LoopState {
   std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
                                     ///< (TrainerOptions::on_nonfinite)
   LossScaleState loss_scale;        ///< dynamic loss scaling (fp16)
+  /// Samples of the current epoch's order that were trained before its batch 0 was counted: 0,
+  /// except in an epoch resumed with another number of processes or batch size, which goes on
+  /// from where the old one stopped (keel/state/fork.hpp). batch_in_epoch counts from there.
+  std::int64_t epoch_offset = 0;
 
-  // Version 2 added skipped_steps, version 3 loss_scale; older files read as 0 skipped and no
-  // loss scale.
+  // Version 2 added skipped_steps, version 3 loss_scale, version 4 epoch_offset; older files
+  // read as 0 skipped, no loss scale and no offset.
   template <class Archive>
   void serialize(Archive& archive, std::uint32_t version) {
-    if (version > 3)
+    if (version > 4)
       throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
-                               " was written by a newer keel; this keel reads versions up to 3: upgrade keel");
+                               " was written by a newer keel; this keel reads versions up to 4: upgrade keel");
     archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
             cereal::make_nvp("batch_in_epoch", batch_in_epoch),
             cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
             cereal::make_nvp("stop_requested", stop_requested));
     if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
     if (version >= 3) archive(cereal::make_nvp("loss_scale", loss_scale));
+    if (version >= 4) archive(cereal::make_nvp("epoch_offset", epoch_offset));
   }
 };
 
 }  // namespace keel
 
-CEREAL_CLASS_VERSION(keel::LoopState, 3);
+CEREAL_CLASS_VERSION(keel::LoopState, 4);

@@ -2226,26 +2226,31 @@ struct LoopState {
   std::int64_t skipped_steps = 0;   ///< optimizer steps skipped for a non-finite loss or gradient
                                     ///< (TrainerOptions::on_nonfinite)
   LossScaleState loss_scale;        ///< dynamic loss scaling (fp16)
+  /// Samples of the current epoch's order that were trained before its batch 0 was counted: 0,
+  /// except in an epoch resumed with another number of processes or batch size, which goes on
+  /// from where the old one stopped (keel/state/fork.hpp). batch_in_epoch counts from there.
+  std::int64_t epoch_offset = 0;
 
-  // Version 2 added skipped_steps, version 3 loss_scale; older files read as 0 skipped and no
-  // loss scale.
+  // Version 2 added skipped_steps, version 3 loss_scale, version 4 epoch_offset; older files
+  // read as 0 skipped, no loss scale and no offset.
   template <class Archive>
   void serialize(Archive& archive, std::uint32_t version) {
-    if (version > 3)
+    if (version > 4)
       throw std::runtime_error("keel::LoopState version " + std::to_string(version) +
-                               " was written by a newer keel; this keel reads versions up to 3: upgrade keel");
+                               " was written by a newer keel; this keel reads versions up to 4: upgrade keel");
     archive(cereal::make_nvp("epoch", epoch), cereal::make_nvp("global_step", global_step),
             cereal::make_nvp("batch_in_epoch", batch_in_epoch),
             cereal::make_nvp("micro_batch", micro_batch), cereal::make_nvp("data_seed", data_seed),
             cereal::make_nvp("stop_requested", stop_requested));
     if (version >= 2) archive(cereal::make_nvp("skipped_steps", skipped_steps));
     if (version >= 3) archive(cereal::make_nvp("loss_scale", loss_scale));
+    if (version >= 4) archive(cereal::make_nvp("epoch_offset", epoch_offset));
   }
 };
 
 }  // namespace keel
 
-CEREAL_CLASS_VERSION(keel::LoopState, 3);
+CEREAL_CLASS_VERSION(keel::LoopState, 4);
 
 // ---- keel/context.hpp ----
 // What callbacks see of the training loop: one Context, passed to every hook. It is a
@@ -5711,6 +5716,9 @@ class ReduceLROnPlateau {
 //                           dtype and shape, and commit() reads them into place
 //   present()               (optional) false: this configuration has no such section (written
 //                           and read by none)
+//   ignored_when_absent     (optional, static) a file's section that this configuration has
+//                           not (present() false) is left unread, not refused: a data-parallel
+//                           job's per-rank streams, resumed by one process
 //
 // SectionList holds the entries behind one interface (SectionSlot), so that writing, staging
 // and committing are plain code compiled once, whatever the Trainer type; it holds no
@@ -6292,6 +6300,12 @@ template <class Entry>
 struct absent_is_empty<Entry, std::void_t<decltype(Entry::absent_is_empty)>>
     : std::bool_constant<Entry::absent_is_empty> {};
 
+template <class Entry, class = void>
+struct ignored_when_absent : std::false_type {};
+template <class Entry>
+struct ignored_when_absent<Entry, std::void_t<decltype(Entry::ignored_when_absent)>>
+    : std::bool_constant<Entry::ignored_when_absent> {};
+
 }  // namespace detail
 
 /// The layout version of a component's section: its `static constexpr std::uint32_t
@@ -6457,7 +6471,7 @@ class EntrySlot final : public SectionSlot {
 
   bool present() const override { return detail::is_present(entry_); }
   bool claims(const std::string& section_name) const override {
-    if (!present()) return false;
+    if (!present() && !detail::ignored_when_absent<Entry>::value) return false;
     const std::string legacy = entry_.legacy_name();
     return section_name == entry_.name() || (!legacy.empty() && section_name == legacy);
   }
@@ -6763,34 +6777,47 @@ struct SamplerOptions {
   bool even = true;
 };
 
-/// Which samples form batch b of epoch e, for one rank.
+/// Which samples form batch b of epoch e, for one rank. The epoch's order is one permutation of
+/// the dataset; rank r takes its positions start + r, start + r + world_size, ... in turn, so
+/// after b batches of B on W ranks the positions [start, start + b*B*W) are taken, whatever B
+/// and W are. An epoch resumed with another B or W goes on from there (`start` > 0).
 class EpochSampler {
  public:
-  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed)
-      : size_(dataset_size), options_(options), seed_(seed) {
+  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed, std::int64_t start = 0)
+      : size_(dataset_size), options_(options), seed_(seed), start_(start) {
     if (options_.batch_size <= 0)
       throw ConfigError("keel: batch_size must be positive, got " + std::to_string(options_.batch_size));
     if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
       throw ConfigError("keel: rank " + std::to_string(options_.rank) + " is outside world_size " +
                         std::to_string(options_.world_size));
     if (size_ <= 0) throw ConfigError("keel: the training dataset is empty");
+    if (start_ < 0 || start_ >= size_)
+      throw ConfigError("keel: an epoch cannot start at sample " + std::to_string(start_) + " of " +
+                        std::to_string(size_));
     // Every rank gets the same number of samples: the order is padded by wrapping around
     // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
     const std::int64_t world = options_.world_size;
-    if (!options_.even) per_rank_ = (size_ - options_.rank + world - 1) / world;
-    else per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
+    const std::int64_t left = size_ - start_;
+    if (!options_.even) per_rank_ = (left - options_.rank + world - 1) / world;
+    else per_rank_ = options_.drop_last ? left / world : (left + world - 1) / world;
     batches_ = options_.drop_last ? per_rank_ / options_.batch_size
                                   : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
-    if (batches_ == 0 && options_.drop_last)
+    // (The rest of a resumed epoch may hold less than one batch per rank: with drop_last it has none.)
+    if (batches_ == 0 && options_.drop_last && start_ == 0)
       throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
                         " exceeds the " + std::to_string(per_rank_) +
                         " samples per epoch, so an epoch has no batch");
   }
 
+  /// The same epochs from position `start` of their order on: the rest of an epoch resumed with
+  /// another batch size or number of processes.
+  EpochSampler starting_at(std::int64_t start) const { return EpochSampler(size_, options_, seed_, start); }
+
   std::int64_t dataset_size() const noexcept { return size_; }
   std::int64_t batches_per_epoch() const noexcept { return batches_; }
   const SamplerOptions& options() const noexcept { return options_; }
   std::uint64_t seed() const noexcept { return seed_; }
+  std::int64_t start() const noexcept { return start_; }
 
   /// This rank's sample indices for the whole epoch, in order.
   std::vector<std::int64_t> epoch_order(std::int64_t epoch) const {
@@ -6804,7 +6831,7 @@ class EpochSampler {
     std::vector<std::int64_t> mine;
     mine.reserve(static_cast<std::size_t>(per_rank_));
     for (std::int64_t i = 0; i < per_rank_; ++i) {
-      const std::int64_t position = i * options_.world_size + options_.rank;
+      const std::int64_t position = start_ + i * options_.world_size + options_.rank;
       mine.push_back(all[static_cast<std::size_t>(position % size_)]);
     }
     return mine;
@@ -6821,6 +6848,7 @@ class EpochSampler {
   std::int64_t size_;
   SamplerOptions options_;
   std::uint64_t seed_;
+  std::int64_t start_ = 0;
   std::int64_t per_rank_ = 0;
   std::int64_t batches_ = 0;
 };
@@ -9354,7 +9382,7 @@ struct LoopSection {
       plan.problem("section 'loop' is inside a gradient-accumulation window (micro-batch " +
                    std::to_string(loop.micro_batch) +
                    "); keel writes checkpoints only at optimizer-step boundaries");
-    if (loop.epoch < 0 || loop.global_step < 0 || loop.batch_in_epoch < 0)
+    if (loop.epoch < 0 || loop.global_step < 0 || loop.batch_in_epoch < 0 || loop.epoch_offset < 0)
       plan.problem("section 'loop' holds a negative position");
   }
   void commit(LoopState&& loop) { live = loop; }
@@ -9617,13 +9645,15 @@ struct RngSection {
 /// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
 /// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
 /// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
-/// exactly as before the stop, even when the ranks were seeded differently. A file without the
-/// section (keel before it), or an empty one, leaves every rank with "rng". Outside the state
+/// exactly as before the stop, even when the ranks were seeded differently. A rank the file has
+/// no streams for (a file without the section, from keel before it or from one process, or a job
+/// resumed with more processes than wrote it) goes on with "rng", rank 0's. Outside the state
 /// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
 template <class Live>
 struct RankRngSection {
   static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
   static constexpr bool absent_is_empty = true;
+  static constexpr bool ignored_when_absent = true;  // (one process: rank 0's streams are "rng")
   Live& live;
 
   bool present() const {
@@ -9649,9 +9679,6 @@ struct RankRngSection {
   std::vector<RngState> stage() const { return {}; }
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      if (!saved.empty() && saved.size() != static_cast<std::size_t>(live.world_size))
-        plan.problem("section 'rng.ranks' holds the random streams of " + std::to_string(saved.size()) +
-                     " processes, and " + std::to_string(live.world_size) + " train now; start as many as wrote it");
       for (std::size_t r = 0; r < saved.size(); ++r)
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
@@ -10574,6 +10601,13 @@ inline bool starts_with(const std::string& text, const std::string& prefix) { re
 inline bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+/// A positive count as a fingerprint holds it, or 0; Fingerprint::absent counts as `absent`.
+inline std::int64_t positive_count(const std::string& text, std::int64_t absent = 0) {
+  if (text == Fingerprint::absent) return absent;
+  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
+  return std::stoll(text);
+}
 }  // namespace detail
 
 /// Whether `key` matches an allow_changes entry: the key itself, a prefix ending in '*', or "*".
@@ -10606,7 +10640,10 @@ template <class Optimizer, class Scheduler>
 ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const TrainerOptions& options) {
   ForkPlan plan;
   const std::string batch = saved.fact("batch_in_epoch");
-  const bool mid_epoch = batch != "0";  // (a file without the fact counts as mid-epoch)
+  const std::string offset = saved.fact("epoch_offset");
+  // (a file without the fact counts as mid-epoch)
+  const bool mid_epoch = batch != "0" || (!offset.empty() && offset != "0");
+  const std::string position = "batch " + batch + (offset.empty() ? "" : " after sample " + offset) + " of its epoch";
   std::vector<std::string> not_allowed;
   // The policies' names as the fingerprint has them: a policy chosen at run time (OneOf) is
   // named after its choice.
@@ -10619,9 +10656,13 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
     const std::string line = Fingerprint::describe(change);
-    if (detail::starts_with(key, "strategy")) {  // (allowed or not)
-      plan.refused.push_back(line + ": a checkpoint resumes only with as many processes as wrote it, for now (its "
-                                    "position in the epoch counts their batches); start that many");
+    if ((key == "strategy.world_size" && detail::positive_count(change.before, 1) == 0) ||
+        (key == "data.batch_size" && detail::positive_count(change.before) == 0)) {
+      plan.refused.push_back(line + ": the checkpoint's value is not a positive count");
+    } else if (detail::starts_with(key, "strategy")) {
+      // Another number of processes is a matter of how the job was started, not of the run's
+      // configuration: always allowed. The epoch goes on at sample granularity (continue_epoch).
+      plan.changes.push_back(std::move(change));
     } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
@@ -10648,9 +10689,10 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     } else if (key == "callbacks" || key == "scheduler.type") {
       plan.refused.push_back(line + ": the state of the old " + (key == "callbacks" ? "callbacks" : "scheduler") +
                              " cannot carry over to another type; start a new run with init_from");
-    } else if (detail::starts_with(key, "data.") && mid_epoch) {
+    } else if (detail::starts_with(key, "data.") && key != "data.batch_size" && mid_epoch) {
+      // (Another batch size goes on at sample granularity, like another number of processes.)
       plan.refused.push_back(line + ": the data order may change only at an epoch boundary, and the checkpoint "
-                                    "is at batch " + batch + " of its epoch; fork from an epoch's last checkpoint");
+                                    "is at " + position + "; fork from an epoch's last checkpoint");
     } else if (detail::starts_with(key, "optimizer.") && !detail::can_reconfigure<Optimizer>::value) {
       plan.refused.push_back(line + ": " + optimizer_name + " cannot take a new configuration (it has no reconfigure())");
     } else if (key == "optimizer.lr" && !detail::can_rebase<Scheduler>::value) {
@@ -10707,20 +10749,71 @@ std::vector<std::string> schedule_problems(const Scheduler& scheduler, const Lin
   return {};
 }
 
+/// Samples per step across all processes before and after a fork: the checkpoint's batch size
+/// and number of processes (a change's `before`; absent: one process), and this run's.
+struct BatchGeometry {
+  std::int64_t batch_size = 0, world_size = 1;
+  std::int64_t samples() const { return batch_size * world_size; }
+  bool operator!=(const BatchGeometry& o) const { return batch_size != o.batch_size || world_size != o.world_size; }
+  std::string describe() const {
+    return std::to_string(world_size) + (world_size == 1 ? " process" : " processes") + " of batch " +
+           std::to_string(batch_size);
+  }
+};
+
+/// The checkpoint's geometry (from the changes, checked by plan_fork) and this run's.
+inline std::pair<BatchGeometry, BatchGeometry> batch_geometry(const std::vector<ConfigChange>& changes,
+                                                              std::int64_t batch_size, std::int64_t world_size) {
+  BatchGeometry before{batch_size, world_size};
+  for (const auto& c : changes) {
+    if (c.key == "data.batch_size") before.batch_size = detail::positive_count(c.before);
+    if (c.key == "strategy.world_size") before.world_size = detail::positive_count(c.before, 1);
+  }
+  return {before, BatchGeometry{batch_size, world_size}};
+}
+
+/// A checkpoint resumed with another batch size or number of processes. Inside an epoch, the
+/// positions of the epoch's order taken so far are [0, epoch_offset + batch_in_epoch x
+/// batch_size x world_size), whatever those were (keel/data/sampler.hpp), so the epoch goes on
+/// from there, its batches counted anew: every sample of the epoch is trained once (but the
+/// padding that evens out the ranks where they do not divide the rest, as in any epoch).
+template <class State>
+void continue_epoch(State& s, const BatchGeometry& before, const BatchGeometry& after) {
+  std::string message = "the checkpoint was trained by " + before.describe() + ", and " + after.describe() +
+                        " train now: ";
+  if (s.loop.batch_in_epoch != 0) {
+    s.loop.epoch_offset += s.loop.batch_in_epoch * before.samples();
+    s.loop.batch_in_epoch = 0;
+  }
+  if (s.loop.epoch_offset != 0)
+    message += "epoch " + std::to_string(s.loop.epoch) + " goes on from sample " + std::to_string(s.loop.epoch_offset) +
+               " of its order, each of the rest once; ";
+  message += before.samples() == after.samples()
+                 ? "a step averages as many samples (" + std::to_string(after.samples()) + ") but sums them in another "
+                   "order"
+                 : "a step averages " + std::to_string(after.samples()) + " samples instead of " +
+                       std::to_string(before.samples());
+  notice(message + ", so the run is no longer bitwise the one that kept its processes and batches");
+}
+
 /// After a fork's checkpoint was loaded: applies the new configuration where loading put the
-/// old one back (optimizer hyper-parameters, the schedule's base learning rates, the data seed)
-/// and records the fork in the lineage. A stop request of the old run (early stopping) is
-/// dropped: the fork is asked to train on.
+/// old one back (optimizer hyper-parameters, the schedule's base learning rates, the data seed,
+/// the position in an epoch trained with other batches) and records the fork in the lineage. A
+/// stop request of the old run (early stopping) is dropped, unless only the number of processes
+/// changed: the fork is asked to train on.
 template <class State>
 void apply_fork(State& s, LineageEntry fork) {
-  bool optimizer_changed = false, seed_changed = false;
+  bool optimizer_changed = false, seed_changed = false, only_processes = true;
   [[maybe_unused]] bool lr_changed = false;
   for (const auto& c : fork.changes) {
     optimizer_changed |= detail::starts_with(c.key, "optimizer.");
     lr_changed |= c.key == "optimizer.lr" ||
                   (detail::starts_with(c.key, "optimizer.group.") && detail::ends_with(c.key, ".lr"));
     seed_changed |= c.key == "data.seed";
+    only_processes &= detail::starts_with(c.key, "strategy");
   }
+  const auto [before, after] = batch_geometry(fork.changes, s.options.batch_size(), s.view.world_size);
+  if (before != after) continue_epoch(s, before, after);
   // (plan_fork refused these changes for components that cannot take them)
   if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) {
     if (optimizer_changed) s.optimizer.reconfigure();
@@ -10736,7 +10829,7 @@ void apply_fork(State& s, LineageEntry fork) {
     }
   }
   if (seed_changed) s.loop.data_seed = s.options.seed();
-  s.loop.stop_requested = false;
+  if (!only_processes) s.loop.stop_requested = false;
 
   std::string message;
   for (const auto& line : fork.describe()) message += (message.empty() ? "" : "\n") + line;
@@ -10788,6 +10881,7 @@ Facts manifest_facts(const State& s, Facts extra) {
                  {"batch_in_epoch", std::to_string(s.loop.batch_in_epoch)},
                  {"train_size", std::to_string(s.train_size)},
                  {"keel_version", KEEL_VERSION_STRING}};
+  if (s.loop.epoch_offset != 0) facts.emplace_back("epoch_offset", std::to_string(s.loop.epoch_offset));
   for (auto& fact : machine_facts()) facts.push_back(std::move(fact));
   for (auto& fact : extra) facts.push_back(std::move(fact));
   return facts;
@@ -11798,14 +11892,17 @@ void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
   s.publish_lrs();
   ++s.loop.epoch;
   s.loop.batch_in_epoch = 0;
+  s.loop.epoch_offset = 0;
   saver.after_epoch();
 }
 
 /// Trains from the loop's position to the end of the epoch, or until a stop condition holds at
-/// an optimizer-step boundary.
+/// an optimizer-step boundary. `whole` samples whole epochs; an epoch resumed with another batch
+/// size or number of processes takes the rest of its order, from loop.epoch_offset.
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
-               const data::EpochSampler& sampler) {
+               const data::EpochSampler& whole) {
+  const data::EpochSampler sampler = s.loop.epoch_offset == 0 ? whole : whole.starting_at(s.loop.epoch_offset);
   const std::int64_t batches = sampler.batches_per_epoch();
   if (s.loop.batch_in_epoch > batches)
     throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(s.loop.batch_in_epoch) +
@@ -11814,7 +11911,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   data::BatchLoader<TrainSet> loader(train, sampler, s.loop.epoch, s.loop.batch_in_epoch,
                                      data::SampleContext(s.loop.data_seed, s.loop.epoch, /*training=*/true),
                                      s.options.workers(), s.options.prefetch_batches());
-  if (s.loop.batch_in_epoch == 0) s.dispatch(event::on_train_epoch_start{});
+  if (s.loop.batch_in_epoch == 0 && s.loop.epoch_offset == 0) s.dispatch(event::on_train_epoch_start{});
   s.model->train();
   const std::int64_t accumulate = s.options.accumulate();
   NonFiniteWatch nonfinite(s.options.on_nonfinite(), *s.model);

@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace resume_driver {
@@ -31,6 +32,7 @@ struct Flags {
   std::string resume = "never";
   std::string save_to;  // after fit, also write the state to this file
   std::string params_to;  // after fit, rank 0 writes the parameters here (torch::save)
+  std::string trained_to;  // a directory: each process appends the samples it trained to a file there
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
@@ -69,6 +71,36 @@ inline std::vector<std::string> split_commas(const std::string& text) {
   }
   return out;
 }
+
+/// The training set, which can write down each sample it hands out for training ("<epoch>
+/// <index>" lines, in a file of this process's own under `directory`). The driver loads with
+/// workers(0): in the training thread, a batch only when it is trained.
+class TrainingImages {
+ public:
+  TrainingImages(std::int64_t size, const std::string& directory) : images_(size, 1234) {
+    if (directory.empty()) return;
+    const std::string path = directory + "/trained." + std::to_string(::getpid());
+    record_ = std::fopen(path.c_str(), "a");
+    if (!record_) throw std::runtime_error("cannot write '" + path + "'");
+  }
+  TrainingImages(const TrainingImages&) = delete;
+  TrainingImages& operator=(const TrainingImages&) = delete;
+  ~TrainingImages() {
+    if (record_) std::fclose(record_);
+  }
+  std::size_t size() const { return images_.size(); }
+  keel::data::Example get(std::size_t i, const keel::data::SampleContext& ctx) const {
+    if (record_ && ctx.training()) {
+      std::fprintf(record_, "%lld %zu\n", static_cast<long long>(ctx.epoch()), i);
+      std::fflush(record_);
+    }
+    return images_.get(i);
+  }
+
+ private:
+  keel_test::SyntheticImages images_;
+  std::FILE* record_ = nullptr;
+};
 
 /// The matrix's variants (matrix_variants.cpp): the exit status, or -1 for a variant it does not know.
 int dispatch_matrix(const Flags& flags);
@@ -144,7 +176,7 @@ struct KillSwitch {
 
 template <class Trainer, class... Extra>
 int run(const Flags& flags, Extra&&... extra) {
-  SyntheticImages train(flags.dataset_size, 1234);
+  resume_driver::TrainingImages train(flags.dataset_size, flags.trained_to);
   SyntheticImages validation(64, 99);
   keel::seed_everything(flags.seed);
   Trainer trainer(std::make_shared<typename Trainer::Module>(),

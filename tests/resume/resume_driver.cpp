@@ -7,6 +7,7 @@
 //   resume_driver --variant rmsprop_plateau ... --precision bf16 --clip-norm 1 --validate-every-steps 5
 //   resume_driver --variant sgd_ema ... --loss-scale 1024 --keep-best 2
 //   keel-run --nproc-per-node 2 resume_driver --variant ddp_plain --batch-size 16 --params-to FILE
+//   keel-run --nproc-per-node 2 resume_driver --variant ddp_sgd --trained-to DIR (each sample trained, per process)
 
 #include "driver.hpp"
 
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
   text("--resume", flags.resume);
   text("--save-to", flags.save_to);
   text("--params-to", flags.params_to);
+  text("--trained-to", flags.trained_to);
   text("--allow-changes", flags.allow_changes);
   text("--fork-from", flags.fork_from);
   text("--extend", flags.extend);

@@ -307,8 +307,8 @@ TEST_CASE("a section written by a newer keel is refused with what to do") {
   REQUIRE(loop != manifest.sections.end());
   auto bad = body;
   // The loop section: the byte-order mark, then LoopState's class version.
-  CHECK(keel::ckpt::detail::get_u(bad.data() + loop->offset + 1, 4) == 3);
-  keel::ckpt::detail::put_u32(bad.data() + loop->offset + 1, 4);
+  CHECK(keel::ckpt::detail::get_u(bad.data() + loop->offset + 1, 4) == 4);
+  keel::ckpt::detail::put_u32(bad.data() + loop->offset + 1, 5);
   auto trainer = make_trainer(fresh_directory("newer"));
   const std::string error = try_load(trainer, seal(bad, manifest));
   CHECK(error.find("written by a newer keel") != std::string::npos);

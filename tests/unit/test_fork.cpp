@@ -12,6 +12,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -228,6 +230,60 @@ TEST_CASE("a fork applies a new optimizer configuration, and a new learning rate
   CHECK(longer.scheduler().base_lrs().front() == 2e-2);
   REQUIRE(longer.lineage().entries.size() == 1);
   CHECK(longer.lineage().entries.front().changes.size() == 2);
+}
+
+/// SyntheticImages that writes down each sample it hands out for training, with its epoch
+/// (workers(0): the loader reads a batch only when it is trained).
+struct RecordingImages {
+  SyntheticImages images;
+  std::vector<std::pair<std::int64_t, std::size_t>> trained;
+  std::size_t size() const { return images.size(); }
+  keel::data::Example get(std::size_t i, const keel::data::SampleContext& ctx) {
+    if (ctx.training()) trained.emplace_back(ctx.epoch(), i);
+    return images.get(i);
+  }
+};
+
+// (Another number of processes takes the same path: test_distributed.cpp.)
+TEST_CASE("another batch size in the middle of an epoch goes on from the samples trained, each once") {
+  const auto dir = fresh_directory("batch-size");
+  RecordingImages data{SyntheticImages(64, 5), {}};
+  auto base = make(options(dir, 2).max_steps(3), 8);  // 48 of epoch 0's 64 samples
+  base->fit(data);
+  base.reset();
+  Messages messages;
+  auto other = make(options(dir, 2).batch_size(8).resume("auto").allow_changes({"data.batch_size"}), 8);
+  other->fit(data);
+  CHECK(messages.count("the checkpoint was trained by 1 process of batch 16, and 1 process of batch 8 train now: "
+                       "epoch 0 goes on from sample 48 of its order, each of the rest once; a step averages 8 "
+                       "samples instead of 16") == 1);
+  // The rest of epoch 0 in 2 steps of 8, then epoch 1 in 8.
+  CHECK(other->loop().global_step == 3 + 2 + 8);
+  CHECK(other->loop().epoch == 2);
+  CHECK(other->loop().epoch_offset == 0);
+  std::map<std::int64_t, std::multiset<std::size_t>> epochs;
+  for (const auto& [epoch, index] : data.trained) epochs[epoch].insert(index);
+  REQUIRE(epochs.size() == 2);
+  for (const auto& entry : epochs) {  // (no structured binding: clang 14 cannot capture one)
+    const std::int64_t epoch = entry.first;
+    CAPTURE(epoch);
+    CHECK(entry.second.size() == 64);
+    CHECK(std::set<std::size_t>(entry.second.begin(), entry.second.end()).size() == 64);
+  }
+  // Another data seed in the middle of an epoch is still refused (test below); so is a batch
+  // size that the run does not allow.
+  const auto refused_dir = fresh_directory("batch-size-refused");
+  auto first = make(options(refused_dir, 2).max_steps(3), 8);
+  first->fit(data);
+  first.reset();
+  auto refused = make(options(refused_dir, 2).batch_size(8).resume("auto"), 8);
+  try {
+    refused->fit(data);
+    FAIL("resumed");
+  } catch (const keel::CheckpointError& e) {
+    CHECK(std::string(e.what()).find("configuration 'data.batch_size' is '16' in the checkpoint but '8' in this run") !=
+          std::string::npos);
+  }
 }
 
 TEST_CASE("changes that cannot make sense are refused even when allowed, with the reason") {

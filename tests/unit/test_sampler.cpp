@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <set>
 
 using keel::data::EpochSampler;
@@ -94,6 +95,51 @@ TEST_CASE("uneven shards (evaluation) hold each sample once; the first size % wo
   SamplerOptions o = options(2, false, false, 3, 4);
   o.even = false;
   CHECK(EpochSampler(3, o, 0).batches_per_epoch() == 0);  // more ranks than samples: this one has none
+}
+
+// An epoch resumed with another batch size or number of ranks (keel/state/fork.hpp): after b
+// batches of B on W ranks the positions [0, b*B*W) of the order were taken, so the rest starts
+// there and every sample of the epoch is taken once.
+TEST_CASE("an epoch goes on from a sample position under another batch size and number of ranks") {
+  const std::int64_t size = 200;
+  // {ranks before, batch before, ranks after, batch after, batches trained before}
+  for (const auto& c : std::vector<std::array<std::int64_t, 5>>{
+           {2, 16, 1, 16, 3}, {1, 16, 2, 8, 5}, {2, 10, 4, 5, 4}, {3, 7, 2, 9, 2}, {1, 15, 4, 5, 1}}) {
+    const std::int64_t before_world = c[0], before_batch = c[1], after_world = c[2], after_batch = c[3], trained = c[4];
+    CAPTURE(before_world);
+    CAPTURE(after_world);
+    CAPTURE(trained);
+    std::multiset<std::int64_t> seen;
+    for (std::int64_t rank = 0; rank < before_world; ++rank) {
+      const EpochSampler shard(size, options(before_batch, true, false, rank, before_world), 5);
+      const auto order = shard.epoch_order(3);
+      for (std::int64_t b = 0; b < trained; ++b)
+        for (auto index : shard.batch(order, b)) seen.insert(index);
+    }
+    const std::int64_t start = trained * before_batch * before_world;
+    std::int64_t padded = 0;  // (wrapped-around positions that even out the ranks)
+    for (std::int64_t rank = 0; rank < after_world; ++rank) {
+      const EpochSampler rest =
+          EpochSampler(size, options(after_batch, true, false, rank, after_world), 5).starting_at(start);
+      CHECK(rest.start() == start);
+      const auto order = rest.epoch_order(3);
+      CHECK(static_cast<std::int64_t>(order.size()) == (size - start + after_world - 1) / after_world);
+      for (std::int64_t b = 0; b < rest.batches_per_epoch(); ++b)
+        for (auto index : rest.batch(order, b)) seen.insert(index);
+      padded += static_cast<std::int64_t>(order.size());
+    }
+    padded -= size - start;
+    // Each of the 200 samples once, and the padding (fewer than the ranks) from the order's start.
+    CHECK(static_cast<std::int64_t>(seen.size()) == size + padded);
+    CHECK(padded < after_world);
+    for (std::int64_t i = 0; i < size; ++i) CHECK(seen.count(i) >= 1);
+    std::set<std::int64_t> distinct(seen.begin(), seen.end());
+    CHECK(static_cast<std::int64_t>(distinct.size()) == size);
+  }
+  // drop_last: the rest may hold less than one batch per rank, and then has none (not an error).
+  CHECK(EpochSampler(200, options(16, true, true, 0, 2), 5).starting_at(190).batches_per_epoch() == 0);
+  CHECK_THROWS_WITH_AS(EpochSampler(200, options(16), 5).starting_at(200), "keel: an epoch cannot start at sample 200 of 200",
+                       keel::ConfigError);
 }
 
 TEST_CASE("bad sampler settings are refused with the offending value") {

@@ -140,13 +140,15 @@ int info(const std::string& path, bool list_tensors) {
   std::printf("written by:        keel %s, LibTorch %s\n", container->library_version.c_str(),
               m.fact("torch_version").c_str());
   std::printf("format:            %s\n", m.format.c_str());
-  std::printf("position:          epoch %s, global step %s, batch %s of the epoch\n", m.fact("epoch").c_str(),
-              m.fact("global_step").c_str(), m.fact("batch_in_epoch").c_str());
+  const std::string offset = m.fact("epoch_offset");  // (an epoch resumed with other batches)
+  std::printf("position:          epoch %s, global step %s, batch %s of the epoch%s\n", m.fact("epoch").c_str(),
+              m.fact("global_step").c_str(), m.fact("batch_in_epoch").c_str(),
+              offset.empty() ? "" : (", counted from sample " + offset + " of its order").c_str());
   std::printf("training set:      %s samples; %s intra-op threads\n", m.fact("train_size").c_str(),
               m.fact("threads").c_str());
   std::printf("state digest:      %s\n", keel::checkpoint_digest(*container).c_str());
   if (const auto ranks = m.fingerprint.value("strategy.world_size"))
-    std::printf("strategy:          %s, %s processes (rank 0 wrote it; it resumes with as many)\n",
+    std::printf("strategy:          %s, %s processes (rank 0 wrote it)\n",
                 m.fingerprint.value("strategy").value_or("?").c_str(), ranks->c_str());
   else
     std::printf("strategy:          one process\n");

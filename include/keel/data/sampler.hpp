@@ -66,34 +66,47 @@ struct SamplerOptions {
   bool even = true;
 };
 
-/// Which samples form batch b of epoch e, for one rank.
+/// Which samples form batch b of epoch e, for one rank. The epoch's order is one permutation of
+/// the dataset; rank r takes its positions start + r, start + r + world_size, ... in turn, so
+/// after b batches of B on W ranks the positions [start, start + b*B*W) are taken, whatever B
+/// and W are. An epoch resumed with another B or W goes on from there (`start` > 0).
 class EpochSampler {
  public:
-  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed)
-      : size_(dataset_size), options_(options), seed_(seed) {
+  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed, std::int64_t start = 0)
+      : size_(dataset_size), options_(options), seed_(seed), start_(start) {
     if (options_.batch_size <= 0)
       throw ConfigError("keel: batch_size must be positive, got " + std::to_string(options_.batch_size));
     if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
       throw ConfigError("keel: rank " + std::to_string(options_.rank) + " is outside world_size " +
                         std::to_string(options_.world_size));
     if (size_ <= 0) throw ConfigError("keel: the training dataset is empty");
+    if (start_ < 0 || start_ >= size_)
+      throw ConfigError("keel: an epoch cannot start at sample " + std::to_string(start_) + " of " +
+                        std::to_string(size_));
     // Every rank gets the same number of samples: the order is padded by wrapping around
     // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
     const std::int64_t world = options_.world_size;
-    if (!options_.even) per_rank_ = (size_ - options_.rank + world - 1) / world;
-    else per_rank_ = options_.drop_last ? size_ / world : (size_ + world - 1) / world;
+    const std::int64_t left = size_ - start_;
+    if (!options_.even) per_rank_ = (left - options_.rank + world - 1) / world;
+    else per_rank_ = options_.drop_last ? left / world : (left + world - 1) / world;
     batches_ = options_.drop_last ? per_rank_ / options_.batch_size
                                   : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
-    if (batches_ == 0 && options_.drop_last)
+    // (The rest of a resumed epoch may hold less than one batch per rank: with drop_last it has none.)
+    if (batches_ == 0 && options_.drop_last && start_ == 0)
       throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
                         " exceeds the " + std::to_string(per_rank_) +
                         " samples per epoch, so an epoch has no batch");
   }
 
+  /// The same epochs from position `start` of their order on: the rest of an epoch resumed with
+  /// another batch size or number of processes.
+  EpochSampler starting_at(std::int64_t start) const { return EpochSampler(size_, options_, seed_, start); }
+
   std::int64_t dataset_size() const noexcept { return size_; }
   std::int64_t batches_per_epoch() const noexcept { return batches_; }
   const SamplerOptions& options() const noexcept { return options_; }
   std::uint64_t seed() const noexcept { return seed_; }
+  std::int64_t start() const noexcept { return start_; }
 
   /// This rank's sample indices for the whole epoch, in order.
   std::vector<std::int64_t> epoch_order(std::int64_t epoch) const {
@@ -107,7 +120,7 @@ class EpochSampler {
     std::vector<std::int64_t> mine;
     mine.reserve(static_cast<std::size_t>(per_rank_));
     for (std::int64_t i = 0; i < per_rank_; ++i) {
-      const std::int64_t position = i * options_.world_size + options_.rank;
+      const std::int64_t position = start_ + i * options_.world_size + options_.rank;
       mine.push_back(all[static_cast<std::size_t>(position % size_)]);
     }
     return mine;
@@ -124,6 +137,7 @@ class EpochSampler {
   std::int64_t size_;
   SamplerOptions options_;
   std::uint64_t seed_;
+  std::int64_t start_ = 0;
   std::int64_t per_rank_ = 0;
   std::int64_t batches_ = 0;
 };

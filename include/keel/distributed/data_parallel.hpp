@@ -201,8 +201,8 @@ class DataParallel {
     return static_cast<SaveOutcome>(value[0].item<std::int64_t>());
   }
 
-  /// A checkpoint of N ranks resumes with N ranks (resuming with another number is not
-  /// supported yet: its position in the epoch counts batches of N ranks).
+  /// What a resume with another number of processes changes: always allowed, it goes on at
+  /// sample granularity (keel/state/fork.hpp, continue_epoch) and is recorded in the lineage.
   /// (Nothing for a process alone: its checkpoints are those of a Trainer without the policy.)
   void describe(Fingerprint& f) const {
     if (world_size() <= 1) return;

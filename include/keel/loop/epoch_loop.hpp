@@ -60,14 +60,17 @@ void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
   s.publish_lrs();
   ++s.loop.epoch;
   s.loop.batch_in_epoch = 0;
+  s.loop.epoch_offset = 0;
   saver.after_epoch();
 }
 
 /// Trains from the loop's position to the end of the epoch, or until a stop condition holds at
-/// an optimizer-step boundary.
+/// an optimizer-step boundary. `whole` samples whole epochs; an epoch resumed with another batch
+/// size or number of processes takes the rest of its order, from loop.epoch_offset.
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
-               const data::EpochSampler& sampler) {
+               const data::EpochSampler& whole) {
+  const data::EpochSampler sampler = s.loop.epoch_offset == 0 ? whole : whole.starting_at(s.loop.epoch_offset);
   const std::int64_t batches = sampler.batches_per_epoch();
   if (s.loop.batch_in_epoch > batches)
     throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(s.loop.batch_in_epoch) +
@@ -76,7 +79,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
   data::BatchLoader<TrainSet> loader(train, sampler, s.loop.epoch, s.loop.batch_in_epoch,
                                      data::SampleContext(s.loop.data_seed, s.loop.epoch, /*training=*/true),
                                      s.options.workers(), s.options.prefetch_batches());
-  if (s.loop.batch_in_epoch == 0) s.dispatch(event::on_train_epoch_start{});
+  if (s.loop.batch_in_epoch == 0 && s.loop.epoch_offset == 0) s.dispatch(event::on_train_epoch_start{});
   s.model->train();
   const std::int64_t accumulate = s.options.accumulate();
   NonFiniteWatch nonfinite(s.options.on_nonfinite(), *s.model);

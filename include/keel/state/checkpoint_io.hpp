@@ -38,6 +38,7 @@ Facts manifest_facts(const State& s, Facts extra) {
                  {"batch_in_epoch", std::to_string(s.loop.batch_in_epoch)},
                  {"train_size", std::to_string(s.train_size)},
                  {"keel_version", KEEL_VERSION_STRING}};
+  if (s.loop.epoch_offset != 0) facts.emplace_back("epoch_offset", std::to_string(s.loop.epoch_offset));
   for (auto& fact : machine_facts()) facts.push_back(std::move(fact));
   for (auto& fact : extra) facts.push_back(std::move(fact));
   return facts;

@@ -47,6 +47,13 @@ inline bool starts_with(const std::string& text, const std::string& prefix) { re
 inline bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+/// A positive count as a fingerprint holds it, or 0; Fingerprint::absent counts as `absent`.
+inline std::int64_t positive_count(const std::string& text, std::int64_t absent = 0) {
+  if (text == Fingerprint::absent) return absent;
+  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
+  return std::stoll(text);
+}
 }  // namespace detail
 
 /// Whether `key` matches an allow_changes entry: the key itself, a prefix ending in '*', or "*".
@@ -79,7 +86,10 @@ template <class Optimizer, class Scheduler>
 ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const TrainerOptions& options) {
   ForkPlan plan;
   const std::string batch = saved.fact("batch_in_epoch");
-  const bool mid_epoch = batch != "0";  // (a file without the fact counts as mid-epoch)
+  const std::string offset = saved.fact("epoch_offset");
+  // (a file without the fact counts as mid-epoch)
+  const bool mid_epoch = batch != "0" || (!offset.empty() && offset != "0");
+  const std::string position = "batch " + batch + (offset.empty() ? "" : " after sample " + offset) + " of its epoch";
   std::vector<std::string> not_allowed;
   // The policies' names as the fingerprint has them: a policy chosen at run time (OneOf) is
   // named after its choice.
@@ -92,9 +102,13 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
   for (auto& change : live.changes_from(saved.fingerprint)) {
     const std::string& key = change.key;
     const std::string line = Fingerprint::describe(change);
-    if (detail::starts_with(key, "strategy")) {  // (allowed or not)
-      plan.refused.push_back(line + ": a checkpoint resumes only with as many processes as wrote it, for now (its "
-                                    "position in the epoch counts their batches); start that many");
+    if ((key == "strategy.world_size" && detail::positive_count(change.before, 1) == 0) ||
+        (key == "data.batch_size" && detail::positive_count(change.before) == 0)) {
+      plan.refused.push_back(line + ": the checkpoint's value is not a positive count");
+    } else if (detail::starts_with(key, "strategy")) {
+      // Another number of processes is a matter of how the job was started, not of the run's
+      // configuration: always allowed. The epoch goes on at sample granularity (continue_epoch).
+      plan.changes.push_back(std::move(change));
     } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
@@ -121,9 +135,10 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     } else if (key == "callbacks" || key == "scheduler.type") {
       plan.refused.push_back(line + ": the state of the old " + (key == "callbacks" ? "callbacks" : "scheduler") +
                              " cannot carry over to another type; start a new run with init_from");
-    } else if (detail::starts_with(key, "data.") && mid_epoch) {
+    } else if (detail::starts_with(key, "data.") && key != "data.batch_size" && mid_epoch) {
+      // (Another batch size goes on at sample granularity, like another number of processes.)
       plan.refused.push_back(line + ": the data order may change only at an epoch boundary, and the checkpoint "
-                                    "is at batch " + batch + " of its epoch; fork from an epoch's last checkpoint");
+                                    "is at " + position + "; fork from an epoch's last checkpoint");
     } else if (detail::starts_with(key, "optimizer.") && !detail::can_reconfigure<Optimizer>::value) {
       plan.refused.push_back(line + ": " + optimizer_name + " cannot take a new configuration (it has no reconfigure())");
     } else if (key == "optimizer.lr" && !detail::can_rebase<Scheduler>::value) {
@@ -180,20 +195,71 @@ std::vector<std::string> schedule_problems(const Scheduler& scheduler, const Lin
   return {};
 }
 
+/// Samples per step across all processes before and after a fork: the checkpoint's batch size
+/// and number of processes (a change's `before`; absent: one process), and this run's.
+struct BatchGeometry {
+  std::int64_t batch_size = 0, world_size = 1;
+  std::int64_t samples() const { return batch_size * world_size; }
+  bool operator!=(const BatchGeometry& o) const { return batch_size != o.batch_size || world_size != o.world_size; }
+  std::string describe() const {
+    return std::to_string(world_size) + (world_size == 1 ? " process" : " processes") + " of batch " +
+           std::to_string(batch_size);
+  }
+};
+
+/// The checkpoint's geometry (from the changes, checked by plan_fork) and this run's.
+inline std::pair<BatchGeometry, BatchGeometry> batch_geometry(const std::vector<ConfigChange>& changes,
+                                                              std::int64_t batch_size, std::int64_t world_size) {
+  BatchGeometry before{batch_size, world_size};
+  for (const auto& c : changes) {
+    if (c.key == "data.batch_size") before.batch_size = detail::positive_count(c.before);
+    if (c.key == "strategy.world_size") before.world_size = detail::positive_count(c.before, 1);
+  }
+  return {before, BatchGeometry{batch_size, world_size}};
+}
+
+/// A checkpoint resumed with another batch size or number of processes. Inside an epoch, the
+/// positions of the epoch's order taken so far are [0, epoch_offset + batch_in_epoch x
+/// batch_size x world_size), whatever those were (keel/data/sampler.hpp), so the epoch goes on
+/// from there, its batches counted anew: every sample of the epoch is trained once (but the
+/// padding that evens out the ranks where they do not divide the rest, as in any epoch).
+template <class State>
+void continue_epoch(State& s, const BatchGeometry& before, const BatchGeometry& after) {
+  std::string message = "the checkpoint was trained by " + before.describe() + ", and " + after.describe() +
+                        " train now: ";
+  if (s.loop.batch_in_epoch != 0) {
+    s.loop.epoch_offset += s.loop.batch_in_epoch * before.samples();
+    s.loop.batch_in_epoch = 0;
+  }
+  if (s.loop.epoch_offset != 0)
+    message += "epoch " + std::to_string(s.loop.epoch) + " goes on from sample " + std::to_string(s.loop.epoch_offset) +
+               " of its order, each of the rest once; ";
+  message += before.samples() == after.samples()
+                 ? "a step averages as many samples (" + std::to_string(after.samples()) + ") but sums them in another "
+                   "order"
+                 : "a step averages " + std::to_string(after.samples()) + " samples instead of " +
+                       std::to_string(before.samples());
+  notice(message + ", so the run is no longer bitwise the one that kept its processes and batches");
+}
+
 /// After a fork's checkpoint was loaded: applies the new configuration where loading put the
-/// old one back (optimizer hyper-parameters, the schedule's base learning rates, the data seed)
-/// and records the fork in the lineage. A stop request of the old run (early stopping) is
-/// dropped: the fork is asked to train on.
+/// old one back (optimizer hyper-parameters, the schedule's base learning rates, the data seed,
+/// the position in an epoch trained with other batches) and records the fork in the lineage. A
+/// stop request of the old run (early stopping) is dropped, unless only the number of processes
+/// changed: the fork is asked to train on.
 template <class State>
 void apply_fork(State& s, LineageEntry fork) {
-  bool optimizer_changed = false, seed_changed = false;
+  bool optimizer_changed = false, seed_changed = false, only_processes = true;
   [[maybe_unused]] bool lr_changed = false;
   for (const auto& c : fork.changes) {
     optimizer_changed |= detail::starts_with(c.key, "optimizer.");
     lr_changed |= c.key == "optimizer.lr" ||
                   (detail::starts_with(c.key, "optimizer.group.") && detail::ends_with(c.key, ".lr"));
     seed_changed |= c.key == "data.seed";
+    only_processes &= detail::starts_with(c.key, "strategy");
   }
+  const auto [before, after] = batch_geometry(fork.changes, s.options.batch_size(), s.view.world_size);
+  if (before != after) continue_epoch(s, before, after);
   // (plan_fork refused these changes for components that cannot take them)
   if constexpr (detail::can_reconfigure<typename State::Optimizer>::value) {
     if (optimizer_changed) s.optimizer.reconfigure();
@@ -209,7 +275,7 @@ void apply_fork(State& s, LineageEntry fork) {
     }
   }
   if (seed_changed) s.loop.data_seed = s.options.seed();
-  s.loop.stop_requested = false;
+  if (!only_processes) s.loop.stop_requested = false;
 
   std::string message;
   for (const auto& line : fork.describe()) message += (message.empty() ? "" : "\n") + line;

@@ -16,6 +16,9 @@
 //                           dtype and shape, and commit() reads them into place
 //   present()               (optional) false: this configuration has no such section (written
 //                           and read by none)
+//   ignored_when_absent     (optional, static) a file's section that this configuration has
+//                           not (present() false) is left unread, not refused: a data-parallel
+//                           job's per-rank streams, resumed by one process
 //
 // SectionList holds the entries behind one interface (SectionSlot), so that writing, staging
 // and committing are plain code compiled once, whatever the Trainer type; it holds no
@@ -93,6 +96,12 @@ struct absent_is_empty : std::false_type {};
 template <class Entry>
 struct absent_is_empty<Entry, std::void_t<decltype(Entry::absent_is_empty)>>
     : std::bool_constant<Entry::absent_is_empty> {};
+
+template <class Entry, class = void>
+struct ignored_when_absent : std::false_type {};
+template <class Entry>
+struct ignored_when_absent<Entry, std::void_t<decltype(Entry::ignored_when_absent)>>
+    : std::bool_constant<Entry::ignored_when_absent> {};
 
 }  // namespace detail
 
@@ -259,7 +268,7 @@ class EntrySlot final : public SectionSlot {
 
   bool present() const override { return detail::is_present(entry_); }
   bool claims(const std::string& section_name) const override {
-    if (!present()) return false;
+    if (!present() && !detail::ignored_when_absent<Entry>::value) return false;
     const std::string legacy = entry_.legacy_name();
     return section_name == entry_.name() || (!legacy.empty() && section_name == legacy);
   }

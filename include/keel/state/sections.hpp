@@ -48,7 +48,7 @@ struct LoopSection {
       plan.problem("section 'loop' is inside a gradient-accumulation window (micro-batch " +
                    std::to_string(loop.micro_batch) +
                    "); keel writes checkpoints only at optimizer-step boundaries");
-    if (loop.epoch < 0 || loop.global_step < 0 || loop.batch_in_epoch < 0)
+    if (loop.epoch < 0 || loop.global_step < 0 || loop.batch_in_epoch < 0 || loop.epoch_offset < 0)
       plan.problem("section 'loop' holds a negative position");
   }
   void commit(LoopState&& loop) { live = loop; }
@@ -311,13 +311,15 @@ struct RngSection {
 /// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
 /// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
 /// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
-/// exactly as before the stop, even when the ranks were seeded differently. A file without the
-/// section (keel before it), or an empty one, leaves every rank with "rng". Outside the state
+/// exactly as before the stop, even when the ranks were seeded differently. A rank the file has
+/// no streams for (a file without the section, from keel before it or from one process, or a job
+/// resumed with more processes than wrote it) goes on with "rng", rank 0's. Outside the state
 /// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
 template <class Live>
 struct RankRngSection {
   static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
   static constexpr bool absent_is_empty = true;
+  static constexpr bool ignored_when_absent = true;  // (one process: rank 0's streams are "rng")
   Live& live;
 
   bool present() const {
@@ -343,9 +345,6 @@ struct RankRngSection {
   std::vector<RngState> stage() const { return {}; }
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      if (!saved.empty() && saved.size() != static_cast<std::size_t>(live.world_size))
-        plan.problem("section 'rng.ranks' holds the random streams of " + std::to_string(saved.size()) +
-                     " processes, and " + std::to_string(live.world_size) + " train now; start as many as wrote it");
       for (std::size_t r = 0; r < saved.size(); ++r)
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
