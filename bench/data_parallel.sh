@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Data-parallel throughput: the Fashion-MNIST example trained by one process (batch 2B, T
 # threads) and by two ranks under keel-run (batch B each, T/2 threads each: the same samples per
-# step, the same cores), alternating who goes first. samples/s is the job's, as rank 0's
-# metrics.csv logs it (every rank's samples); each round's figure is the median of its rows
-# after the first, and the table holds the median over the rounds.
-#   bench/data_parallel.sh [rounds] [models] [steps] [batch per rank] [threads in all]
-#       (defaults: 3 rounds; models "mlp cnn"; 300 steps; batch 32; 2 threads)
+# step, the same cores), the ranks' gradient all-reduces overlapped with the backward pass
+# (--dist-overlap on, buckets of --dist-bucket-kb) and not, taking turns at going first.
+# samples/s is the job's, as rank 0's metrics.csv logs it (every rank's samples); each round's
+# figure is the median of its rows after the first, and the table holds the median over the rounds.
+#   bench/data_parallel.sh [rounds] [models] [steps] [batch per rank] [threads in all] [bucket kB]
+#       (defaults: 3 rounds; models "mlp cnn"; 300 steps; batch 32; 2 threads; 1024 kB, the default)
 # Builds the example and keel-run in build/bench (Release) unless KEEL_EXAMPLE and KEEL_RUN name them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ models=${2:-"mlp cnn"}
 steps=${3:-300}
 batch=${4:-32}
 threads=${5:-2}
+bucket_kb=${6:-1024}
 dir=${KEEL_BENCH_DIR:-build/bench/data_parallel}
 example=${KEEL_EXAMPLE:-build/bench/examples/fashion_mnist}
 launcher=${KEEL_RUN:-build/bench/tools/keel-run}
@@ -27,31 +29,34 @@ fi
 median() { printf '%s\n' "$@" | sort -g | sed -n "$((($# + 1) / 2))p"; }
 # The median samples/s of a metrics.csv's training rows after the first (its clock starts at fit).
 rate() { awk -F, '$3 == "train" { if (n++) print $6 }' "$1" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-run() {  # run RANKS BATCH THREADS: one run (RANKS processes of BATCH samples and THREADS threads each)
-  local ranks=$1 per_rank=$2 each=$3 name=ranks-$1 launch=()
+run() {  # run RANKS BATCH THREADS OVERLAP: one run (RANKS processes of BATCH samples and THREADS threads each)
+  local ranks=$1 per_rank=$2 each=$3 overlap=$4 name=ranks-$1-$4 launch=()
   ((ranks > 1)) && launch=("$launcher" --nproc-per-node "$ranks")
   rm -rf "${dir:?}/$name"
   "${launch[@]}" "$example" --model "$model" --max-steps "$steps" --epochs 1 --save-every-steps 0 --log-every 20 \
     --validation-size 0 --progress off --threads "$each" --batch-size "$per_rank" \
+    --dist-overlap "$overlap" --dist-bucket-kb "$bucket_kb" \
     --ckpt-dir "$dir/$name/ckpt" --log-dir "$dir/$name/logs" >/dev/null
   rate "$dir/$name/logs/metrics.csv"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b / a }'; }
 
-echo "| model | samples per step | one process: samples/s | two ranks: samples/s | two / one |"
-echo "|---|---|---|---|---|"
+echo "| model | samples per step | one process: samples/s | two ranks, overlap: samples/s | two ranks, no overlap: samples/s | overlap / one | no overlap / one |"
+echo "|---|---|---|---|---|---|---|"
 for model in $models; do
-  one=() two=()
+  one=() on=() off=()
   for ((r = 0; r < rounds; ++r)); do
-    if ((r % 2)); then
-      two+=("$(run 2 "$batch" $((threads / 2)))")
-      one+=("$(run 1 $((2 * batch)) "$threads")")
-    else
-      one+=("$(run 1 $((2 * batch)) "$threads")")
-      two+=("$(run 2 "$batch" $((threads / 2)))")
-    fi
+    for ((k = 0; k < 3; ++k)); do  # (round r starts with configuration r % 3)
+      case $(((r + k) % 3)) in
+        0) one+=("$(run 1 $((2 * batch)) "$threads" on)") ;;
+        1) on+=("$(run 2 "$batch" $((threads / 2)) on)") ;;
+        2) off+=("$(run 2 "$batch" $((threads / 2)) off)") ;;
+      esac
+    done
   done
-  echo "  $model one: ${one[*]}; two: ${two[*]}" >&2
+  echo "  $model one: ${one[*]}; overlap: ${on[*]}; no overlap: ${off[*]}" >&2
   a=$(median "${one[@]}")
-  b=$(median "${two[@]}")
-  echo "| $model | $((2 * batch)) | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b / a }') |"
+  b=$(median "${on[@]}")
+  c=$(median "${off[@]}")
+  echo "| $model | $((2 * batch)) | $a | $b | $c | $(ratio "$a" "$b") | $(ratio "$a" "$c") |"
 done

@@ -108,7 +108,7 @@ for part in "${parts[@]}"; do
       # Here run the exactness, SIGKILL, fixture and keel-ckpt tests, which LibTorch's version
       # can change. The compile-fail file is built in the clang part.
       in_libtorch2_root whole_suite "build/torch2-${compiler%++}" "$compiler" "$jobs" \
-        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with|the example trains as two ranks" \
+        "every flag combination of the example|does not depend on the worker count|the metric logs hold every step|fault: SIGTERM, SIGINT and SIGUSR1|fault: a second signal|fault: a disk that refuses|the example trains longer with|the example trains as two ranks|the example.s MLP as two ranks" \
         -DKEEL_BUILD_BENCH=ON -DKEEL_CHECK_HEADERS=OFF -DKEEL_COMPILE_FAIL_TESTS=OFF -DKEEL_COMPILE_FAIL_SOURCES=OFF \
         -DKEEL_NODE_TESTS=OFF
       ;;

@@ -128,6 +128,10 @@ class Dataset {
     return {images, labels_.index_select(0, index)};
   }
 
+  /// Every image as the normalized floats the models see (a new tensor), and the labels.
+  torch::Tensor images() const { return normalized(images_); }
+  const torch::Tensor& labels() const { return labels_; }
+
  private:
   /// Bytes 0-255 to the normalized floats the models see.
   static torch::Tensor normalized(const torch::Tensor& pixels) {

@@ -44,6 +44,7 @@ struct Flags {
   int threads = 0;
   std::string model = "cnn";
   std::int64_t mlp_hidden = 256;
+  double dropout = -1.0;  // < 0: the model's own (0.2 for the MLP, 0.3 for the CNN)
   std::int64_t accumulate = 1;
   std::int64_t save_every_steps = 200;
   std::string resume = "auto";
@@ -74,6 +75,8 @@ struct Flags {
   std::string tensorboard;
   std::string strategy = "auto";
   double dist_timeout = 300.0;
+  std::int64_t dist_bucket_kb = 1024;
+  std::string dist_overlap = "on";
 };
 
 using Optimizer = keel::optim::OneOf<keel::optim::SGD, keel::optim::Adam, keel::optim::AdamW, keel::optim::RMSprop,
@@ -151,10 +154,11 @@ int train(const Flags& flags) {
   // rank at the start; each rank's random streams are saved).
   keel::seed_everything(flags.seed + static_cast<std::uint64_t>(place.rank));
   std::shared_ptr<Module> module;
+  const double dropout = flags.dropout >= 0.0 ? flags.dropout : Module::kDropout;
   if constexpr (std::is_same_v<Module, fashion_mnist::MlpImpl>) {
-    module = std::make_shared<Module>(flags.mlp_hidden);
+    module = std::make_shared<Module>(flags.mlp_hidden, dropout);
   } else {
-    module = std::make_shared<Module>();
+    module = std::make_shared<Module>(dropout);
   }
   keel::TrainerOptions options;
   if (!flags.resume_changed.empty()) {
@@ -170,6 +174,8 @@ int train(const Flags& flags) {
   keel::optim::ParamGroups groups;  // none: every parameter in "default"
   if (flags.no_decay_bias_norm)  // biases and normalization weights without weight decay
     groups = keel::optim::ParamGroups({keel::optim::ParamGroup("no_decay", keel::optim::bias_or_norm).set("weight_decay", 0.0)});
+  // (Recorded only when given, so that the runs from before the flag keep resuming.)
+  if (flags.dropout >= 0.0) options.config("dropout", keel::shortest_decimal(flags.dropout));
   Trainer trainer(module,
                   options
                       .max_epochs(flags.epochs)
@@ -207,7 +213,9 @@ int train(const Flags& flags) {
     throw keel::ConfigError("--strategy ddp: this process was started by no launcher (no RANK, WORLD_SIZE...): start it "
                             "with keel-run --nproc-per-node N, torchrun, srun or mpirun, or drop --strategy ddp to "
                             "train in one process");
-  strategy.timeout(std::chrono::milliseconds(static_cast<std::int64_t>(flags.dist_timeout * 1000.0)));
+  strategy.timeout(std::chrono::milliseconds(static_cast<std::int64_t>(flags.dist_timeout * 1000.0)))
+      .bucket_bytes(flags.dist_bucket_kb * 1024)
+      .overlap(flags.dist_overlap == "on");
 
   const auto start = std::chrono::steady_clock::now();
   if (flags.validation_size > 0) {
@@ -249,6 +257,8 @@ int main(int argc, char** argv) {
   app.add_option("--mlp-hidden", flags.mlp_hidden, "hidden units of --model mlp")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--dropout", flags.dropout, "probability of the models' Dropout (default: 0.2 for mlp, 0.3 for cnn)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--accumulate", flags.accumulate, "micro-batches per optimizer step")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -333,6 +343,14 @@ int main(int argc, char** argv) {
                  "the ranks that did not answer")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--dist-bucket-kb", flags.dist_bucket_kb, "data-parallel gradients are all-reduced in buckets of about this many kB")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30));
+  app.add_option("--dist-overlap", flags.dist_overlap,
+                 "on: a bucket's all-reduce starts during the backward pass, as soon as its gradients are there; "
+                 "off: after it")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   CLI11_PARSE(app, argc, argv);
 
   try {

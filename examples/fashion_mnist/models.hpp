@@ -26,9 +26,10 @@ struct Classifier {
 
 /// 784 -> hidden -> 10 with Dropout.
 struct MlpImpl : torch::nn::Module, Classifier<MlpImpl> {
-  explicit MlpImpl(std::int64_t hidden = 256)
+  static constexpr double kDropout = 0.2;
+  explicit MlpImpl(std::int64_t hidden = 256, double dropout_probability = kDropout)
       : fc1(register_module("fc1", torch::nn::Linear(784, hidden))),
-        dropout(register_module("dropout", torch::nn::Dropout(0.2))),
+        dropout(register_module("dropout", torch::nn::Dropout(dropout_probability))),
         fc2(register_module("fc2", torch::nn::Linear(hidden, 10))) {}
 
   torch::Tensor forward(torch::Tensor x) {
@@ -43,12 +44,13 @@ struct MlpImpl : torch::nn::Module, Classifier<MlpImpl> {
 
 /// Two convolution blocks (conv, BatchNorm, ReLU, max-pool), then a Dropout-regularized head.
 struct CnnImpl : torch::nn::Module, Classifier<CnnImpl> {
-  CnnImpl()
+  static constexpr double kDropout = 0.3;
+  explicit CnnImpl(double dropout_probability = kDropout)
       : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 3).padding(1)))),
         bn1(register_module("bn1", torch::nn::BatchNorm2d(32))),
         conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3).padding(1)))),
         bn2(register_module("bn2", torch::nn::BatchNorm2d(64))),
-        dropout(register_module("dropout", torch::nn::Dropout(0.3))),
+        dropout(register_module("dropout", torch::nn::Dropout(dropout_probability))),
         fc1(register_module("fc1", torch::nn::Linear(64 * 7 * 7, 128))),
         fc2(register_module("fc2", torch::nn::Linear(128, 10))) {}
 

@@ -53,6 +53,8 @@ class Context {
   const LoopState& loop() const noexcept { return loop_; }
   std::int64_t epoch() const noexcept { return loop_.epoch; }
   std::int64_t global_step() const noexcept { return loop_.global_step; }
+  /// Micro-batches trained in this epoch; in an epoch resumed with another batch size or number
+  /// of processes, since the resume (LoopState::epoch_offset).
   std::int64_t batch_in_epoch() const noexcept { return loop_.batch_in_epoch; }
 
   torch::nn::Module& model() noexcept { return model_; }
@@ -91,6 +93,7 @@ class Context {
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }
   std::int64_t max_epochs() const noexcept { return view_.max_epochs; }
+  /// Micro-batches of a whole epoch (an epoch resumed with other batches ends sooner).
   std::int64_t batches_per_epoch() const noexcept { return view_.batches_per_epoch; }
   /// Optimizer steps per epoch (the last accumulation window of an epoch may be short).
   std::int64_t steps_per_epoch() const noexcept { return view_.steps_per_epoch; }

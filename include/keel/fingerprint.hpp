@@ -30,6 +30,17 @@ struct ConfigChange {
   }
 };
 
+/// The shortest decimal form that reads back as exactly `value` (0.005, not 0.0050000000000000001):
+/// how the fingerprint, and TrainerOptions::config of a number, write one.
+inline std::string shortest_decimal(double value) {
+  char buffer[40];
+  for (int precision = 15; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
 class Fingerprint {
  public:
   using Entry = std::pair<std::string, std::string>;
@@ -39,15 +50,8 @@ class Fingerprint {
   }
   void add(std::string key, const char* value) { add(std::move(key), std::string(value)); }
   void add(std::string key, bool value) { add(std::move(key), std::string(value ? "true" : "false")); }
-  /// The shortest decimal form that reads back as exactly `value` (0.005, not 0.0050000000000000001).
-  void add(std::string key, double value) {
-    char buffer[40];
-    for (int precision = 15; precision <= 17; ++precision) {
-      std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
-      if (std::strtod(buffer, nullptr) == value) break;
-    }
-    add(std::move(key), std::string(buffer));
-  }
+  /// A number as shortest_decimal writes it.
+  void add(std::string key, double value) { add(std::move(key), shortest_decimal(value)); }
   template <class Int, std::enable_if_t<std::is_integral_v<Int> && !std::is_same_v<Int, bool>, int> = 0>
   void add(std::string key, Int value) {
     add(std::move(key), std::to_string(value));

@@ -3,6 +3,7 @@
 // generator of each CUDA device. Captured at a checkpoint and restored last at a resume, after
 // everything that might draw a number while it is built.
 
+#include <keel/data/sampler.hpp>  // derive_seed
 #include <keel/serialize_tensor.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -12,6 +13,7 @@
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -87,5 +89,17 @@ struct RngState {
 
 /// Seeds LibTorch's CPU generator and every CUDA generator.
 inline void seed_everything(std::uint64_t seed) { torch::manual_seed(seed); }
+
+/// Seeds every generator for data-parallel rank `rank` from the CPU generator's current state: a
+/// rank that a checkpoint holds no streams of its own for (a job resumed with more processes than
+/// wrote it), which would otherwise draw rank 0's numbers (the same Dropout masks). The same
+/// state and rank give the same streams.
+inline void seed_rank_from_current(std::int64_t rank) {
+  const torch::Tensor state = RngState::capture().cpu.contiguous();
+  std::uint64_t seed = data::derive_seed(0x72616e6bULL /* "rank" */, static_cast<std::uint64_t>(rank));
+  const auto* bytes = state.data_ptr<std::uint8_t>();
+  for (std::int64_t i = 0; i < state.numel(); ++i) seed = data::derive_seed(seed, bytes[i]);
+  seed_everything(seed);
+}
 
 }  // namespace keel

@@ -2092,6 +2092,17 @@ struct ConfigChange {
   }
 };
 
+/// The shortest decimal form that reads back as exactly `value` (0.005, not 0.0050000000000000001):
+/// how the fingerprint, and TrainerOptions::config of a number, write one.
+inline std::string shortest_decimal(double value) {
+  char buffer[40];
+  for (int precision = 15; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
 class Fingerprint {
  public:
   using Entry = std::pair<std::string, std::string>;
@@ -2101,15 +2112,8 @@ class Fingerprint {
   }
   void add(std::string key, const char* value) { add(std::move(key), std::string(value)); }
   void add(std::string key, bool value) { add(std::move(key), std::string(value ? "true" : "false")); }
-  /// The shortest decimal form that reads back as exactly `value` (0.005, not 0.0050000000000000001).
-  void add(std::string key, double value) {
-    char buffer[40];
-    for (int precision = 15; precision <= 17; ++precision) {
-      std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
-      if (std::strtod(buffer, nullptr) == value) break;
-    }
-    add(std::move(key), std::string(buffer));
-  }
+  /// A number as shortest_decimal writes it.
+  void add(std::string key, double value) { add(std::move(key), shortest_decimal(value)); }
   template <class Int, std::enable_if_t<std::is_integral_v<Int> && !std::is_same_v<Int, bool>, int> = 0>
   void add(std::string key, Int value) {
     add(std::move(key), std::to_string(value));
@@ -2306,6 +2310,8 @@ class Context {
   const LoopState& loop() const noexcept { return loop_; }
   std::int64_t epoch() const noexcept { return loop_.epoch; }
   std::int64_t global_step() const noexcept { return loop_.global_step; }
+  /// Micro-batches trained in this epoch; in an epoch resumed with another batch size or number
+  /// of processes, since the resume (LoopState::epoch_offset).
   std::int64_t batch_in_epoch() const noexcept { return loop_.batch_in_epoch; }
 
   torch::nn::Module& model() noexcept { return model_; }
@@ -2344,6 +2350,7 @@ class Context {
 
   std::int64_t max_steps() const noexcept { return view_.max_steps; }
   std::int64_t max_epochs() const noexcept { return view_.max_epochs; }
+  /// Micro-batches of a whole epoch (an epoch resumed with other batches ends sooner).
   std::int64_t batches_per_epoch() const noexcept { return view_.batches_per_epoch; }
   /// Optimizer steps per epoch (the last accumulation window of an epoch may be short).
   std::int64_t steps_per_epoch() const noexcept { return view_.steps_per_epoch; }
@@ -3817,6 +3824,152 @@ struct ModelState {
 // everything that might draw a number while it is built.
 
 
+// ---- keel/data/sampler.hpp ----
+// The deterministic, resumable order of samples. The permutation of epoch e is a pure function
+// of (seed, e): no generator state carries over between epochs, so a resume needs only
+// (seed, epoch, cursor) and jumps to the cursor without touching the samples before it.
+// The shuffle uses keel's own generator and bounded-integer rule rather than std::shuffle,
+// whose algorithm differs between standard libraries.
+
+
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace keel::data {
+
+/// SplitMix64: a small, well-mixed generator; enough for shuffling indices.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  /// Uniform integer in [0, bound), without modulo bias (Lemire's method with rejection).
+  std::uint64_t below(std::uint64_t bound) {
+    __uint128_t product = static_cast<__uint128_t>(next()) * bound;
+    auto low = static_cast<std::uint64_t>(product);
+    if (low < bound) {
+      const std::uint64_t threshold = (0 - bound) % bound;
+      while (low < threshold) {
+        product = static_cast<__uint128_t>(next()) * bound;
+        low = static_cast<std::uint64_t>(product);
+      }
+    }
+    return static_cast<std::uint64_t>(product >> 64);
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+/// A seed for one purpose derived from a base seed and up to three coordinates.
+inline std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t a, std::uint64_t b = 0,
+                                 std::uint64_t c = 0) {
+  SplitMix64 mix(seed ^ 0x6b65656c2d736565ULL);  // "keel-see"
+  std::uint64_t out = mix.next();
+  for (std::uint64_t part : {a, b, c}) {
+    SplitMix64 step(out ^ (part * 0xd1342543de82ef95ULL));
+    out = step.next();
+  }
+  return out;
+}
+
+struct SamplerOptions {
+  std::int64_t batch_size = 32;
+  bool shuffle = true;
+  bool drop_last = false;
+  std::int64_t rank = 0;        ///< this process's shard (data parallelism)
+  std::int64_t world_size = 1;  ///< number of shards
+  /// true: every rank gets as many samples (padded by wrapping around, or truncated with
+  /// drop_last), so that the ranks take their steps together. false (evaluation): each sample
+  /// exactly once, the first size % world_size ranks one more than the others (a rank may get none).
+  bool even = true;
+};
+
+/// Which samples form batch b of epoch e, for one rank. The epoch's order is one permutation of
+/// the dataset; rank r takes its positions start + r, start + r + world_size, ... in turn, so
+/// after b batches of B on W ranks the positions [start, start + b*B*W) are taken, whatever B
+/// and W are. An epoch resumed with another B or W goes on from there (`start` > 0).
+class EpochSampler {
+ public:
+  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed, std::int64_t start = 0)
+      : size_(dataset_size), options_(options), seed_(seed), start_(start) {
+    if (options_.batch_size <= 0)
+      throw ConfigError("keel: batch_size must be positive, got " + std::to_string(options_.batch_size));
+    if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
+      throw ConfigError("keel: rank " + std::to_string(options_.rank) + " is outside world_size " +
+                        std::to_string(options_.world_size));
+    if (size_ <= 0) throw ConfigError("keel: the training dataset is empty");
+    if (start_ < 0 || start_ > size_)  // (start == size: the epoch was trained to its end)
+      throw ConfigError("keel: an epoch cannot start at sample " + std::to_string(start_) + " of " +
+                        std::to_string(size_));
+    // Every rank gets the same number of samples: the order is padded by wrapping around
+    // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
+    const std::int64_t world = options_.world_size;
+    const std::int64_t left = size_ - start_;
+    if (!options_.even) per_rank_ = (left - options_.rank + world - 1) / world;
+    else per_rank_ = options_.drop_last ? left / world : (left + world - 1) / world;
+    if (left == 0) per_rank_ = 0;
+    batches_ = options_.drop_last ? per_rank_ / options_.batch_size
+                                  : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
+    // (The rest of a resumed epoch may hold less than one batch per rank: with drop_last it has none.)
+    if (batches_ == 0 && options_.drop_last && start_ == 0)
+      throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
+                        " exceeds the " + std::to_string(per_rank_) +
+                        " samples per epoch, so an epoch has no batch");
+  }
+
+  /// The same epochs from position `start` of their order on: the rest of an epoch resumed with
+  /// another batch size or number of processes.
+  EpochSampler starting_at(std::int64_t start) const { return EpochSampler(size_, options_, seed_, start); }
+
+  std::int64_t dataset_size() const noexcept { return size_; }
+  std::int64_t batches_per_epoch() const noexcept { return batches_; }
+  const SamplerOptions& options() const noexcept { return options_; }
+  std::uint64_t seed() const noexcept { return seed_; }
+  std::int64_t start() const noexcept { return start_; }
+
+  /// This rank's sample indices for the whole epoch, in order.
+  std::vector<std::int64_t> epoch_order(std::int64_t epoch) const {
+    std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
+    std::iota(all.begin(), all.end(), std::int64_t{0});
+    if (options_.shuffle) {
+      SplitMix64 rng(derive_seed(seed_, static_cast<std::uint64_t>(epoch)));
+      for (std::size_t i = all.size() - 1; i > 0; --i)  // Fisher-Yates
+        std::swap(all[i], all[rng.below(i + 1)]);
+    }
+    std::vector<std::int64_t> mine;
+    mine.reserve(static_cast<std::size_t>(per_rank_));
+    for (std::int64_t i = 0; i < per_rank_; ++i) {
+      const std::int64_t position = start_ + i * options_.world_size + options_.rank;
+      mine.push_back(all[static_cast<std::size_t>(position % size_)]);
+    }
+    return mine;
+  }
+
+  /// The indices of batch `batch` given the epoch's order.
+  std::vector<std::int64_t> batch(const std::vector<std::int64_t>& order, std::int64_t batch) const {
+    const std::int64_t begin = batch * options_.batch_size;
+    const std::int64_t end = std::min<std::int64_t>(begin + options_.batch_size, per_rank_);
+    return {order.begin() + begin, order.begin() + end};
+  }
+
+ private:
+  std::int64_t size_;
+  SamplerOptions options_;
+  std::uint64_t seed_;
+  std::int64_t start_ = 0;
+  std::int64_t per_rank_ = 0;
+  std::int64_t batches_ = 0;
+};
+
+}  // namespace keel::data
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <ATen/core/Generator.h>
@@ -3824,6 +3977,7 @@ struct ModelState {
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -3899,6 +4053,18 @@ struct RngState {
 
 /// Seeds LibTorch's CPU generator and every CUDA generator.
 inline void seed_everything(std::uint64_t seed) { torch::manual_seed(seed); }
+
+/// Seeds every generator for data-parallel rank `rank` from the CPU generator's current state: a
+/// rank that a checkpoint holds no streams of its own for (a job resumed with more processes than
+/// wrote it), which would otherwise draw rank 0's numbers (the same Dropout masks). The same
+/// state and rank give the same streams.
+inline void seed_rank_from_current(std::int64_t rank) {
+  const torch::Tensor state = RngState::capture().cpu.contiguous();
+  std::uint64_t seed = data::derive_seed(0x72616e6bULL /* "rank" */, static_cast<std::uint64_t>(rank));
+  const auto* bytes = state.data_ptr<std::uint8_t>();
+  for (std::int64_t i = 0; i < state.numel(); ++i) seed = data::derive_seed(seed, bytes[i]);
+  seed_everything(seed);
+}
 
 }  // namespace keel
 
@@ -6710,151 +6876,6 @@ class OneOf {
 
 }  // namespace keel::sched
 
-// ---- keel/data/sampler.hpp ----
-// The deterministic, resumable order of samples. The permutation of epoch e is a pure function
-// of (seed, e): no generator state carries over between epochs, so a resume needs only
-// (seed, epoch, cursor) and jumps to the cursor without touching the samples before it.
-// The shuffle uses keel's own generator and bounded-integer rule rather than std::shuffle,
-// whose algorithm differs between standard libraries.
-
-
-#include <cstdint>
-#include <numeric>
-#include <string>
-#include <vector>
-
-namespace keel::data {
-
-/// SplitMix64: a small, well-mixed generator; enough for shuffling indices.
-class SplitMix64 {
- public:
-  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  /// Uniform integer in [0, bound), without modulo bias (Lemire's method with rejection).
-  std::uint64_t below(std::uint64_t bound) {
-    __uint128_t product = static_cast<__uint128_t>(next()) * bound;
-    auto low = static_cast<std::uint64_t>(product);
-    if (low < bound) {
-      const std::uint64_t threshold = (0 - bound) % bound;
-      while (low < threshold) {
-        product = static_cast<__uint128_t>(next()) * bound;
-        low = static_cast<std::uint64_t>(product);
-      }
-    }
-    return static_cast<std::uint64_t>(product >> 64);
-  }
-
- private:
-  std::uint64_t state_;
-};
-
-/// A seed for one purpose derived from a base seed and up to three coordinates.
-inline std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t a, std::uint64_t b = 0,
-                                 std::uint64_t c = 0) {
-  SplitMix64 mix(seed ^ 0x6b65656c2d736565ULL);  // "keel-see"
-  std::uint64_t out = mix.next();
-  for (std::uint64_t part : {a, b, c}) {
-    SplitMix64 step(out ^ (part * 0xd1342543de82ef95ULL));
-    out = step.next();
-  }
-  return out;
-}
-
-struct SamplerOptions {
-  std::int64_t batch_size = 32;
-  bool shuffle = true;
-  bool drop_last = false;
-  std::int64_t rank = 0;        ///< this process's shard (data parallelism)
-  std::int64_t world_size = 1;  ///< number of shards
-  /// true: every rank gets as many samples (padded by wrapping around, or truncated with
-  /// drop_last), so that the ranks take their steps together. false (evaluation): each sample
-  /// exactly once, the first size % world_size ranks one more than the others (a rank may get none).
-  bool even = true;
-};
-
-/// Which samples form batch b of epoch e, for one rank. The epoch's order is one permutation of
-/// the dataset; rank r takes its positions start + r, start + r + world_size, ... in turn, so
-/// after b batches of B on W ranks the positions [start, start + b*B*W) are taken, whatever B
-/// and W are. An epoch resumed with another B or W goes on from there (`start` > 0).
-class EpochSampler {
- public:
-  EpochSampler(std::int64_t dataset_size, SamplerOptions options, std::uint64_t seed, std::int64_t start = 0)
-      : size_(dataset_size), options_(options), seed_(seed), start_(start) {
-    if (options_.batch_size <= 0)
-      throw ConfigError("keel: batch_size must be positive, got " + std::to_string(options_.batch_size));
-    if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
-      throw ConfigError("keel: rank " + std::to_string(options_.rank) + " is outside world_size " +
-                        std::to_string(options_.world_size));
-    if (size_ <= 0) throw ConfigError("keel: the training dataset is empty");
-    if (start_ < 0 || start_ >= size_)
-      throw ConfigError("keel: an epoch cannot start at sample " + std::to_string(start_) + " of " +
-                        std::to_string(size_));
-    // Every rank gets the same number of samples: the order is padded by wrapping around
-    // (or truncated with drop_last), as torch.utils.data.DistributedSampler does.
-    const std::int64_t world = options_.world_size;
-    const std::int64_t left = size_ - start_;
-    if (!options_.even) per_rank_ = (left - options_.rank + world - 1) / world;
-    else per_rank_ = options_.drop_last ? left / world : (left + world - 1) / world;
-    batches_ = options_.drop_last ? per_rank_ / options_.batch_size
-                                  : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
-    // (The rest of a resumed epoch may hold less than one batch per rank: with drop_last it has none.)
-    if (batches_ == 0 && options_.drop_last && start_ == 0)
-      throw ConfigError("keel: with drop_last, batch_size " + std::to_string(options_.batch_size) +
-                        " exceeds the " + std::to_string(per_rank_) +
-                        " samples per epoch, so an epoch has no batch");
-  }
-
-  /// The same epochs from position `start` of their order on: the rest of an epoch resumed with
-  /// another batch size or number of processes.
-  EpochSampler starting_at(std::int64_t start) const { return EpochSampler(size_, options_, seed_, start); }
-
-  std::int64_t dataset_size() const noexcept { return size_; }
-  std::int64_t batches_per_epoch() const noexcept { return batches_; }
-  const SamplerOptions& options() const noexcept { return options_; }
-  std::uint64_t seed() const noexcept { return seed_; }
-  std::int64_t start() const noexcept { return start_; }
-
-  /// This rank's sample indices for the whole epoch, in order.
-  std::vector<std::int64_t> epoch_order(std::int64_t epoch) const {
-    std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
-    std::iota(all.begin(), all.end(), std::int64_t{0});
-    if (options_.shuffle) {
-      SplitMix64 rng(derive_seed(seed_, static_cast<std::uint64_t>(epoch)));
-      for (std::size_t i = all.size() - 1; i > 0; --i)  // Fisher-Yates
-        std::swap(all[i], all[rng.below(i + 1)]);
-    }
-    std::vector<std::int64_t> mine;
-    mine.reserve(static_cast<std::size_t>(per_rank_));
-    for (std::int64_t i = 0; i < per_rank_; ++i) {
-      const std::int64_t position = start_ + i * options_.world_size + options_.rank;
-      mine.push_back(all[static_cast<std::size_t>(position % size_)]);
-    }
-    return mine;
-  }
-
-  /// The indices of batch `batch` given the epoch's order.
-  std::vector<std::int64_t> batch(const std::vector<std::int64_t>& order, std::int64_t batch) const {
-    const std::int64_t begin = batch * options_.batch_size;
-    const std::int64_t end = std::min<std::int64_t>(begin + options_.batch_size, per_rank_);
-    return {order.begin() + begin, order.begin() + end};
-  }
-
- private:
-  std::int64_t size_;
-  SamplerOptions options_;
-  std::uint64_t seed_;
-  std::int64_t start_ = 0;
-  std::int64_t per_rank_ = 0;
-  std::int64_t batches_ = 0;
-};
-
-}  // namespace keel::data
-
 // ---- keel/data/dataset.hpp ----
 // What the Trainer needs of a dataset: `size()` and one of
 //
@@ -9645,10 +9666,12 @@ struct RngSection {
 /// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
 /// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
 /// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
-/// exactly as before the stop, even when the ranks were seeded differently. A rank the file has
-/// no streams for (a file without the section, from keel before it or from one process, or a job
-/// resumed with more processes than wrote it) goes on with "rng", rank 0's. Outside the state
-/// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
+/// exactly as before the stop, even when the ranks were seeded differently. A rank other than 0
+/// that the file has no streams for (a file without the section: from one process, from
+/// Trainer::save_checkpoint or from keel before it; or a job resumed with more processes than
+/// wrote it) is seeded from "rng", rank 0's, and its rank (seed_rank_from_current): its own
+/// streams, not rank 0's draws. Outside the state digest (checkpoint/digest.hpp). `Live` is
+/// ProcessGenerators, or std::vector<RngState> offline.
 template <class Live>
 struct RankRngSection {
   static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
@@ -9688,6 +9711,7 @@ struct RankRngSection {
       live = std::move(saved);
     } else {
       if (live.rank < static_cast<int>(saved.size())) saved[static_cast<std::size_t>(live.rank)].apply();
+      else if (live.rank > 0) seed_rank_from_current(live.rank);  // ("rng", rank 0's, applied just before)
     }
   }
 };
@@ -10568,6 +10592,7 @@ class NonFiniteWatch {
 
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -10659,10 +10684,14 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     if ((key == "strategy.world_size" && detail::positive_count(change.before, 1) == 0) ||
         (key == "data.batch_size" && detail::positive_count(change.before) == 0)) {
       plan.refused.push_back(line + ": the checkpoint's value is not a positive count");
-    } else if (detail::starts_with(key, "strategy")) {
+    } else if (key == "strategy.world_size" ||
+               (key == "strategy" && (change.before == Fingerprint::absent || change.after == Fingerprint::absent))) {
       // Another number of processes is a matter of how the job was started, not of the run's
-      // configuration: always allowed. The epoch goes on at sample granularity (continue_epoch).
+      // configuration: always allowed (a process alone records no strategy). The epoch goes on
+      // at sample granularity (continue_epoch).
       plan.changes.push_back(std::move(change));
+    } else if (detail::starts_with(key, "strategy")) {
+      plan.refused.push_back(line + ": another strategy cannot continue this run; start a new run with init_from");
     } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
@@ -10782,10 +10811,17 @@ void continue_epoch(State& s, const BatchGeometry& before, const BatchGeometry& 
   std::string message = "the checkpoint was trained by " + before.describe() + ", and " + after.describe() +
                         " train now: ";
   if (s.loop.batch_in_epoch != 0) {
-    s.loop.epoch_offset += s.loop.batch_in_epoch * before.samples();
+    // (A checkpoint of an epoch's last step, before the epoch ended, lands at or past its end:
+    // run_epoch then ends the epoch. Saturated, for a damaged position.)
+    std::int64_t trained = 0;
+    if (__builtin_mul_overflow(s.loop.batch_in_epoch, before.samples(), &trained) ||
+        __builtin_add_overflow(s.loop.epoch_offset, trained, &s.loop.epoch_offset))
+      s.loop.epoch_offset = std::numeric_limits<std::int64_t>::max();
     s.loop.batch_in_epoch = 0;
   }
-  if (s.loop.epoch_offset != 0)
+  if (s.train_size > 0 && s.loop.epoch_offset >= s.train_size)
+    message += "epoch " + std::to_string(s.loop.epoch) + " was trained to its end, which comes now; ";
+  else if (s.loop.epoch_offset != 0)
     message += "epoch " + std::to_string(s.loop.epoch) + " goes on from sample " + std::to_string(s.loop.epoch_offset) +
                " of its order, each of the rest once; ";
   message += before.samples() == after.samples()
@@ -11032,9 +11068,9 @@ Loaded load_checkpoint(State& s, const ckpt::Container& container, const std::st
 
 // ---- keel/strategy/single_process.hpp ----
 // The strategy of a Trainer without keel::strategy<>: one process trains alone. The loop asks
-// its strategy at a few points (joining at the start of a fit, the data shard, the gradients
-// before the optimizer step, who writes checkpoints); here every answer is the trivial one, and
-// the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
+// its strategy at a few points (joining at the start of a fit, the data shard, the backward
+// pass and the gradients before the optimizer step, who writes checkpoints); here every answer
+// is the trivial one, and the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
 // the other answers.
 
 
@@ -11070,6 +11106,10 @@ struct SingleProcess {
   int agree_on_stop(bool& /*stop_requested*/, int pending_signal) { return pending_signal; }
   /// This process's share of each epoch's samples.
   data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
+  /// Before the backward pass of each micro-batch (`window_ends`: the window's last, whose
+  /// gradients are then complete).
+  template <class State>
+  void before_backward(State&, bool /*window_ends*/) {}
   /// Before the optimizer step: the window's gradients, loss (returned) and buffers made the
   /// same in every process.
   template <class State>
@@ -11902,7 +11942,10 @@ void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
                const data::EpochSampler& whole) {
-  const data::EpochSampler sampler = s.loop.epoch_offset == 0 ? whole : whole.starting_at(s.loop.epoch_offset);
+  // (An offset at or past the end: a checkpoint of the epoch's last step, before its end; the
+  // rest is empty, and the epoch ends as the uninterrupted one did.)
+  const data::EpochSampler sampler =
+      s.loop.epoch_offset == 0 ? whole : whole.starting_at(std::min(s.loop.epoch_offset, whole.dataset_size()));
   const std::int64_t batches = sampler.batches_per_epoch();
   if (s.loop.batch_in_epoch > batches)
     throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(s.loop.batch_in_epoch) +
@@ -11933,6 +11976,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
     if (!loss.defined() || loss.numel() != 1)
       throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
                         (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
+    s.strategy.before_backward(s, /*window_ends=*/s.loop.micro_batch + 1 == window);
     scaler.scaled(window == 1 ? loss : loss / static_cast<double>(window)).backward();
     s.view.loss = loss.detach();
     nonfinite.check_loss(s.view.loss, s.loop);

@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unistd.h>
 #include <vector>
 
@@ -33,6 +34,8 @@ struct Flags {
   std::string save_to;  // after fit, also write the state to this file
   std::string params_to;  // after fit, rank 0 writes the parameters here (torch::save)
   std::string trained_to;  // a directory: each process appends the samples it trained to a file there
+  std::int64_t bucket_bytes = 0;  // keel::DataParallel's gradient buckets (0: its default)
+  std::string overlap = "on";     // keel::DataParallel's all-reduces during backward (or "off")
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
@@ -174,6 +177,11 @@ struct KillSwitch {
   }
 };
 
+template <class Strategy, class = void>
+struct has_gradient_buckets : std::false_type {};
+template <class Strategy>
+struct has_gradient_buckets<Strategy, std::void_t<decltype(std::declval<Strategy&>().overlap(true))>> : std::true_type {};
+
 template <class Trainer, class... Extra>
 int run(const Flags& flags, Extra&&... extra) {
   resume_driver::TrainingImages train(flags.dataset_size, flags.trained_to);
@@ -210,6 +218,10 @@ int run(const Flags& flags, Extra&&... extra) {
                       .keep_best(flags.keep_best)
                       .monitor(flags.keep_best > 0 ? "val_loss" : ""),
                   std::forward<Extra>(extra)..., KillSwitch{flags.kill_at_batch, flags.pause_ms});
+  if constexpr (has_gradient_buckets<std::decay_t<decltype(trainer.strategy())>>::value) {  // (keel::DataParallel)
+    if (flags.bucket_bytes > 0) trainer.strategy().bucket_bytes(flags.bucket_bytes);
+    trainer.strategy().overlap(flags.overlap != "off");
+  }
   trainer.fit(train, validation);
   if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
   if (!flags.params_to.empty()) {  // (the data-parallel comparisons: every rank evaluates)

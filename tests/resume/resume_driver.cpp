@@ -118,6 +118,8 @@ int main(int argc, char** argv) {
   text("--save-to", flags.save_to);
   text("--params-to", flags.params_to);
   text("--trained-to", flags.trained_to);
+  text("--overlap", flags.overlap);
+  number("--bucket-bytes", flags.bucket_bytes);
   text("--allow-changes", flags.allow_changes);
   text("--fork-from", flags.fork_from);
   text("--extend", flags.extend);

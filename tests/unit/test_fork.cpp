@@ -286,6 +286,51 @@ TEST_CASE("another batch size in the middle of an epoch goes on from the samples
   }
 }
 
+/// Copies the checkpoint of `step` aside as it is written: the one of an epoch's last step,
+/// taken before the epoch ends, is otherwise replaced by the end of fit's save of the same step.
+struct KeepCheckpoint {
+  std::int64_t step = 0;  // (configuration, not state)
+  fs::path to;
+  template <class Archive>
+  void serialize(Archive&) {}
+  void on_save_checkpoint_end(keel::Context& ctx) {
+    if (ctx.global_step() == step && !fs::exists(to)) fs::copy_file(ctx.checkpoint_path(), to);
+  }
+};
+
+TEST_CASE("a checkpoint of an epoch's last step resumed with another batch size ends that epoch at once") {
+  using Kept = keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::AdamW>,
+                             keel::scheduler<keel::sched::CosineWarmup>, keel::callbacks<KeepCheckpoint>>;
+  const auto dir = fresh_directory("last-step");
+  const fs::path kept = dir / "kept.ckpt";
+  RecordingImages data{SyntheticImages(64, 5), {}};
+  {
+    keel::seed_everything(3);
+    Kept base(std::make_shared<SmallNetImpl>(), options(dir / "base", 2).max_steps(4).save_every_steps(4).save_on_epoch_end(false),
+              torch::optim::AdamWOptions(1e-2), CosineWarmupOptions(2, 8), KeepCheckpoint{4, kept});
+    base.fit(data);
+  }
+  REQUIRE(fs::exists(kept));
+  CHECK(keel::ckpt::read_container(kept).manifest.fact("batch_in_epoch") == "4");  // of 4: before the epoch's end
+  data.trained.clear();
+  Messages messages;
+  keel::seed_everything(3);
+  Kept other(std::make_shared<SmallNetImpl>(),
+             options(dir / "other", 2).batch_size(8).resume(kept.string()).allow_changes({"data.batch_size"}),
+             torch::optim::AdamWOptions(1e-2), CosineWarmupOptions(2, 8), KeepCheckpoint{});
+  other.fit(data);
+  CHECK(messages.count("epoch 0 was trained to its end, which comes now") == 1);
+  CHECK(other.loop().global_step == 4 + 8);  // epoch 1 in 8 steps of 8
+  CHECK(other.loop().epoch == 2);
+  std::set<std::size_t> epoch_one;
+  for (const auto& trained : data.trained) {
+    CHECK(trained.first == 1);  // nothing of epoch 0 again
+    epoch_one.insert(trained.second);
+  }
+  CHECK(data.trained.size() == 64);
+  CHECK(epoch_one.size() == 64);
+}
+
 TEST_CASE("changes that cannot make sense are refused even when allowed, with the reason") {
   SyntheticImages data(64, 5);
   const auto dir = fresh_directory("guard");

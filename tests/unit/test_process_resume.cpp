@@ -2,9 +2,9 @@
 // process against K steps, process exit (or SIGKILL), a fresh process that resumes, N-K more
 // steps. The final states must match byte for byte: same digest, identical final checkpoint.
 #include "support/process.hpp"
+#include "support/saved_state.hpp"
 
 #include <keel/keel.hpp>
-#include <keel/state/saved_state.hpp>
 
 #include <doctest/doctest.h>
 #include <torch/version.h>
@@ -24,6 +24,7 @@ namespace fs = std::filesystem;
 namespace process_test {
 
 using keel_test::run;
+using keel_test::saved_state;
 using keel_test::value_of;
 
 fs::path fresh_directory(const std::string& name) {
@@ -208,21 +209,6 @@ TEST_CASE("a kill inside a gradient-accumulation window replays from the last op
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK(value_of(resumed.output, "state_digest") == whole);
-}
-
-/// Every section of a checkpoint file that any keel checkpoint has, read offline.
-keel::state::SavedState saved_state(const fs::path& path) {
-  keel::state::SavedState saved;
-  auto sections = keel::state::SectionList::of<keel::format::Binary>(saved.sections());
-  keel::state::LoadPlan plan;
-  const auto container = keel::ckpt::read_container(path);
-  sections.stage(container, plan, /*offline=*/true);
-  std::string problems;
-  for (const auto& p : plan.problems) problems += p + "\n";
-  INFO(path.string(), ": ", problems);
-  REQUIRE(plan.problems.empty());
-  sections.commit(container);
-  return saved;
 }
 
 void check_same_tensors(const std::vector<keel::NamedTensor>& a, const std::vector<keel::NamedTensor>& b) {

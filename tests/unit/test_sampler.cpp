@@ -138,7 +138,9 @@ TEST_CASE("an epoch goes on from a sample position under another batch size and 
   }
   // drop_last: the rest may hold less than one batch per rank, and then has none (not an error).
   CHECK(EpochSampler(200, options(16, true, true, 0, 2), 5).starting_at(190).batches_per_epoch() == 0);
-  CHECK_THROWS_WITH_AS(EpochSampler(200, options(16), 5).starting_at(200), "keel: an epoch cannot start at sample 200 of 200",
+  // At the end: nothing left (a checkpoint of an epoch's last step, before the epoch ended).
+  CHECK(EpochSampler(200, options(16, true, false, 1, 2), 5).starting_at(200).batches_per_epoch() == 0);
+  CHECK_THROWS_WITH_AS(EpochSampler(200, options(16), 5).starting_at(201), "keel: an epoch cannot start at sample 201 of 200",
                        keel::ConfigError);
 }
 

@@ -80,7 +80,7 @@ class EpochSampler {
       throw ConfigError("keel: rank " + std::to_string(options_.rank) + " is outside world_size " +
                         std::to_string(options_.world_size));
     if (size_ <= 0) throw ConfigError("keel: the training dataset is empty");
-    if (start_ < 0 || start_ >= size_)
+    if (start_ < 0 || start_ > size_)  // (start == size: the epoch was trained to its end)
       throw ConfigError("keel: an epoch cannot start at sample " + std::to_string(start_) + " of " +
                         std::to_string(size_));
     // Every rank gets the same number of samples: the order is padded by wrapping around
@@ -89,6 +89,7 @@ class EpochSampler {
     const std::int64_t left = size_ - start_;
     if (!options_.even) per_rank_ = (left - options_.rank + world - 1) / world;
     else per_rank_ = options_.drop_last ? left / world : (left + world - 1) / world;
+    if (left == 0) per_rank_ = 0;
     batches_ = options_.drop_last ? per_rank_ / options_.batch_size
                                   : (per_rank_ + options_.batch_size - 1) / options_.batch_size;
     // (The rest of a resumed epoch may hold less than one batch per rank: with drop_last it has none.)

@@ -10,6 +10,7 @@
 // with batch N*B: the same training, up to the order of floating-point sums.
 
 #include <keel/data/sampler.hpp>
+#include <keel/distributed/gradient_buckets.hpp>
 #include <keel/distributed/place.hpp>
 #include <keel/distributed/process_group.hpp>
 #include <keel/error.hpp>
@@ -53,6 +54,24 @@ class DataParallel {
     return *this;
   }
 
+  /// The gradients are all-reduced in buckets of about this many bytes (at least one parameter
+  /// each; default 1 MiB), and with `overlap` (default on) a bucket's all-reduce starts during
+  /// the backward pass as soon as its gradients are there (keel/distributed/gradient_buckets.hpp).
+  /// With two processes neither changes a bit of the result; with more, the bucket size changes
+  /// the order of the sums, as DistributedDataParallel's bucket_cap_mb does: resume with the
+  /// same. Every rank must use the same (checked before the first step). Set them before fit.
+  DataParallel& bucket_bytes(std::int64_t bytes) {
+    if (bytes <= 0) throw ConfigError("keel: DataParallel's bucket_bytes must be positive, got " + std::to_string(bytes));
+    bucket_bytes_ = bytes;
+    return *this;
+  }
+  DataParallel& overlap(bool on) {
+    overlap_ = on;
+    return *this;
+  }
+  std::int64_t bucket_bytes() const noexcept { return bucket_bytes_; }
+  bool overlap() const noexcept { return overlap_; }
+
   /// The process group, once joined (null in a process started alone).
   dist::ProcessGroup* group() noexcept { return group_.get(); }
 
@@ -85,6 +104,7 @@ class DataParallel {
             "\ncheckpoint.save_every_steps=" + std::to_string(o.save_every_steps()) +
             "\ncheckpoint.save_on_epoch_end=" + std::to_string(o.save_on_epoch_end()) +
             "\ncheckpoint.enabled=" + std::to_string(!o.checkpoint_dir().empty()) +
+            "\nstrategy.bucket_bytes=" + std::to_string(bucket_bytes_) + "\nstrategy.overlap=" + std::to_string(overlap_) +
             "\nloaded=" + (loaded ? "from " + s.view.checkpoint_path : std::string("no")) + "\n";
     if (loaded) mine += "state_digest=" + digest() + "\n";
     const auto all = group_->all_gather_text(mine);
@@ -120,43 +140,38 @@ class DataParallel {
     return sampling;
   }
 
+  /// Before the backward pass of each micro-batch (`window_ends`: the window's last): with
+  /// overlap, that pass's gradients go to the buckets as they come, and buckets start their
+  /// all-reduce during it.
+  template <class State>
+  void before_backward(State& s, bool window_ends) {
+    if (!group_ || !overlap_ || !window_ends) return;
+    buckets(s).arm();
+  }
+
   /// Makes the window's outcome the same on every rank: the gradients averaged over the ranks
-  /// (one all-reduce per dtype), the mean of the ranks' window losses returned, and rank 0's
-  /// buffers taken (BatchNorm's running statistics follow each rank's own samples: as
-  /// PyTorch's DistributedDataParallel does, rank 0's count). A parameter without a gradient on
-  /// every rank keeps none; one with a gradient on some ranks gets their sum over the world size
-  /// (the others count as zero), so every rank steps alike.
+  /// (all-reduced in buckets, those not started during backward now), the mean of the ranks'
+  /// window losses returned, and rank 0's buffers taken (BatchNorm's running statistics follow
+  /// each rank's own samples: as PyTorch's DistributedDataParallel does, rank 0's count). A
+  /// parameter without a gradient on every rank keeps none; one with a gradient on some ranks
+  /// gets their sum over the world size (the others count as zero), so every rank steps alike.
   template <class State>
   torch::Tensor synchronize(State& s, const torch::Tensor& window_loss) {
     if (!group_) return window_loss;
-    std::vector<at::Tensor> params;
-    for (const auto& p : s.model->parameters())
-      if (p.requires_grad()) params.push_back(p);
+    dist::GradientBuckets& grads = buckets(s);
+    grads.start_rest(*group_);
     // Which gradients exist on any rank, and the losses: one small all-reduce.
+    const auto& params = trainable_;
     at::Tensor control = torch::zeros({static_cast<std::int64_t>(params.size()) + 1}, torch::kFloat64);
     auto counts = control.accessor<double, 1>();
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      const at::Tensor& grad = params[i].grad();
-      if (grad.defined() && grad.is_sparse())
-        throw ConfigError("keel: keel::DataParallel averages dense gradients; a parameter has a sparse one "
-                          "(an Embedding with sparse=true?): make it dense");
-      counts[static_cast<std::int64_t>(i)] = grad.defined() ? 1.0 : 0.0;
-    }
+    for (std::size_t i = 0; i < params.size(); ++i)
+      counts[static_cast<std::int64_t>(i)] = params[i].grad().defined() ? 1.0 : 0.0;
     counts[static_cast<std::int64_t>(params.size())] = window_loss.item<double>();
     group_->all_reduce_sum(control);
     const double world = static_cast<double>(world_size());
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < params.size(); ++i)
-      if (counts[static_cast<std::int64_t>(i)] > 0.0 && !params[i].grad().defined())
-        params[i].mutable_grad() = torch::zeros_like(params[i]);  // (a slot in the sum below)
-    std::vector<at::Tensor> grads;
-    for (std::size_t i = 0; i < params.size(); ++i)
-      if (counts[static_cast<std::int64_t>(i)] > 0.0) grads.push_back(params[i].grad());
-    for (auto& [dtype, flat] : by_dtype(grads)) {
-      group_->all_reduce_sum(flat.values);
-      flat.values.div_(world);
-      flat.scatter();
-    }
+    std::vector<bool> has_gradient(params.size());
+    for (std::size_t i = 0; i < params.size(); ++i) has_gradient[i] = counts[static_cast<std::int64_t>(i)] > 0.0;
+    grads.finish(*group_, has_gradient, world);
     broadcast_buffers(s);
     return torch::full({}, counts[static_cast<std::int64_t>(params.size())] / world, window_loss.options());
   }
@@ -287,9 +302,25 @@ class DataParallel {
     return out;
   }
 
+  /// The gradient buckets of the model's trainable parameters, laid out at first use.
+  template <class State>
+  dist::GradientBuckets& buckets(State& s) {
+    if (!buckets_) {
+      for (const auto& p : s.model->parameters())
+        if (p.requires_grad()) trainable_.push_back(p);
+      buckets_ = std::make_unique<dist::GradientBuckets>(trainable_, bucket_bytes_);
+      if (overlap_) buckets_->overlap_with_backward(*group_);
+    }
+    return *buckets_;
+  }
+
   dist::ProcessPlace place_;
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};
+  std::int64_t bucket_bytes_ = std::int64_t{1} << 20;
+  bool overlap_ = true;
+  std::vector<at::Tensor> trainable_;
   std::unique_ptr<dist::ProcessGroup> group_;
+  std::unique_ptr<dist::GradientBuckets> buckets_;  // (after group_: destroyed first, its hooks removed)
 };
 
 }  // namespace keel

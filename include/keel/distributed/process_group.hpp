@@ -109,6 +109,20 @@ class ProcessGroup {
     std::vector<at::Tensor> one{tensor};
     collective("an all-reduce", [&] { return group_->allreduce(one); });
   }
+  /// A collective under way (c10d's Work; its type differs between LibTorch versions).
+  using Work = decltype(std::declval<::c10d::ProcessGroupGloo&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
+  /// Starts summing `tensor` over the ranks in place, in Gloo's threads; `finish` waits for it.
+  /// Every rank must start the same collectives in the same order, finished or not.
+  Work start_all_reduce_sum(const at::Tensor& tensor) {
+    std::vector<at::Tensor> one{tensor};
+    Work work;
+    guarded("an all-reduce", [&] { work = group_->allreduce(one); });
+    return work;
+  }
+  void finish(const Work& work) {
+    guarded("an all-reduce", [&] { work->wait(timeout_); });
+  }
+
   /// The elementwise maximum of `tensor` over the ranks, in place on every rank.
   void all_reduce_max(at::Tensor& tensor) {
     std::vector<at::Tensor> one{tensor};

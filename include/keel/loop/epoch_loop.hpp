@@ -70,7 +70,10 @@ void end_epoch(State& s, Saver& saver, ValidationSet* validation) {
 template <class State, class Saver, class TrainSet, class ValidationSet>
 void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, ValidationSet* validation,
                const data::EpochSampler& whole) {
-  const data::EpochSampler sampler = s.loop.epoch_offset == 0 ? whole : whole.starting_at(s.loop.epoch_offset);
+  // (An offset at or past the end: a checkpoint of the epoch's last step, before its end; the
+  // rest is empty, and the epoch ends as the uninterrupted one did.)
+  const data::EpochSampler sampler =
+      s.loop.epoch_offset == 0 ? whole : whole.starting_at(std::min(s.loop.epoch_offset, whole.dataset_size()));
   const std::int64_t batches = sampler.batches_per_epoch();
   if (s.loop.batch_in_epoch > batches)
     throw ConfigError("keel: the checkpoint's position (batch " + std::to_string(s.loop.batch_in_epoch) +
@@ -101,6 +104,7 @@ void run_epoch(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Va
     if (!loss.defined() || loss.numel() != 1)
       throw ConfigError("keel: training_step must return a scalar loss tensor, got " +
                         (loss.defined() ? "shape " + shape_string(loss.sizes()) : std::string("an undefined tensor")));
+    s.strategy.before_backward(s, /*window_ends=*/s.loop.micro_batch + 1 == window);
     scaler.scaled(window == 1 ? loss : loss / static_cast<double>(window)).backward();
     s.view.loss = loss.detach();
     nonfinite.check_loss(s.view.loss, s.loop);

@@ -14,6 +14,7 @@
 #include <keel/trainer_options.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -105,10 +106,14 @@ ForkPlan plan_fork(const Fingerprint& live, const ckpt::Manifest& saved, const T
     if ((key == "strategy.world_size" && detail::positive_count(change.before, 1) == 0) ||
         (key == "data.batch_size" && detail::positive_count(change.before) == 0)) {
       plan.refused.push_back(line + ": the checkpoint's value is not a positive count");
-    } else if (detail::starts_with(key, "strategy")) {
+    } else if (key == "strategy.world_size" ||
+               (key == "strategy" && (change.before == Fingerprint::absent || change.after == Fingerprint::absent))) {
       // Another number of processes is a matter of how the job was started, not of the run's
-      // configuration: always allowed. The epoch goes on at sample granularity (continue_epoch).
+      // configuration: always allowed (a process alone records no strategy). The epoch goes on
+      // at sample granularity (continue_epoch).
       plan.changes.push_back(std::move(change));
+    } else if (detail::starts_with(key, "strategy")) {
+      plan.refused.push_back(line + ": another strategy cannot continue this run; start a new run with init_from");
     } else if (!change_allowed(options.allow_changes(), key)) {
       plan.refused.push_back(line);
       not_allowed.push_back(key);
@@ -228,10 +233,17 @@ void continue_epoch(State& s, const BatchGeometry& before, const BatchGeometry& 
   std::string message = "the checkpoint was trained by " + before.describe() + ", and " + after.describe() +
                         " train now: ";
   if (s.loop.batch_in_epoch != 0) {
-    s.loop.epoch_offset += s.loop.batch_in_epoch * before.samples();
+    // (A checkpoint of an epoch's last step, before the epoch ended, lands at or past its end:
+    // run_epoch then ends the epoch. Saturated, for a damaged position.)
+    std::int64_t trained = 0;
+    if (__builtin_mul_overflow(s.loop.batch_in_epoch, before.samples(), &trained) ||
+        __builtin_add_overflow(s.loop.epoch_offset, trained, &s.loop.epoch_offset))
+      s.loop.epoch_offset = std::numeric_limits<std::int64_t>::max();
     s.loop.batch_in_epoch = 0;
   }
-  if (s.loop.epoch_offset != 0)
+  if (s.train_size > 0 && s.loop.epoch_offset >= s.train_size)
+    message += "epoch " + std::to_string(s.loop.epoch) + " was trained to its end, which comes now; ";
+  else if (s.loop.epoch_offset != 0)
     message += "epoch " + std::to_string(s.loop.epoch) + " goes on from sample " + std::to_string(s.loop.epoch_offset) +
                " of its order, each of the rest once; ";
   message += before.samples() == after.samples()

@@ -311,10 +311,12 @@ struct RngSection {
 /// "rng.ranks": the random streams of each rank of a data-parallel job, rank 0 first (written
 /// only when several processes train; "rng" holds the writer's, rank 0's). After "rng", so that
 /// rank r ends with its own streams, ranks[r]: each rank's Dropout and random augmentation go on
-/// exactly as before the stop, even when the ranks were seeded differently. A rank the file has
-/// no streams for (a file without the section, from keel before it or from one process, or a job
-/// resumed with more processes than wrote it) goes on with "rng", rank 0's. Outside the state
-/// digest (checkpoint/digest.hpp). `Live` is ProcessGenerators, or std::vector<RngState> offline.
+/// exactly as before the stop, even when the ranks were seeded differently. A rank other than 0
+/// that the file has no streams for (a file without the section: from one process, from
+/// Trainer::save_checkpoint or from keel before it; or a job resumed with more processes than
+/// wrote it) is seeded from "rng", rank 0's, and its rank (seed_rank_from_current): its own
+/// streams, not rank 0's draws. Outside the state digest (checkpoint/digest.hpp). `Live` is
+/// ProcessGenerators, or std::vector<RngState> offline.
 template <class Live>
 struct RankRngSection {
   static constexpr bool offline = std::is_same_v<Live, std::vector<RngState>>;
@@ -354,6 +356,7 @@ struct RankRngSection {
       live = std::move(saved);
     } else {
       if (live.rank < static_cast<int>(saved.size())) saved[static_cast<std::size_t>(live.rank)].apply();
+      else if (live.rank > 0) seed_rank_from_current(live.rank);  // ("rng", rank 0's, applied just before)
     }
   }
 };

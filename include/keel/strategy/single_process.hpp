@@ -1,8 +1,8 @@
 #pragma once
 // The strategy of a Trainer without keel::strategy<>: one process trains alone. The loop asks
-// its strategy at a few points (joining at the start of a fit, the data shard, the gradients
-// before the optimizer step, who writes checkpoints); here every answer is the trivial one, and
-// the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
+// its strategy at a few points (joining at the start of a fit, the data shard, the backward
+// pass and the gradients before the optimizer step, who writes checkpoints); here every answer
+// is the trivial one, and the calls compile to nothing. keel::DataParallel (<keel/distributed/data_parallel.hpp>) gives
 // the other answers.
 
 #include <keel/data/sampler.hpp>
@@ -40,6 +40,10 @@ struct SingleProcess {
   int agree_on_stop(bool& /*stop_requested*/, int pending_signal) { return pending_signal; }
   /// This process's share of each epoch's samples.
   data::SamplerOptions shard(data::SamplerOptions sampling) const { return sampling; }
+  /// Before the backward pass of each micro-batch (`window_ends`: the window's last, whose
+  /// gradients are then complete).
+  template <class State>
+  void before_backward(State&, bool /*window_ends*/) {}
   /// Before the optimizer step: the window's gradients, loss (returned) and buffers made the
   /// same in every process.
   template <class State>
