@@ -32,6 +32,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+namespace distributed_test {
+
 using keel_test::Process;
 using keel_test::ProcessResult;
 using keel_test::lines_starting;
@@ -601,3 +603,5 @@ TEST_CASE("the example's MLP as two ranks of batch 32 ends with the parameters o
   CHECK(max_difference(two, half) > 1e-3);
   fs::remove_all(dir);
 }
+
+}  // namespace distributed_test

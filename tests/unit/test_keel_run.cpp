@@ -19,6 +19,8 @@
 #include <sched.h>
 #include <unistd.h>
 
+namespace keel_run_test {
+
 namespace fs = std::filesystem;
 using keel_test::Process;
 using keel_test::ProcessResult;
@@ -216,3 +218,5 @@ TEST_CASE("no rank outlives a killed keel-run") {
     CHECK(ends_soon(pid));  // the kernel kills them as the launcher exits
   }
 }
+
+}  // namespace keel_run_test

@@ -7,6 +7,8 @@
 #include <array>
 #include <set>
 
+namespace sampler_test {
+
 using keel::data::EpochSampler;
 using keel::data::SamplerOptions;
 
@@ -150,3 +152,5 @@ TEST_CASE("bad sampler settings are refused with the offending value") {
   CHECK_THROWS_AS(EpochSampler(3, options(4, true, true), 1), keel::ConfigError);
   CHECK_THROWS_AS(EpochSampler(10, options(4, true, false, 3, 2), 1), keel::ConfigError);
 }
+
+}  // namespace sampler_test
