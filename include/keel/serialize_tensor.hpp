@@ -134,7 +134,10 @@ void save(Archive& archive, const at::Tensor& tensor) {
     capture->capture(tensor);
     return;
   }
-  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
+  // A contiguous CPU tensor is written from where it lies (most are: no new tensor for each);
+  // another is copied to one first.
+  const bool in_place = tensor.is_cpu() && tensor.is_contiguous();
+  const at::Tensor cpu = in_place ? tensor : tensor.detach().to(at::kCPU).contiguous();
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
     char none = 0;  // an empty tensor's data may be null, which memcpy must not see
     archive.saveBinaryValue(bytes ? cpu.data_ptr() : &none, bytes, "data");

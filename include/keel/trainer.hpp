@@ -364,6 +364,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +
                       "; resume with the same dataset");
+  saver_.fit_starts(fingerprint());
   loop::fit(state_, saver_, signals, train, validation, sampler);
 }
 

@@ -1932,7 +1932,10 @@ void save(Archive& archive, const at::Tensor& tensor) {
     capture->capture(tensor);
     return;
   }
-  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();  // no copy for contiguous CPU
+  // A contiguous CPU tensor is written from where it lies (most are: no new tensor for each);
+  // another is copied to one first.
+  const bool in_place = tensor.is_cpu() && tensor.is_contiguous();
+  const at::Tensor cpu = in_place ? tensor : tensor.detach().to(at::kCPU).contiguous();
   if constexpr (cereal::traits::is_text_archive<Archive>::value) {
     char none = 0;  // an empty tensor's data may be null, which memcpy must not see
     archive.saveBinaryValue(bytes ? cpu.data_ptr() : &none, bytes, "data");
@@ -2673,7 +2676,7 @@ struct no_policy {};
 #include <torch/optim/optimizer.h>
 #include <torch/version.h>
 
-#include <sstream>
+#include <cstdio>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -2702,9 +2705,13 @@ static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_same_v<O
 template <class Key = OptimizerStateKey>
 Key optimizer_state_key(const torch::Tensor& param) {
   if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream key;  // what LibTorch's own optimizers use: c10::guts::to_string(impl)
-    key << param.unsafeGetTensorImpl();
-    return key.str();
+    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an ostream
+    // prints a pointer, "0x" and lowercase hex, which is also what glibc's %p prints for one
+    // that is not null. snprintf, not an ostringstream: a save looks up every parameter's state,
+    // and a stream costs a locale each time.
+    char key[2 + 2 * sizeof(void*) + 1];
+    const int length = std::snprintf(key, sizeof key, "%p", static_cast<void*>(param.unsafeGetTensorImpl()));
+    return std::string(key, static_cast<std::size_t>(length));
   } else {
     return param.unsafeGetTensorImpl();
   }
@@ -10185,9 +10192,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
 
   /// The manifest's configuration fingerprint and facts, taken with the sections; waits for
   /// the copies from CUDA devices.
-  void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
+  void finish(const Fingerprint& fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
     for (const std::int64_t device : cuda_devices_) torch::cuda::synchronize(device);
-    fingerprint_ = std::move(fingerprint);
+    fingerprint_ = fingerprint;  // (assigned into the previous snapshot's strings: the same, save after save)
     facts_ = std::move(facts);
     complete_ = true;
   }
@@ -10941,13 +10948,14 @@ void refuse_nonfinite(const State& s, const ckpt::fs::path& path) {
 /// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename). Refuses
 /// (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is never
 /// written over a good checkpoint.
+/// `configuration`: the fingerprint it records (s.fingerprint(Format::keel_name)).
 template <class Format, class State>
-void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = {}) {
+void write_checkpoint(State& s, const ckpt::fs::path& path, const Fingerprint& configuration, Facts extra_facts = {}) {
   detail::refuse_nonfinite(s, path);
   ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
     ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
     SectionList::of<Format>(s.sections()).write(writer);
-    writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+    writer.finish(configuration, manifest_facts(s, std::move(extra_facts)));
   });
 }
 
@@ -10957,10 +10965,11 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
 /// thread before it creates the file (its NonFiniteError comes where the write's outcome is
 /// collected); the others here.
 template <class Format, class State>
-void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path, Facts extra_facts = {}) {
+void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path,
+                         const Fingerprint& configuration, Facts extra_facts = {}) {
   snapshot.clear();
   SectionList::of<Format>(s.sections()).write(snapshot);
-  snapshot.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+  snapshot.finish(configuration, manifest_facts(s, std::move(extra_facts)));
   std::vector<std::pair<std::string, at::Tensor>> copies;
   for (const auto& item : s.model->named_parameters(true)) {
     if (at::Tensor copy = snapshot.copy_of(item.value()); copy.defined())
@@ -11164,8 +11173,14 @@ class CheckpointSaver {
   /// flight, if any.
   void write(const ckpt::fs::path& path) {
     finish_background_save();
-    state::write_checkpoint<Format>(s_, path, monitor_facts());
+    std::optional<Fingerprint> fresh;
+    state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
   }
+
+  /// fit() starts with this configuration (Trainer::fit, after the resume). It cannot change
+  /// while fit runs, so every checkpoint of the fit records it as taken here rather than
+  /// describing every component again at each save, on the training thread's time.
+  void fit_starts(Fingerprint configuration) { configuration_ = std::move(configuration); }
 
   // ---- the loop reports what happened; the saver decides -----------------------------------
 
@@ -11188,6 +11203,7 @@ class CheckpointSaver {
     finish_background_save();
     if (unsaved_) save();
     finish_background_save();
+    configuration_.reset();  // (between fits a load may fork the configuration)
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {
@@ -11204,6 +11220,7 @@ class CheckpointSaver {
   /// Something else ends fit (an exception): the save in flight completes; a failure of it is
   /// only reported, the exception under way is the one that counts.
   void at_exception() noexcept {
+    configuration_.reset();
     try {
       finish_background_save();
     } catch (const std::exception& e) {
@@ -11271,7 +11288,8 @@ class CheckpointSaver {
     Pending save{directory, name, previous_path, s_.loop.global_step, validation_unsaved_};
     if (options.async_save()) {
       try {
-        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
+        std::optional<Fingerprint> fresh;
+        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, configuration(fresh), monitor_facts());
         background_.start([this, save, policy = retention()] {
           ckpt::ensure_checkpoint_directory(save.directory);
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
@@ -11297,7 +11315,8 @@ class CheckpointSaver {
     }
     try {
       ckpt::ensure_checkpoint_directory(directory);
-      state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
+      std::optional<Fingerprint> fresh;
+      state::write_checkpoint<Format>(s_, directory / name, configuration(fresh), monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
       not_saved(save, e);
@@ -11380,6 +11399,13 @@ class CheckpointSaver {
     }
   }
 
+  /// The configuration a checkpoint records: the fit's (fit_starts), or outside fit described
+  /// anew into `fresh`.
+  const Fingerprint& configuration(std::optional<Fingerprint>& fresh) const {
+    if (configuration_) return *configuration_;
+    return fresh.emplace(s_.fingerprint(Format::keel_name));
+  }
+
   /// The monitored metric of the validation just before this checkpoint ranks it for keep_best.
   state::Facts monitor_facts() const {
     const std::string& monitor = s_.options.monitor();
@@ -11395,6 +11421,7 @@ class CheckpointSaver {
   ckpt::SectionSnapshot snapshot_;  // async_save: the state being written, its memory kept
   std::optional<Pending> pending_;  // the save in flight
   std::string rotation_problem_;    // set by the save in flight, read once it is collected
+  std::optional<Fingerprint> configuration_;  // the fit's, while one runs
   std::unique_ptr<ckpt::DirectoryLock> lock_;
   bool unsaved_ = false;             // the state changed since the last checkpoint
   bool validation_unsaved_ = false;  // a validation ran since the last checkpoint
@@ -12688,6 +12715,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +
                       "; resume with the same dataset");
+  saver_.fit_starts(fingerprint());
   loop::fit(state_, saver_, signals, train, validation, sampler);
 }
 

@@ -399,10 +399,11 @@ std::map<std::string, const void*> storages(WideTrainer& trainer) {
   std::map<std::string, const void*> out;
   for (const auto& p : trainer.model()->named_parameters()) {
     out["param." + p.key()] = p.value().data_ptr();
+    // state_key is the key LibTorch's own optimizer filed the parameter's state under.
     const auto& state = trainer.optimizer().torch_optimizer().state();
-    for (const auto& [key, value] : state)
-      if (key == keel::optim::state_key(p.value()))
-        out["exp_avg." + p.key()] = static_cast<torch::optim::AdamWParamState&>(*value).exp_avg().data_ptr();
+    const auto found = state.find(keel::optim::state_key(p.value()));
+    REQUIRE_MESSAGE(found != state.end(), "no optimizer state under the key of ", p.key());
+    out["exp_avg." + p.key()] = static_cast<torch::optim::AdamWParamState&>(*found->second).exp_avg().data_ptr();
   }
   return out;
 }

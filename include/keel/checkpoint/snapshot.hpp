@@ -117,9 +117,9 @@ class SectionSnapshot final : public SectionWriter, private TensorCapture {
 
   /// The manifest's configuration fingerprint and facts, taken with the sections; waits for
   /// the copies from CUDA devices.
-  void finish(Fingerprint fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
+  void finish(const Fingerprint& fingerprint, std::vector<std::pair<std::string, std::string>> facts) {
     for (const std::int64_t device : cuda_devices_) torch::cuda::synchronize(device);
-    fingerprint_ = std::move(fingerprint);
+    fingerprint_ = fingerprint;  // (assigned into the previous snapshot's strings: the same, save after save)
     facts_ = std::move(facts);
     complete_ = true;
   }

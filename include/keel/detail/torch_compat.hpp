@@ -6,7 +6,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/version.h>
 
-#include <sstream>
+#include <cstdio>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -35,9 +35,13 @@ static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_same_v<O
 template <class Key = OptimizerStateKey>
 Key optimizer_state_key(const torch::Tensor& param) {
   if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream key;  // what LibTorch's own optimizers use: c10::guts::to_string(impl)
-    key << param.unsafeGetTensorImpl();
-    return key.str();
+    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an ostream
+    // prints a pointer, "0x" and lowercase hex, which is also what glibc's %p prints for one
+    // that is not null. snprintf, not an ostringstream: a save looks up every parameter's state,
+    // and a stream costs a locale each time.
+    char key[2 + 2 * sizeof(void*) + 1];
+    const int length = std::snprintf(key, sizeof key, "%p", static_cast<void*>(param.unsafeGetTensorImpl()));
+    return std::string(key, static_cast<std::size_t>(length));
   } else {
     return param.unsafeGetTensorImpl();
   }

@@ -12,6 +12,7 @@
 #include <keel/checkpoint/file_io.hpp>
 #include <keel/checkpoint/snapshot.hpp>
 #include <keel/error.hpp>
+#include <keel/fingerprint.hpp>
 #include <keel/hooks.hpp>
 #include <keel/log.hpp>
 #include <keel/rng.hpp>
@@ -52,8 +53,14 @@ class CheckpointSaver {
   /// flight, if any.
   void write(const ckpt::fs::path& path) {
     finish_background_save();
-    state::write_checkpoint<Format>(s_, path, monitor_facts());
+    std::optional<Fingerprint> fresh;
+    state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
   }
+
+  /// fit() starts with this configuration (Trainer::fit, after the resume). It cannot change
+  /// while fit runs, so every checkpoint of the fit records it as taken here rather than
+  /// describing every component again at each save, on the training thread's time.
+  void fit_starts(Fingerprint configuration) { configuration_ = std::move(configuration); }
 
   // ---- the loop reports what happened; the saver decides -----------------------------------
 
@@ -76,6 +83,7 @@ class CheckpointSaver {
     finish_background_save();
     if (unsaved_) save();
     finish_background_save();
+    configuration_.reset();  // (between fits a load may fork the configuration)
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {
@@ -92,6 +100,7 @@ class CheckpointSaver {
   /// Something else ends fit (an exception): the save in flight completes; a failure of it is
   /// only reported, the exception under way is the one that counts.
   void at_exception() noexcept {
+    configuration_.reset();
     try {
       finish_background_save();
     } catch (const std::exception& e) {
@@ -159,7 +168,8 @@ class CheckpointSaver {
     Pending save{directory, name, previous_path, s_.loop.global_step, validation_unsaved_};
     if (options.async_save()) {
       try {
-        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, monitor_facts());
+        std::optional<Fingerprint> fresh;
+        state::snapshot_checkpoint<Format>(s_, snapshot_, directory / name, configuration(fresh), monitor_facts());
         background_.start([this, save, policy = retention()] {
           ckpt::ensure_checkpoint_directory(save.directory);
           snapshot_.write_file(save.directory / save.name, Format::keel_name, Format::format_id);
@@ -185,7 +195,8 @@ class CheckpointSaver {
     }
     try {
       ckpt::ensure_checkpoint_directory(directory);
-      state::write_checkpoint<Format>(s_, directory / name, monitor_facts());
+      std::optional<Fingerprint> fresh;
+      state::write_checkpoint<Format>(s_, directory / name, configuration(fresh), monitor_facts());
       ckpt::point_link_atomically(directory / ckpt::last_link_name(Format::extension), name);
     } catch (const ckpt::IoError& e) {
       not_saved(save, e);
@@ -268,6 +279,13 @@ class CheckpointSaver {
     }
   }
 
+  /// The configuration a checkpoint records: the fit's (fit_starts), or outside fit described
+  /// anew into `fresh`.
+  const Fingerprint& configuration(std::optional<Fingerprint>& fresh) const {
+    if (configuration_) return *configuration_;
+    return fresh.emplace(s_.fingerprint(Format::keel_name));
+  }
+
   /// The monitored metric of the validation just before this checkpoint ranks it for keep_best.
   state::Facts monitor_facts() const {
     const std::string& monitor = s_.options.monitor();
@@ -283,6 +301,7 @@ class CheckpointSaver {
   ckpt::SectionSnapshot snapshot_;  // async_save: the state being written, its memory kept
   std::optional<Pending> pending_;  // the save in flight
   std::string rotation_problem_;    // set by the save in flight, read once it is collected
+  std::optional<Fingerprint> configuration_;  // the fit's, while one runs
   std::unique_ptr<ckpt::DirectoryLock> lock_;
   bool unsaved_ = false;             // the state changed since the last checkpoint
   bool validation_unsaved_ = false;  // a validation ran since the last checkpoint

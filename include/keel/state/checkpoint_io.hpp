@@ -62,13 +62,14 @@ void refuse_nonfinite(const State& s, const ckpt::fs::path& path) {
 /// Writes a complete checkpoint to `path` atomically (temp file, fsync, rename). Refuses
 /// (NonFiniteError) when a parameter holds NaN or an infinity: a non-finite state is never
 /// written over a good checkpoint.
+/// `configuration`: the fingerprint it records (s.fingerprint(Format::keel_name)).
 template <class Format, class State>
-void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = {}) {
+void write_checkpoint(State& s, const ckpt::fs::path& path, const Fingerprint& configuration, Facts extra_facts = {}) {
   detail::refuse_nonfinite(s, path);
   ckpt::write_atomically(path, [&](ckpt::HashingFileSink& sink) {
     ckpt::ContainerWriter writer(sink, Format::keel_name, Format::format_id);
     SectionList::of<Format>(s.sections()).write(writer);
-    writer.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+    writer.finish(configuration, manifest_facts(s, std::move(extra_facts)));
   });
 }
 
@@ -78,10 +79,11 @@ void write_checkpoint(State& s, const ckpt::fs::path& path, Facts extra_facts = 
 /// thread before it creates the file (its NonFiniteError comes where the write's outcome is
 /// collected); the others here.
 template <class Format, class State>
-void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path, Facts extra_facts = {}) {
+void snapshot_checkpoint(State& s, ckpt::SectionSnapshot& snapshot, const ckpt::fs::path& path,
+                         const Fingerprint& configuration, Facts extra_facts = {}) {
   snapshot.clear();
   SectionList::of<Format>(s.sections()).write(snapshot);
-  snapshot.finish(s.fingerprint(Format::keel_name), manifest_facts(s, std::move(extra_facts)));
+  snapshot.finish(configuration, manifest_facts(s, std::move(extra_facts)));
   std::vector<std::pair<std::string, at::Tensor>> copies;
   for (const auto& item : s.model->named_parameters(true)) {
     if (at::Tensor copy = snapshot.copy_of(item.value()); copy.defined())
