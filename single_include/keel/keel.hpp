@@ -9707,9 +9707,12 @@ struct RankRngSection {
     }
   }
   std::vector<RngState> stage() const { return {}; }
+  /// Each rank checks the streams it takes (every rank loads the file): those of ranks that a
+  /// resume with fewer processes no longer has are nobody's to refuse.
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      for (std::size_t r = 0; r < saved.size(); ++r)
+      const auto r = static_cast<std::size_t>(live.rank);
+      if (r < saved.size())
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
   }
@@ -10634,11 +10637,19 @@ inline bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+/// A count as a checkpoint's facts and fingerprint hold it (decimal digits, at most 18 of them,
+/// so that it fits an int64): true and `out` set, or false and `out` untouched.
+inline bool parse_count(const std::string& text, std::int64_t& out) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+  out = std::stoll(text);
+  return true;
+}
+
 /// A positive count as a fingerprint holds it, or 0; Fingerprint::absent counts as `absent`.
 inline std::int64_t positive_count(const std::string& text, std::int64_t absent = 0) {
   if (text == Fingerprint::absent) return absent;
-  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
-  return std::stoll(text);
+  std::int64_t count = 0;
+  return parse_count(text, count) ? count : 0;
 }
 }  // namespace detail
 
@@ -10999,12 +11010,6 @@ struct Loaded {
 };
 
 namespace detail {
-inline bool parse_count(const std::string& text, std::int64_t& out) {
-  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
-  out = std::stoll(text);
-  return true;
-}
-
 /// The part of load_checkpoint that needs no component type: stage every section, check the
 /// lineage the run will have (`scheduler_problems`: whether the scheduler can follow it), then
 /// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).

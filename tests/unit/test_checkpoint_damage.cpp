@@ -447,5 +447,26 @@ TEST_CASE("keel::format::Json: malformed, mistyped and deeply nested sections ar
   CHECK(short_tensor.find("section 'model'") != std::string::npos);
 }
 
-}  // namespace damage_test
+TEST_CASE("in rng.ranks each rank checks the streams it takes, not those of ranks gone since") {
+  const keel::RngState good = keel::RngState::capture();
+  keel::RngState damaged = good;
+  damaged.cpu = torch::zeros({3}, torch::kUInt8);  // not a CPU generator's state
+  keel::state::ProcessGenerators live;
+  live.world_size = 2;  // a job of three resumed by two
+  const std::vector<keel::RngState> saved{good, good, damaged};
+  for (int rank : {0, 1}) {
+    live.rank = rank;
+    keel::state::LoadPlan plan;
+    keel::state::RankRngSection<keel::state::ProcessGenerators>{live}.check(saved, plan);
+    CHECK(plan.problems.empty());
+  }
+  // Its own damaged streams are refused, naming the rank.
+  const std::vector<keel::RngState> own_damaged{good, damaged};
+  live.rank = 1;
+  keel::state::LoadPlan plan;
+  keel::state::RankRngSection<keel::state::ProcessGenerators>{live}.check(own_damaged, plan);
+  REQUIRE(plan.problems.size() == 1);
+  CHECK(plan.problems[0].find("rank 1's CPU generator state has the wrong size") == 0);
+}
 
+}  // namespace damage_test

@@ -7,6 +7,7 @@
 #include "support/process.hpp"
 #include "support/saved_state.hpp"
 
+#include <keel/distributed/data_parallel.hpp>
 #include <keel/distributed/place.hpp>
 
 #include <doctest/doctest.h>
@@ -98,6 +99,25 @@ std::vector<std::string> rank_of_two(int rank, int port, std::vector<std::string
 }
 
 }  // namespace
+
+TEST_CASE("evaluation sums reach the other ranks exactly, whatever the metrics' names hold") {
+  // What DataParallel::add_up sends and adds up, rank by rank.
+  const std::map<std::string, double> rank0{{"val_loss", 0.1}, {"odd name\nwith a newline", 1.0 / 3.0}, {"a b", 2.5}};
+  const std::map<std::string, double> rank1{{"val_loss", 0.2}, {"only here", -1e-300}};
+  std::map<std::string, double> sums;
+  std::int64_t samples = 0;
+  keel::dist::detail::add_evaluation(keel::dist::detail::evaluation_bytes(rank0, 7), sums, samples);
+  keel::dist::detail::add_evaluation(keel::dist::detail::evaluation_bytes(rank1, 5), sums, samples);
+  CHECK(samples == 12);
+  CHECK(sums.size() == 4);
+  CHECK(sums.at("val_loss") == 0.1 + 0.2);
+  CHECK(sums.at("odd name\nwith a newline") == 1.0 / 3.0);
+  CHECK(sums.at("a b") == 2.5);
+  CHECK(sums.at("only here") == -1e-300);
+  const std::string damaged = keel::dist::detail::evaluation_bytes(rank0, 7).substr(0, 20);
+  CHECK_THROWS_WITH_AS(keel::dist::detail::add_evaluation(damaged, sums, samples),
+                       doctest::Contains("evaluation sums arrived damaged"), keel::dist::DistributedError);
+}
 
 TEST_CASE("a process's place comes from torchrun's, Slurm's or Open MPI's variables") {
   using keel::dist::place_from_environment;

@@ -19,12 +19,13 @@
 #include <keel/strategy/single_process.hpp>
 
 #include <cereal/archives/binary.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/string.hpp>
 #include <torch/types.h>
 #include <torch/utils.h>
 
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -33,6 +34,36 @@
 #include <vector>
 
 namespace keel {
+
+namespace dist::detail {
+/// One rank's evaluation sums and sample count as bytes for the others (DataParallel::add_up):
+/// cereal's binary archive, so that a metric's name may hold any character (a newline too) and
+/// each sum reads back exactly.
+inline std::string evaluation_bytes(const std::map<std::string, double>& sums, std::int64_t samples) {
+  std::ostringstream out;
+  {
+    cereal::BinaryOutputArchive archive(out);
+    archive(samples, sums);
+  }
+  return out.str();
+}
+
+/// Adds one rank's evaluation_bytes to `sums` and `samples` (called in rank order, so that
+/// every rank adds the same numbers in the same order).
+inline void add_evaluation(const std::string& bytes, std::map<std::string, double>& sums, std::int64_t& samples) {
+  std::int64_t count = 0;
+  std::map<std::string, double> theirs;
+  try {
+    std::istringstream in(bytes);
+    cereal::BinaryInputArchive archive(in);
+    archive(count, theirs);
+  } catch (const std::exception& e) {
+    throw DistributedError(std::string("keel: a rank's evaluation sums arrived damaged: ") + e.what());
+  }
+  samples += count;
+  for (const auto& [name, sum] : theirs) sums[name] += sum;
+}
+}  // namespace dist::detail
 
 class DataParallel {
  public:
@@ -180,19 +211,10 @@ class DataParallel {
   /// the same values, bit for bit). A metric some rank lacks (it had no sample) counts as 0 there.
   void add_up(std::map<std::string, double>& sums, std::int64_t& samples) {
     if (!group_) return;
-    std::string mine = std::to_string(samples) + "\n";
-    for (const auto& [name, sum] : sums) mine += exact(sum) + " " + name + "\n";
     std::map<std::string, double> total;
     std::int64_t count = 0;
-    for (const auto& text : group_->all_gather_text(mine)) {
-      std::size_t line_end = text.find('\n');
-      count += std::stoll(text.substr(0, line_end));
-      for (std::size_t at = line_end + 1; at < text.size(); at = line_end + 1) {
-        line_end = text.find('\n', at);
-        const std::size_t space = text.find(' ', at);
-        total[text.substr(space + 1, line_end - space - 1)] += std::strtod(text.substr(at, space - at).c_str(), nullptr);
-      }
-    }
+    for (const auto& bytes : group_->all_gather_text(dist::detail::evaluation_bytes(sums, samples)))
+      dist::detail::add_evaluation(bytes, total, count);
     sums = std::move(total);
     samples = count;
   }
@@ -256,13 +278,6 @@ class DataParallel {
       throw dist::DistributedError(std::string("keel: a rank's random streams arrived damaged: ") + e.what());
     }
     return streams;
-  }
-
-  /// A double as text that reads back as exactly it (hexadecimal floating point).
-  static std::string exact(double value) {
-    char buffer[40];
-    std::snprintf(buffer, sizeof buffer, "%a", value);
-    return buffer;
   }
 
   /// The first line of `theirs` that differs from `ours`, with rank 0's value.

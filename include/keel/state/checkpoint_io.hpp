@@ -113,12 +113,6 @@ struct Loaded {
 };
 
 namespace detail {
-inline bool parse_count(const std::string& text, std::int64_t& out) {
-  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
-  out = std::stoll(text);
-  return true;
-}
-
 /// The part of load_checkpoint that needs no component type: stage every section, check the
 /// lineage the run will have (`scheduler_problems`: whether the scheduler can follow it), then
 /// commit all or throw. `sections` starts with the loop and the lineage (checkpoint_sections).

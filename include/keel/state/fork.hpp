@@ -49,11 +49,19 @@ inline bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+/// A count as a checkpoint's facts and fingerprint hold it (decimal digits, at most 18 of them,
+/// so that it fits an int64): true and `out` set, or false and `out` untouched.
+inline bool parse_count(const std::string& text, std::int64_t& out) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+  out = std::stoll(text);
+  return true;
+}
+
 /// A positive count as a fingerprint holds it, or 0; Fingerprint::absent counts as `absent`.
 inline std::int64_t positive_count(const std::string& text, std::int64_t absent = 0) {
   if (text == Fingerprint::absent) return absent;
-  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
-  return std::stoll(text);
+  std::int64_t count = 0;
+  return parse_count(text, count) ? count : 0;
 }
 }  // namespace detail
 

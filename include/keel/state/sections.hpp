@@ -345,9 +345,12 @@ struct RankRngSection {
     }
   }
   std::vector<RngState> stage() const { return {}; }
+  /// Each rank checks the streams it takes (every rank loads the file): those of ranks that a
+  /// resume with fewer processes no longer has are nobody's to refuse.
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      for (std::size_t r = 0; r < saved.size(); ++r)
+      const auto r = static_cast<std::size_t>(live.rank);
+      if (r < saved.size())
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
   }
