@@ -209,6 +209,7 @@ int train(const Flags& flags) {
                       ? keel::Optional<keel::TensorBoardLogger>()
                       : keel::Optional<keel::TensorBoardLogger>(keel::TensorBoardLogger(flags.tensorboard, flags.log_every)));
   auto& strategy = trainer.strategy();
+  if (flags.strategy == "single") strategy.alone();
   if (flags.strategy == "ddp" && strategy.place().launcher == "none")
     throw keel::ConfigError("--strategy ddp: this process was started by no launcher (no RANK, WORLD_SIZE...): start it "
                             "with keel-run --nproc-per-node N, torchrun, srun or mpirun, or drop --strategy ddp to "
@@ -335,9 +336,10 @@ int main(int argc, char** argv) {
   app.add_option("--tensorboard", flags.tensorboard, "write TensorBoard scalars into this directory");
   app.add_option("--strategy", flags.strategy,
                  "auto: data-parallel when a launcher (keel-run, torchrun, srun, mpirun) started this process, one "
-                 "process otherwise; ddp: data-parallel, refused without a launcher")
+                 "process otherwise; ddp: data-parallel, refused without a launcher; single: one process, whatever "
+                 "the launcher's variables say (a batch script that runs it once)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "ddp"}));
+      ->check(CLI::IsMember({"auto", "ddp", "single"}));
   app.add_option("--dist-timeout", flags.dist_timeout,
                  "seconds a data-parallel rank waits for the others (to join, at each step) before it fails naming "
                  "the ranks that did not answer")

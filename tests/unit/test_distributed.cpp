@@ -588,14 +588,18 @@ namespace {
 /// The example's MLP without Dropout, SGD with momentum, 20 steps: `ranks` ranks (under
 /// keel-run when more than one) of `batch` samples each. Returns the final parameters, in the
 /// model's order.
-std::vector<torch::Tensor> example_mlp_parameters(const fs::path& dir, int ranks, int batch) {
-  std::vector<std::string> argv;
+/// `before`: what starts it when it runs alone (an environment, say); `extra`: more flags.
+std::vector<torch::Tensor> example_mlp_parameters(const fs::path& dir, int ranks, int batch,
+                                                  std::vector<std::string> before = {},
+                                                  const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = std::move(before);
   if (ranks > 1)
     argv = {launcher, "--nproc-per-node", std::to_string(ranks), "--master-port", std::to_string(free_port())};
-  const std::vector<std::string> command = {
+  std::vector<std::string> command = {
       example, "--model", "mlp", "--dropout", "0", "--optimizer", "sgd", "--lr", "0.05", "--batch-size",
       std::to_string(batch), "--max-steps", "20", "--epochs", "1", "--validation-size", "1000", "--threads", "1",
       "--progress", "off", "--ckpt-dir", (dir / "ckpt").string(), "--log-dir", (dir / "logs").string()};
+  command.insert(command.end(), extra.begin(), extra.end());
   argv.insert(argv.end(), command.begin(), command.end());
   const ProcessResult result = keel_test::run(argv, std::chrono::seconds(300));
   INFO(result.output);
@@ -609,7 +613,7 @@ std::vector<torch::Tensor> example_mlp_parameters(const fs::path& dir, int ranks
 
 // The example's model: its MLP with --dropout 0 (Dropout draws each rank's own masks; the CNN's
 // BatchNorm normalizes by each rank's own batch, so neither is one process's computation).
-TEST_CASE("the example's MLP as two ranks of batch 32 ends with the parameters of one process of batch 64") {
+TEST_CASE("the example's MLP as two ranks of batch 32 ends with the parameters of one process of batch 64; --strategy single trains alone in a job of two") {
   if (launcher.empty()) return;
   REQUIRE_MESSAGE(!example.empty(), "the example was not built (KEEL_BUILD_EXAMPLES=OFF)");
   const fs::path dir = fresh_directory("example-equivalence");
@@ -621,6 +625,16 @@ TEST_CASE("the example's MLP as two ranks of batch 32 ends with the parameters o
           "; against one process of 32: ", max_difference(two, half));
   CHECK(ranks_against_one < 1e-5);
   CHECK(max_difference(two, half) > 1e-3);
+
+  // --strategy single: one process inside a batch script whose variables name two tasks (it
+  // would wait for a rank 1 that never comes: --dist-timeout 5 fails it then) trains alone, as
+  // the process of 64 above did.
+  const auto alone = example_mlp_parameters(
+      dir / "alone", 1, 64,
+      {"/usr/bin/env", "SLURM_PROCID=0", "SLURM_NTASKS=2", "SLURM_LOCALID=0", "SLURM_NTASKS_PER_NODE=2",
+       "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(free_port())},
+      {"--strategy", "single", "--dist-timeout", "5"});
+  CHECK(max_difference(alone, one) == 0.0);
   fs::remove_all(dir);
 }
 

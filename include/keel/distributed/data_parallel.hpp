@@ -75,6 +75,16 @@ class DataParallel {
   int world_size() const noexcept { return place_.world_size; }
   const dist::ProcessPlace& place() const noexcept { return place_; }
 
+  /// Trains this process alone, whatever the launcher's variables say: for a program run once
+  /// inside a job whose variables name several tasks (a batch script of `sbatch --ntasks=4` that
+  /// does not start it with srun), which would otherwise wait for ranks that never come. Call it
+  /// before fit.
+  DataParallel& alone() {
+    if (group_) throw ConfigError("keel: DataParallel::alone() was called after the ranks joined; call it before fit");
+    place_ = dist::ProcessPlace{};
+    return *this;
+  }
+
   /// How long a rank waits for the others (to join, and in each collective) before it fails
   /// with a DistributedError naming the ranks that did not answer. Default: 5 minutes. Set it
   /// before fit.
