@@ -107,7 +107,9 @@ class Fingerprint {
 
 namespace detail {
 /// A component that adds its configuration to the fingerprint:
-/// `void describe(keel::Fingerprint&, const std::string& prefix) const`.
+/// `void describe(keel::Fingerprint&, const std::string& prefix) const`. How it was configured,
+/// never what it has done: fit describes every component once, when it starts, for all of its
+/// checkpoints (loop::CheckpointSaver::fit_starts).
 template <class T, class = void>
 struct has_describe : std::false_type {};
 template <class T>

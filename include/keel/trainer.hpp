@@ -285,12 +285,14 @@ template <class... P>
 template <class Dataset>
 Metrics Trainer<P...>::evaluate(Dataset& dataset) {
   require_whole_state();
+  state_.take_place();
   return loop::evaluate(state_, dataset, /*with_hooks=*/false);
 }
 
 template <class... P>
 void Trainer<P...>::save_checkpoint(const ckpt::fs::path& path) {
   require_whole_state();
+  state_.take_place();
   saver_.write(path);
 }
 
@@ -314,6 +316,7 @@ std::optional<ckpt::fs::path> Trainer<P...>::resume_latest(const ckpt::fs::path&
 
 template <class... P>
 void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
+  state_.take_place();
   state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
   state_.publish_lrs();
 }
@@ -321,6 +324,7 @@ void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
 template <class... P>
 std::string Trainer<P...>::state_digest() {
   require_whole_state();
+  state_.take_place();
   return state::state_digest<Format>(state_);
 }
 
@@ -338,6 +342,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
 
   const auto& options = state_.options;
+  state_.take_place();
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
@@ -364,7 +369,6 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +
                       "; resume with the same dataset");
-  saver_.fit_starts(fingerprint());
   loop::fit(state_, saver_, signals, train, validation, sampler);
 }
 
@@ -412,6 +416,7 @@ void Trainer<P...>::check_run_owns(const ckpt::fs::path& found, const ckpt::Cont
 
 template <class... P>
 void Trainer<P...>::apply(const ckpt::Container& container, const std::string& path) {
+  state_.take_place();
   auto loaded = [&] {
     try {
       return state::load_checkpoint<Format>(state_, container, path);

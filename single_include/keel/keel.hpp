@@ -2172,7 +2172,9 @@ class Fingerprint {
 
 namespace detail {
 /// A component that adds its configuration to the fingerprint:
-/// `void describe(keel::Fingerprint&, const std::string& prefix) const`.
+/// `void describe(keel::Fingerprint&, const std::string& prefix) const`. How it was configured,
+/// never what it has done: fit describes every component once, when it starts, for all of its
+/// checkpoints (loop::CheckpointSaver::fit_starts).
 template <class T, class = void>
 struct has_describe : std::false_type {};
 template <class T>
@@ -2677,6 +2679,8 @@ struct no_policy {};
 #include <torch/version.h>
 
 #include <cstdio>
+#include <locale>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -2705,13 +2709,20 @@ static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_same_v<O
 template <class Key = OptimizerStateKey>
 Key optimizer_state_key(const torch::Tensor& param) {
   if constexpr (std::is_same_v<Key, std::string>) {
-    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an ostream
-    // prints a pointer, "0x" and lowercase hex, which is also what glibc's %p prints for one
-    // that is not null. snprintf, not an ostringstream: a save looks up every parameter's state,
-    // and a stream costs a locale each time.
-    char key[2 + 2 * sizeof(void*) + 1];
-    const int length = std::snprintf(key, sizeof key, "%p", static_cast<void*>(param.unsafeGetTensorImpl()));
-    return std::string(key, static_cast<std::size_t>(length));
+    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an
+    // ostringstream in the global locale prints it. In the classic locale that is "0x" and
+    // lowercase hex, which is also what glibc's %p prints for a pointer that is not null:
+    // snprintf then, not a stream (a save looks up every parameter's state, and a stream costs
+    // a locale each time). Another locale may group the digits: the stream, as LibTorch's.
+    const void* impl = param.unsafeGetTensorImpl();
+    if (std::locale() == std::locale::classic()) {
+      char key[2 + 2 * sizeof(void*) + 1];
+      const int length = std::snprintf(key, sizeof key, "%p", impl);
+      return std::string(key, static_cast<std::size_t>(length));
+    }
+    std::ostringstream key;
+    key << impl;
+    return key.str();
   } else {
     return param.unsafeGetTensorImpl();
   }
@@ -9707,12 +9718,13 @@ struct RankRngSection {
     }
   }
   std::vector<RngState> stage() const { return {}; }
-  /// Each rank checks the streams it takes (every rank loads the file): those of ranks that a
-  /// resume with fewer processes no longer has are nobody's to refuse.
+  /// The streams of the ranks the job has now, checked on every rank (so that all refuse alike,
+  /// at once); those of ranks that a resume with fewer processes no longer has are nobody's to
+  /// refuse.
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      const auto r = static_cast<std::size_t>(live.rank);
-      if (r < saved.size())
+      const std::size_t ranks = std::min(saved.size(), static_cast<std::size_t>(live.world_size));
+      for (std::size_t r = 0; r < ranks; ++r)
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
   }
@@ -10800,7 +10812,11 @@ std::vector<std::string> schedule_problems(const Scheduler& scheduler, const Lin
 /// and number of processes (a change's `before`; absent: one process), and this run's.
 struct BatchGeometry {
   std::int64_t batch_size = 0, world_size = 1;
-  std::int64_t samples() const { return batch_size * world_size; }
+  /// Samples per step, the whole job's (a damaged file's absurd counts saturate, not overflow).
+  std::int64_t samples() const {
+    std::int64_t product = 0;
+    return __builtin_mul_overflow(batch_size, world_size, &product) ? std::numeric_limits<std::int64_t>::max() : product;
+  }
   bool operator!=(const BatchGeometry& o) const { return batch_size != o.batch_size || world_size != o.world_size; }
   std::string describe() const {
     return std::to_string(world_size) + (world_size == 1 ? " process" : " processes") + " of batch " +
@@ -11182,10 +11198,11 @@ class CheckpointSaver {
     state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
   }
 
-  /// fit() starts with this configuration (Trainer::fit, after the resume). It cannot change
-  /// while fit runs, so every checkpoint of the fit records it as taken here rather than
-  /// describing every component again at each save, on the training thread's time.
-  void fit_starts(Fingerprint configuration) { configuration_ = std::move(configuration); }
+  /// fit() starts (after the resume): the configuration is described here, once, and every
+  /// checkpoint of the fit records it, rather than every component being described again at
+  /// each save, on the training thread's time. It cannot change while fit runs (a component's
+  /// describe() says how it was configured, not what it has done).
+  void fit_starts() { configuration_ = s_.fingerprint(Format::keel_name); }
 
   // ---- the loop reports what happened; the saver decides -----------------------------------
 
@@ -11208,7 +11225,7 @@ class CheckpointSaver {
     finish_background_save();
     if (unsaved_) save();
     finish_background_save();
-    configuration_.reset();  // (between fits a load may fork the configuration)
+    configuration_.reset();  // (between fits it may change: an Optional callback switched on, say)
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {
@@ -12047,8 +12064,9 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
                         " steps on validation metrics, and validate_every_epochs and validate_every_steps are both 0, "
                         "so no validation runs; set one of them");
   }
-  s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {
+    saver.fit_starts();
+    s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
     s.dispatch(event::on_fit_start{});
     while (!done_at_boundary(s, saver, signals)) run_epoch(s, saver, signals, train, validation, sampler);
     saver.at_fit_end();
@@ -12140,13 +12158,18 @@ class TrainState {
         callbacks(std::move(callbacks_in)),
         context(loop, view, *model) {
     loop.data_seed = options.seed();
-    // (known from the launcher's variables before any fit: a load before fit needs them too)
-    view.rank = generators.rank = strategy.rank();
-    view.world_size = generators.world_size = strategy.world_size();
+    take_place();  // (known from the launcher's variables before any fit: a load before fit needs them too)
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
     for (std::size_t g = 0; g < optimizer.group_count(); ++g) view.lr_groups.push_back(group_name(g));
     publish_lrs();
+  }
+  /// This process's rank and the job's size, as the strategy has them, where callbacks and the
+  /// random-stream sections read them. The Trainer takes them again before each fit, load, save
+  /// and evaluation: the strategy may have changed its mind since (DataParallel::alone()).
+  void take_place() {
+    view.rank = generators.rank = strategy.rank();
+    view.world_size = generators.world_size = strategy.world_size();
   }
   /// The learning rates callbacks see (Context::lr, lrs), after whatever changed them.
   void publish_lrs() {
@@ -12641,12 +12664,14 @@ template <class... P>
 template <class Dataset>
 Metrics Trainer<P...>::evaluate(Dataset& dataset) {
   require_whole_state();
+  state_.take_place();
   return loop::evaluate(state_, dataset, /*with_hooks=*/false);
 }
 
 template <class... P>
 void Trainer<P...>::save_checkpoint(const ckpt::fs::path& path) {
   require_whole_state();
+  state_.take_place();
   saver_.write(path);
 }
 
@@ -12670,6 +12695,7 @@ std::optional<ckpt::fs::path> Trainer<P...>::resume_latest(const ckpt::fs::path&
 
 template <class... P>
 void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
+  state_.take_place();
   state::warm_start<Format>(state_, ckpt::read_container(path), path.string());
   state_.publish_lrs();
 }
@@ -12677,6 +12703,7 @@ void Trainer<P...>::warm_start(const ckpt::fs::path& path) {
 template <class... P>
 std::string Trainer<P...>::state_digest() {
   require_whole_state();
+  state_.take_place();
   return state::state_digest<Format>(state_);
 }
 
@@ -12694,6 +12721,7 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     static_assert(loop::check_validation_step<Module, data::batch_t<ValidationSet>>());
 
   const auto& options = state_.options;
+  state_.take_place();
   state_.strategy.join(state_);  // (before the resume: the fingerprint records the world size)
   data::SamplerOptions sampling;
   sampling.batch_size = options.batch_size();
@@ -12720,7 +12748,6 @@ void Trainer<P...>::fit_impl(TrainSet& train, ValidationSet* validation) {
     throw ConfigError("keel: the checkpoint was trained on " + std::to_string(*loaded_train_size_) +
                       " samples but this training set has " + std::to_string(state_.train_size) +
                       "; resume with the same dataset");
-  saver_.fit_starts(fingerprint());
   loop::fit(state_, saver_, signals, train, validation, sampler);
 }
 
@@ -12768,6 +12795,7 @@ void Trainer<P...>::check_run_owns(const ckpt::fs::path& found, const ckpt::Cont
 
 template <class... P>
 void Trainer<P...>::apply(const ckpt::Container& container, const std::string& path) {
+  state_.take_place();
   auto loaded = [&] {
     try {
       return state::load_checkpoint<Format>(state_, container, path);

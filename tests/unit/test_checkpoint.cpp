@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <locale>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -406,6 +407,28 @@ std::map<std::string, const void*> storages(WideTrainer& trainer) {
     out["exp_avg." + p.key()] = static_cast<torch::optim::AdamWParamState&>(*found->second).exp_avg().data_ptr();
   }
   return out;
+}
+
+/// A numeric punctuation that groups digits by three (as en_US does), for the test below.
+struct GroupingPunct : std::numpunct<char> {
+  std::string do_grouping() const override { return "\3"; }
+  char do_thousands_sep() const override { return ','; }
+};
+
+TEST_CASE("the optimizer's state is found under LibTorch's key whatever the global locale") {
+  // LibTorch 1.x files a parameter's state under its TensorImpl's address as an ostringstream
+  // prints it, in the global locale, which may group the digits; keel's key must be the same.
+  SyntheticImages data(16, 3);
+  keel::Trainer<keel::model<SmallNetImpl>, keel::optimizer<keel::optim::AdamW>> trainer(
+      std::make_shared<SmallNetImpl>(), keel::TrainerOptions().max_steps(1).batch_size(8),
+      torch::optim::AdamWOptions(1e-3));
+  const std::size_t parameters = trainer.model()->parameters().size();
+  struct RestoreLocale {
+    std::locale previous = std::locale::global(std::locale(std::locale::classic(), new GroupingPunct));
+    ~RestoreLocale() { std::locale::global(previous); }
+  } grouping;
+  trainer.fit(data);  // (LibTorch's optimizer files each parameter's state in this locale)
+  CHECK(trainer.optimizer().state().params.size() == parameters);
 }
 
 TEST_CASE("a load reads large tensors straight into the live ones, and the resume is exact") {

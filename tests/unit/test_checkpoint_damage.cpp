@@ -447,7 +447,7 @@ TEST_CASE("keel::format::Json: malformed, mistyped and deeply nested sections ar
   CHECK(short_tensor.find("section 'model'") != std::string::npos);
 }
 
-TEST_CASE("in rng.ranks each rank checks the streams it takes, not those of ranks gone since") {
+TEST_CASE("in rng.ranks every rank checks the streams of the job's ranks, not those of ranks gone since") {
   const keel::RngState good = keel::RngState::capture();
   keel::RngState damaged = good;
   damaged.cpu = torch::zeros({3}, torch::kUInt8);  // not a CPU generator's state
@@ -460,13 +460,17 @@ TEST_CASE("in rng.ranks each rank checks the streams it takes, not those of rank
     keel::state::RankRngSection<keel::state::ProcessGenerators>{live}.check(saved, plan);
     CHECK(plan.problems.empty());
   }
-  // Its own damaged streams are refused, naming the rank.
-  const std::vector<keel::RngState> own_damaged{good, damaged};
-  live.rank = 1;
-  keel::state::LoadPlan plan;
-  keel::state::RankRngSection<keel::state::ProcessGenerators>{live}.check(own_damaged, plan);
-  REQUIRE(plan.problems.size() == 1);
-  CHECK(plan.problems[0].find("rank 1's CPU generator state has the wrong size") == 0);
+  // Damaged streams of a rank the job has are refused by every rank alike, naming that rank
+  // (so that none goes on to wait for the one that refused).
+  const std::vector<keel::RngState> rank1_damaged{good, damaged};
+  for (int rank : {0, 1}) {
+    CAPTURE(rank);
+    live.rank = rank;
+    keel::state::LoadPlan plan;
+    keel::state::RankRngSection<keel::state::ProcessGenerators>{live}.check(rank1_damaged, plan);
+    REQUIRE(plan.problems.size() == 1);
+    CHECK(plan.problems[0].find("rank 1's CPU generator state has the wrong size") == 0);
+  }
 }
 
 }  // namespace damage_test

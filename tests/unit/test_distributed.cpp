@@ -635,6 +635,11 @@ TEST_CASE("the example's MLP as two ranks of batch 32 ends with the parameters o
        "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(free_port())},
       {"--strategy", "single", "--dist-timeout", "5"});
   CHECK(max_difference(alone, one) == 0.0);
+  // Its checkpoints are a process alone's: no strategy, no other ranks' streams (the Trainer
+  // takes the place again after alone(); the SLURM variables said two).
+  const auto manifest = keel::ckpt::read_container(dir / "alone" / "ckpt" / "last.ckpt").manifest;
+  CHECK_FALSE(manifest.fingerprint.value("strategy").has_value());
+  CHECK(manifest.find("rng.ranks") == nullptr);
   fs::remove_all(dir);
 }
 

@@ -7,6 +7,8 @@
 #include <torch/version.h>
 
 #include <cstdio>
+#include <locale>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -35,13 +37,20 @@ static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_same_v<O
 template <class Key = OptimizerStateKey>
 Key optimizer_state_key(const torch::Tensor& param) {
   if constexpr (std::is_same_v<Key, std::string>) {
-    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an ostream
-    // prints a pointer, "0x" and lowercase hex, which is also what glibc's %p prints for one
-    // that is not null. snprintf, not an ostringstream: a save looks up every parameter's state,
-    // and a stream costs a locale each time.
-    char key[2 + 2 * sizeof(void*) + 1];
-    const int length = std::snprintf(key, sizeof key, "%p", static_cast<void*>(param.unsafeGetTensorImpl()));
-    return std::string(key, static_cast<std::size_t>(length));
+    // What LibTorch's own optimizers use, c10::guts::to_string(impl): the address as an
+    // ostringstream in the global locale prints it. In the classic locale that is "0x" and
+    // lowercase hex, which is also what glibc's %p prints for a pointer that is not null:
+    // snprintf then, not a stream (a save looks up every parameter's state, and a stream costs
+    // a locale each time). Another locale may group the digits: the stream, as LibTorch's.
+    const void* impl = param.unsafeGetTensorImpl();
+    if (std::locale() == std::locale::classic()) {
+      char key[2 + 2 * sizeof(void*) + 1];
+      const int length = std::snprintf(key, sizeof key, "%p", impl);
+      return std::string(key, static_cast<std::size_t>(length));
+    }
+    std::ostringstream key;
+    key << impl;
+    return key.str();
   } else {
     return param.unsafeGetTensorImpl();
   }

@@ -57,10 +57,11 @@ class CheckpointSaver {
     state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
   }
 
-  /// fit() starts with this configuration (Trainer::fit, after the resume). It cannot change
-  /// while fit runs, so every checkpoint of the fit records it as taken here rather than
-  /// describing every component again at each save, on the training thread's time.
-  void fit_starts(Fingerprint configuration) { configuration_ = std::move(configuration); }
+  /// fit() starts (after the resume): the configuration is described here, once, and every
+  /// checkpoint of the fit records it, rather than every component being described again at
+  /// each save, on the training thread's time. It cannot change while fit runs (a component's
+  /// describe() says how it was configured, not what it has done).
+  void fit_starts() { configuration_ = s_.fingerprint(Format::keel_name); }
 
   // ---- the loop reports what happened; the saver decides -----------------------------------
 
@@ -83,7 +84,7 @@ class CheckpointSaver {
     finish_background_save();
     if (unsaved_) save();
     finish_background_save();
-    configuration_.reset();  // (between fits a load may fork the configuration)
+    configuration_.reset();  // (between fits it may change: an Optional callback switched on, say)
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {

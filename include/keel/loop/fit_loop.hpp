@@ -29,8 +29,9 @@ void fit(State& s, Saver& saver, StopSignals& signals, TrainSet& train, Validati
                         " steps on validation metrics, and validate_every_epochs and validate_every_steps are both 0, "
                         "so no validation runs; set one of them");
   }
-  s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
   try {
+    saver.fit_starts();
+    s.optimizer.zero_grad();  // every window, the first included, accumulates into zeros
     s.dispatch(event::on_fit_start{});
     while (!done_at_boundary(s, saver, signals)) run_epoch(s, saver, signals, train, validation, sampler);
     saver.at_fit_end();

@@ -212,7 +212,11 @@ std::vector<std::string> schedule_problems(const Scheduler& scheduler, const Lin
 /// and number of processes (a change's `before`; absent: one process), and this run's.
 struct BatchGeometry {
   std::int64_t batch_size = 0, world_size = 1;
-  std::int64_t samples() const { return batch_size * world_size; }
+  /// Samples per step, the whole job's (a damaged file's absurd counts saturate, not overflow).
+  std::int64_t samples() const {
+    std::int64_t product = 0;
+    return __builtin_mul_overflow(batch_size, world_size, &product) ? std::numeric_limits<std::int64_t>::max() : product;
+  }
   bool operator!=(const BatchGeometry& o) const { return batch_size != o.batch_size || world_size != o.world_size; }
   std::string describe() const {
     return std::to_string(world_size) + (world_size == 1 ? " process" : " processes") + " of batch " +

@@ -345,12 +345,13 @@ struct RankRngSection {
     }
   }
   std::vector<RngState> stage() const { return {}; }
-  /// Each rank checks the streams it takes (every rank loads the file): those of ranks that a
-  /// resume with fewer processes no longer has are nobody's to refuse.
+  /// The streams of the ranks the job has now, checked on every rank (so that all refuse alike,
+  /// at once); those of ranks that a resume with fewer processes no longer has are nobody's to
+  /// refuse.
   void check(const std::vector<RngState>& saved, LoadPlan& plan) const {
     if constexpr (!offline) {
-      const auto r = static_cast<std::size_t>(live.rank);
-      if (r < saved.size())
+      const std::size_t ranks = std::min(saved.size(), static_cast<std::size_t>(live.world_size));
+      for (std::size_t r = 0; r < ranks; ++r)
         for (auto& problem : saved[r].check(plan.warnings)) plan.problem("rank " + std::to_string(r) + "'s " + problem);
     }
   }

@@ -85,13 +85,18 @@ class TrainState {
         callbacks(std::move(callbacks_in)),
         context(loop, view, *model) {
     loop.data_seed = options.seed();
-    // (known from the launcher's variables before any fit: a load before fit needs them too)
-    view.rank = generators.rank = strategy.rank();
-    view.world_size = generators.world_size = strategy.world_size();
+    take_place();  // (known from the launcher's variables before any fit: a load before fit needs them too)
     view.max_steps = options.max_steps();
     view.max_epochs = options.max_epochs();
     for (std::size_t g = 0; g < optimizer.group_count(); ++g) view.lr_groups.push_back(group_name(g));
     publish_lrs();
+  }
+  /// This process's rank and the job's size, as the strategy has them, where callbacks and the
+  /// random-stream sections read them. The Trainer takes them again before each fit, load, save
+  /// and evaluation: the strategy may have changed its mind since (DataParallel::alone()).
+  void take_place() {
+    view.rank = generators.rank = strategy.rank();
+    view.world_size = generators.world_size = strategy.world_size();
   }
   /// The learning rates callbacks see (Context::lr, lrs), after whatever changed them.
   void publish_lrs() {
