@@ -152,7 +152,9 @@ TEST_CASE("fault: SIGTERM, SIGINT and SIGUSR1 stop after the step with a checkpo
 
   const auto dir = fresh_directory("signal");
   std::mt19937 rng(std::random_device{}());
-  std::uniform_int_distribution<int> delay_ms(0, 600);
+  // (A life trains up to about 600 steps a second on a fast host: the delay stays well below
+  // the 1200 steps' time, so that most lives are stopped inside training.)
+  std::uniform_int_distribution<int> delay_ms(0, 300);
   std::int64_t previous_step = -1;
   int stops = 0, life = 0;
   for (int signal : {SIGTERM, SIGINT, SIGUSR1, SIGTERM, SIGINT, SIGUSR1}) {
@@ -166,6 +168,11 @@ TEST_CASE("fault: SIGTERM, SIGINT and SIGUSR1 stop after the step with a checkpo
     const auto result = process.wait();
     INFO(result.output);
     if (result.exit_code == 0) break;  // it finished first; the digest check below still applies
+    // Killed by the signal's default action: fit had returned and given the default actions
+    // back (the example was evaluating its test set). Only so if training was complete.
+    if (result.exit_code == -1 &&
+        keel::ckpt::read_container(dir / "last.ckpt").manifest.fact("global_step") == "1200")
+      break;
     REQUIRE(result.exit_code == 128 + signal);
     CHECK(result.output.find("keel: stopped by " + keel::Interrupted::signal_name(signal)) != std::string::npos);
     const auto last = keel::ckpt::read_container(dir / "last.ckpt");  // written by the stop, whole
