@@ -59,6 +59,12 @@ mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
 mkdir -p "$root$repo"
 mount --bind "$repo" "$root$repo"
+# A CUDA toolkit's headers, where this machine has them: the NCCL path's compile check
+# (scripts/check-nccl.sh) runs in the root too.
+if [[ -f /usr/local/cuda/include/nccl.h ]]; then
+  mkdir -p "$root/usr/local/cuda/include"
+  mount --bind /usr/local/cuda/include "$root/usr/local/cuda/include"
+fi
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 
 inside=(/usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 TERM="${TERM:-dumb}")

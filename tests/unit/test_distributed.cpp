@@ -179,6 +179,33 @@ TEST_CASE("a launcher's malformed variables are refused, naming the variable and
             .find("rank 0 of 2 (RANK, WORLD_SIZE) but MASTER_ADDR or MASTER_PORT is not set") != std::string::npos);
 }
 
+TEST_CASE("a process group on a device without a backend is refused before the rendezvous") {
+  keel::dist::ProcessPlace place;
+  place.rank = 1;  // (not rank 0: nothing would serve a store; a refusal comes before any)
+  place.world_size = 2;
+  place.master_addr = "127.0.0.1";
+  place.master_port = 1;
+  place.launcher = "torchrun";
+  auto refusal = [&](torch::Device device) -> std::string {
+    try {
+      keel::dist::ProcessGroup group(place, std::chrono::milliseconds(100), device);
+    } catch (const keel::ConfigError& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("not a ConfigError: ") + e.what();
+    }
+    return "accepted";
+  };
+  CHECK(refusal(torch::Device(torch::kCUDA)) ==
+        "keel: a process group runs on the CPU or on one CUDA device with an index (cuda:0, ...); got cuda");
+  CHECK(refusal(torch::Device(torch::kMeta)).find("got meta") != std::string::npos);
+  if (!keel::dist::detail::has_nccl)  // (this LibTorch: Debian's have no CUDA)
+    CHECK(refusal(torch::Device(torch::kCUDA, 1)) ==
+          "keel: data-parallel training on cuda:1 needs LibTorch's NCCL process group, and this program was built "
+          "without it (USE_C10D_NCCL is not defined: LibTorch's CMake target defines it for a CUDA build of LibTorch); "
+          "train on the CPU (Gloo), or build against a CUDA LibTorch");
+}
+
 TEST_CASE("ranks started by keel-run meet on c10d and run collectives") {
   if (probe.empty() || launcher.empty()) return;
   const ProcessResult result = keel_test::run(

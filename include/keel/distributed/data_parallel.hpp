@@ -124,10 +124,13 @@ class DataParallel {
     if (s.options.async_save())
       throw ConfigError("keel: TrainerOptions::async_save is not supported with keel::DataParallel yet; "
                         "turn it off (checkpoints are written synchronously by rank 0)");
-    if (s.options.device().is_cuda())
-      throw ConfigError("keel: keel::DataParallel runs on CPU tensors (Gloo) so far; the device is " +
-                        s.options.device().str() + ": train on the CPU, or in one process");
-    group_ = std::make_unique<dist::ProcessGroup>(place_, timeout_);
+    const torch::Device device = s.options.device();
+    if (device.is_cuda() && !device.has_index())
+      throw ConfigError("keel: in a data-parallel job each rank trains on a GPU of its own, and the device is '" +
+                        device.str() + "' without an index: give rank " + std::to_string(rank()) +
+                        " TrainerOptions().device(torch::Device(torch::kCUDA, local_rank)) with local_rank = " +
+                        std::to_string(place_.local_rank) + " (keel::dist::place_from_environment().local_rank)");
+    group_ = std::make_unique<dist::ProcessGroup>(place_, timeout_, device);
   }
 
   /// Before the first step, every rank must train the same way from the same state: their

@@ -52,8 +52,8 @@ class GradientBuckets {
       bucket.elements += p.numel();
       bytes[dtype] += size;
     }
-    for (auto& bucket : s.buckets)
-      bucket.values = torch::zeros({bucket.elements}, at::TensorOptions().dtype(bucket.dtype));
+    for (auto& bucket : s.buckets)  // (on the parameters' device: NCCL's buckets are on the GPU)
+      bucket.values = torch::zeros({bucket.elements}, s.params[bucket.members.front()].options().dtype(bucket.dtype));
   }
   GradientBuckets(const GradientBuckets&) = delete;
   GradientBuckets& operator=(const GradientBuckets&) = delete;

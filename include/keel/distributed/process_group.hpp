@@ -1,10 +1,11 @@
 #pragma once
 // The ranks of a data-parallel job, joined on LibTorch's own distributed engine (c10d): a
-// TCPStore that rank 0 serves at MASTER_ADDR:MASTER_PORT for the rendezvous, and a Gloo
-// process group for the collectives (CPU tensors). A collective that fails (a rank died, or did
-// not answer within the timeout) is turned into a DistributedError that names the ranks that
-// are gone, found by a roll call through the store, so that no rank hangs and the message says
-// which one to look at.
+// TCPStore that rank 0 serves at MASTER_ADDR:MASTER_PORT for the rendezvous, and a process
+// group for the collectives: Gloo for CPU tensors, NCCL for a CUDA device where LibTorch was
+// built with it (USE_C10D_NCCL, which LibTorch's CMake target defines for a CUDA build). A
+// collective that fails (a rank died, or did not answer within the timeout) is turned into a
+// DistributedError that names the ranks that are gone, found by a roll call through the store,
+// so that no rank hangs and the message says which one to look at.
 
 #include <keel/distributed/place.hpp>
 #include <keel/error.hpp>
@@ -12,8 +13,14 @@
 #ifndef USE_C10D_GLOO
 #error "keel/distributed needs LibTorch's Gloo process group, which LibTorch's headers declare only under USE_C10D_GLOO: build with LibTorch's CMake target (find_package(Torch) and target_link_libraries(app PRIVATE keel::keel) define it), or pass -DUSE_C10D_GLOO -DUSE_DISTRIBUTED; Debian needs libgloo-dev"
 #endif
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <torch/types.h>
 
 #include <chrono>
@@ -60,6 +67,43 @@ inline std::shared_ptr<::gloo::transport::Device> gloo_device(const ProcessPlace
 }
 
 inline std::vector<std::uint8_t> bytes_of(const std::string& text) { return {text.begin(), text.end()}; }
+
+/// What the Gloo and NCCL process groups have in common: c10d::ProcessGroup in LibTorch 1.x,
+/// c10d::Backend from 2.0 on.
+using Collectives = std::conditional_t<std::is_base_of_v<::c10d::Backend, ::c10d::ProcessGroupGloo>, ::c10d::Backend,
+                                       ::c10d::ProcessGroup>;
+
+#ifdef USE_C10D_NCCL
+inline constexpr bool has_nccl = true;
+#else
+inline constexpr bool has_nccl = false;
+#endif
+
+/// Refuses a CUDA device where this program has no NCCL process group (before the rendezvous).
+inline void require_backend_for(torch::Device device) {
+  if (device.is_cuda() && !has_nccl)
+    throw ConfigError("keel: data-parallel training on " + device.str() +
+                      " needs LibTorch's NCCL process group, and this program was built without it "
+                      "(USE_C10D_NCCL is not defined: LibTorch's CMake target defines it for a CUDA build "
+                      "of LibTorch); train on the CPU (Gloo), or build against a CUDA LibTorch");
+}
+
+#ifdef USE_C10D_NCCL
+/// The NCCL process group of a rank that trains on CUDA `device` (with an index).
+inline c10::intrusive_ptr<Collectives> nccl_group(const c10::intrusive_ptr<::c10d::Store>& store,
+                                                  const ProcessPlace& place, std::chrono::milliseconds timeout,
+                                                  torch::Device device) {
+  // Blocking wait: a collective that fails or outlasts the timeout throws from wait(), where
+  // keel names the missing ranks, instead of NCCL's watchdog ending the process on its own. (A
+  // value the user set is kept; LibTorch 1.x reads the second name.)
+  ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+  ::setenv("NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+  c10::cuda::set_device(device.index());  // (where NCCL puts what it makes before the first collective)
+  auto options = ::c10d::ProcessGroupNCCL::Options::create();
+  options->timeout = timeout;
+  return c10::make_intrusive<::c10d::ProcessGroupNCCL>(store, place.rank, place.world_size, options);
+}
+#endif
 }  // namespace detail
 
 /// The job's ranks, joined (see above). Every rank must call the same collectives in the same
@@ -67,12 +111,18 @@ inline std::vector<std::uint8_t> bytes_of(const std::string& text) { return {tex
 class ProcessGroup {
  public:
   /// Joins the job `place` describes (a job of at least two ranks): waits up to `timeout` for
-  /// every rank at the store, then connects Gloo. `timeout` also bounds every collective: a rank
-  /// that does not answer within it is reported missing.
-  ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout) : place_(std::move(place)), timeout_(timeout) {
+  /// every rank at the store, then connects Gloo (`device` the CPU) or NCCL (a CUDA device with
+  /// an index: each rank its own GPU). `timeout` also bounds every collective: a rank that does
+  /// not answer within it is reported missing.
+  ProcessGroup(ProcessPlace place, std::chrono::milliseconds timeout, torch::Device device = torch::kCPU)
+      : place_(std::move(place)), timeout_(timeout), device_(device) {
     if (!place_.distributed())
       throw ConfigError("keel: a process group needs a job of at least two ranks; this process is the only one (" +
                         place_.launcher + ")");
+    if (!device_.is_cpu() && !(device_.is_cuda() && device_.has_index()))
+      throw ConfigError("keel: a process group runs on the CPU or on one CUDA device with an index (cuda:0, ...); got " +
+                        device_.str());
+    detail::require_backend_for(device_);
     ::c10d::TCPStoreOptions options;
     options.port = place_.master_port;
     options.isServer = place_.rank == 0;
@@ -82,9 +132,14 @@ class ProcessGroup {
     detail::prefer_classic_store(options);
     try {
       store_ = c10::make_intrusive<::c10d::TCPStore>(place_.master_addr, options);
-      auto gloo = ::c10d::ProcessGroupGloo::Options::create(timeout_);
-      gloo->devices.push_back(detail::gloo_device(place_));
-      group_ = c10::make_intrusive<::c10d::ProcessGroupGloo>(store_, place_.rank, place_.world_size, gloo);
+#ifdef USE_C10D_NCCL
+      if (device_.is_cuda()) group_ = detail::nccl_group(store_, place_, timeout_, device_);
+#endif
+      if (!group_) {
+        auto gloo = ::c10d::ProcessGroupGloo::Options::create(timeout_);
+        gloo->devices.push_back(detail::gloo_device(place_));
+        group_ = c10::make_intrusive<::c10d::ProcessGroupGloo>(store_, place_.rank, place_.world_size, gloo);
+      }
     } catch (const std::exception& e) {
       throw DistributedError("keel: rank " + std::to_string(place_.rank) + " of " +
                              std::to_string(place_.world_size) + " could not join the job at " + where() +
@@ -98,22 +153,28 @@ class ProcessGroup {
   int world_size() const noexcept { return place_.world_size; }
   const ProcessPlace& place() const noexcept { return place_; }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  /// Where the collectives run: the CPU (Gloo) or this rank's GPU (NCCL).
+  torch::Device device() const noexcept { return device_; }
 
   // One tensor per collective: c10d's tensor lists are one tensor per device, reduced together
   // on each rank first, not a list of different tensors. Flatten several into one to send them
-  // together.
+  // together. A tensor elsewhere than device() (keel's small control tensors are made on the
+  // CPU) goes through a copy there: NCCL reduces CUDA tensors only.
 
-  /// Sums `tensor` (a dense CPU tensor, the same shape and dtype on every rank) over the ranks,
-  /// in place on every rank.
+  /// Sums `tensor` (a dense tensor, the same shape and dtype on every rank) over the ranks, in
+  /// place on every rank.
   void all_reduce_sum(at::Tensor& tensor) {
-    std::vector<at::Tensor> one{tensor};
-    collective("an all-reduce", [&] { return group_->allreduce(one); });
+    collective("an all-reduce", tensor, [&](std::vector<at::Tensor>& one) { return group_->allreduce(one); });
   }
   /// A collective under way (c10d's Work; its type differs between LibTorch versions).
-  using Work = decltype(std::declval<::c10d::ProcessGroupGloo&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
-  /// Starts summing `tensor` over the ranks in place, in Gloo's threads; `finish` waits for it.
-  /// Every rank must start the same collectives in the same order, finished or not.
+  using Work = decltype(std::declval<detail::Collectives&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
+  /// Starts summing `tensor` (on device()) over the ranks in place, in Gloo's threads or on
+  /// NCCL's stream; `finish` waits for it. Every rank must start the same collectives in the
+  /// same order, finished or not.
   Work start_all_reduce_sum(const at::Tensor& tensor) {
+    if (tensor.device() != device_)
+      throw ConfigError("keel: an all-reduce started on " + tensor.device().str() + ", and the ranks' collectives run on " +
+                        device_.str() + ": keep the model on the Trainer's device");
     std::vector<at::Tensor> one{tensor};
     Work work;
     guarded("an all-reduce", [&] { work = group_->allreduce(one); });
@@ -125,21 +186,25 @@ class ProcessGroup {
 
   /// The elementwise maximum of `tensor` over the ranks, in place on every rank.
   void all_reduce_max(at::Tensor& tensor) {
-    std::vector<at::Tensor> one{tensor};
     ::c10d::AllreduceOptions options;
     options.reduceOp = ::c10d::ReduceOp::MAX;
-    collective("an all-reduce", [&] { return group_->allreduce(one, options); });
+    collective("an all-reduce", tensor, [&](std::vector<at::Tensor>& one) { return group_->allreduce(one, options); });
   }
   /// Every rank's `tensor` becomes `root`'s (in place).
   void broadcast(at::Tensor& tensor, int root = 0) {
-    std::vector<at::Tensor> one{tensor};
     ::c10d::BroadcastOptions options;
     options.rootRank = root;
-    collective("a broadcast", [&] { return group_->broadcast(one, options); });
+    collective("a broadcast", tensor, [&](std::vector<at::Tensor>& one) { return group_->broadcast(one, options); });
   }
-  /// Returns once every rank has reached the same barrier.
+  /// Returns once every rank has reached the same barrier. (On NCCL an all-reduce of one
+  /// number: c10d's NCCL barrier guesses a GPU from the rank before the first collective.)
   void barrier() {
-    collective("a barrier", [&] { return group_->barrier(); });
+    if (device_.is_cuda()) {
+      at::Tensor token = torch::zeros({1});
+      all_reduce_sum(token);
+      return;
+    }
+    guarded("a barrier", [&] { group_->barrier()->wait(timeout_); });
   }
   /// Every rank's `text`, in rank order (through the store: for small things, digests and
   /// names, not tensors).
@@ -163,12 +228,14 @@ class ProcessGroup {
   }
 
  private:
+  /// Runs the collective `start` begins on `tensor` and waits for it (through a copy on
+  /// device() when the tensor lies elsewhere).
   template <class Start>
-  void collective(const char* what, const Start& start) {
-    guarded(what, [&] {
-      auto work = start();
-      work->wait(timeout_);
-    });
+  void collective(const char* what, at::Tensor& tensor, const Start& start) {
+    const bool elsewhere = tensor.device() != device_;
+    std::vector<at::Tensor> one{elsewhere ? tensor.to(device_) : tensor};
+    guarded(what, [&] { start(one)->wait(timeout_); });
+    if (elsewhere) tensor.copy_(one[0]);
   }
 
   /// Runs `step`; when it throws, finds which ranks are gone and throws DistributedError.
@@ -224,8 +291,9 @@ class ProcessGroup {
 
   ProcessPlace place_;
   std::chrono::milliseconds timeout_;
+  torch::Device device_;
   c10::intrusive_ptr<::c10d::Store> store_;
-  c10::intrusive_ptr<::c10d::ProcessGroupGloo> group_;
+  c10::intrusive_ptr<detail::Collectives> group_;
   std::int64_t gathers_ = 0;  // all_gather_text calls so far (the same on every rank): their keys
 };
 
