@@ -55,8 +55,8 @@ for model in $models; do
     done
   done
   echo "  $model one: ${one[*]}; overlap: ${on[*]}; no overlap: ${off[*]}" >&2
-  a=$(median "${one[@]}")
-  b=$(median "${on[@]}")
-  c=$(median "${off[@]}")
+  a=$(printf '%.0f' "$(median "${one[@]}")")
+  b=$(printf '%.0f' "$(median "${on[@]}")")
+  c=$(printf '%.0f' "$(median "${off[@]}")")
   echo "| $model | $((2 * batch)) | $a | $b | $c | $(ratio "$a" "$b") | $(ratio "$a" "$c") |"
 done
