@@ -31,21 +31,40 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace keel {
 
 namespace dist::detail {
-/// One rank's evaluation sums and sample count as bytes for the others (DataParallel::add_up):
-/// cereal's binary archive, so that a metric's name may hold any character (a newline too) and
-/// each sum reads back exactly.
-inline std::string evaluation_bytes(const std::map<std::string, double>& sums, std::int64_t samples) {
+/// Values as bytes for the other ranks (through the store's gather): cereal's binary archive,
+/// so that a string may hold any character (a newline too) and a number reads back exactly.
+template <class... Values>
+std::string to_bytes(const Values&... values) {
   std::ostringstream out;
   {
     cereal::BinaryOutputArchive archive(out);
-    archive(samples, sums);
+    archive(values...);
   }
   return out.str();
+}
+
+/// Reads what to_bytes wrote into `values`; bytes that do not read back are refused, naming
+/// `what` they were.
+template <class... Values>
+void from_bytes(const std::string& bytes, const char* what, Values&... values) {
+  try {
+    std::istringstream in(bytes);
+    cereal::BinaryInputArchive archive(in);
+    archive(values...);
+  } catch (const std::exception& e) {
+    throw DistributedError(std::string("keel: a rank's ") + what + " arrived damaged: " + e.what());
+  }
+}
+
+/// One rank's evaluation sums and sample count as bytes for the others (DataParallel::add_up).
+inline std::string evaluation_bytes(const std::map<std::string, double>& sums, std::int64_t samples) {
+  return to_bytes(samples, sums);
 }
 
 /// Adds one rank's evaluation_bytes to `sums` and `samples` (called in rank order, so that
@@ -53,13 +72,7 @@ inline std::string evaluation_bytes(const std::map<std::string, double>& sums, s
 inline void add_evaluation(const std::string& bytes, std::map<std::string, double>& sums, std::int64_t& samples) {
   std::int64_t count = 0;
   std::map<std::string, double> theirs;
-  try {
-    std::istringstream in(bytes);
-    cereal::BinaryInputArchive archive(in);
-    archive(count, theirs);
-  } catch (const std::exception& e) {
-    throw DistributedError(std::string("keel: a rank's evaluation sums arrived damaged: ") + e.what());
-  }
+  from_bytes(bytes, "evaluation sums", count, theirs);
   samples += count;
   for (const auto& [name, sum] : theirs) sums[name] += sum;
 }
@@ -238,8 +251,11 @@ class DataParallel {
   void gather_random_streams(Generators& generators) {
     if (!group_) return;
     generators.ranks.clear();
-    for (const auto& bytes : group_->all_gather_text(stream_bytes(RngState::capture())))
-      generators.ranks.push_back(streams_of(bytes));
+    for (const auto& bytes : group_->all_gather_text(dist::detail::to_bytes(RngState::capture()))) {
+      RngState streams;
+      dist::detail::from_bytes(bytes, "random streams", streams);
+      generators.ranks.push_back(std::move(streams));
+    }
   }
 
   bool writes_checkpoints() const noexcept { return rank() == 0; }
@@ -270,27 +286,6 @@ class DataParallel {
       group_->broadcast(flat.values, 0);
       flat.scatter();
     }
-  }
-
-  /// A process's generator states as bytes (RngState's own serialization), and back.
-  static std::string stream_bytes(const RngState& streams) {
-    std::ostringstream out;
-    {
-      cereal::BinaryOutputArchive archive(out);
-      archive(streams);
-    }
-    return out.str();
-  }
-  static RngState streams_of(const std::string& bytes) {
-    std::istringstream in(bytes);
-    RngState streams;
-    try {
-      cereal::BinaryInputArchive archive(in);
-      archive(streams);
-    } catch (const std::exception& e) {
-      throw dist::DistributedError(std::string("keel: a rank's random streams arrived damaged: ") + e.what());
-    }
-    return streams;
   }
 
   /// The first line of `theirs` that differs from `ours`, with rank 0's value.
