@@ -4,12 +4,12 @@
 // of the parameters (roughly the order in which backward produces their gradients), as PyTorch's
 // DistributedDataParallel does. With `overlap`, a hook on each parameter copies its gradient into
 // its bucket during the backward pass of a window's last micro-batch, and a bucket's all-reduce
-// starts (in Gloo's threads) as soon as its last gradient is there, while backward goes on with
-// the layers below; without, every bucket is filled and all-reduced after backward. The
-// buckets start in the same order on every rank (bucket i only after bucket i-1), whenever each
-// is ready, so the collectives match; a bucket with a gradient that never comes (a parameter
-// unused in this step) starts after backward. Either way each element is the same sum: overlap
-// changes when it is computed, not what.
+// starts (in Gloo's threads, or on NCCL's stream) as soon as its last gradient is there, while
+// backward goes on with the layers below; without, every bucket is filled and all-reduced after
+// backward. The buckets start in the same order on every rank (bucket i only after bucket i-1),
+// whenever each is ready, so the collectives match; a bucket with a gradient that never comes (a
+// parameter unused in this step) starts after backward. Either way each element is the same
+// sum: overlap changes when it is computed, not what.
 
 #include <keel/distributed/process_group.hpp>
 #include <keel/error.hpp>

@@ -2,10 +2,12 @@
 // The ranks of a data-parallel job, joined on LibTorch's own distributed engine (c10d): a
 // TCPStore that rank 0 serves at MASTER_ADDR:MASTER_PORT for the rendezvous, and a process
 // group for the collectives: Gloo for CPU tensors, NCCL for a CUDA device where LibTorch was
-// built with it (USE_C10D_NCCL, which LibTorch's CMake target defines for a CUDA build). A
-// collective that fails (a rank died, or did not answer within the timeout) is turned into a
-// DistributedError that names the ranks that are gone, found by a roll call through the store,
-// so that no rank hangs and the message says which one to look at.
+// built with it (USE_C10D_NCCL, which LibTorch's CMake target defines for a CUDA build) and
+// NCCL's header is on the include path. A collective that fails (a rank died, or did not answer
+// within the timeout) is turned into a DistributedError that names the ranks that are gone,
+// found by a roll call through the store, so that no rank hangs and the message says which one
+// to look at. (On NCCL, but for the first collective: NCCL sets its communicator up there, and
+// that waits for every rank without a timeout.)
 
 #include <keel/distributed/place.hpp>
 #include <keel/error.hpp>
@@ -17,14 +19,23 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_NCCL
+// NCCL where LibTorch has it and NCCL's own header can be found (a pip PyTorch keeps it apart,
+// in site-packages/nvidia/nccl/include): without it keel compiles Gloo only.
+#if defined(USE_C10D_NCCL) && __has_include(<nccl.h>)
+#define KEEL_HAS_NCCL 1
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#include <torch/version.h>
+#else
+#define KEEL_HAS_NCCL 0
 #endif
 #include <torch/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -32,6 +43,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 namespace keel::dist {
 
@@ -73,36 +86,67 @@ inline std::vector<std::uint8_t> bytes_of(const std::string& text) { return {tex
 using Collectives = std::conditional_t<std::is_base_of_v<::c10d::Backend, ::c10d::ProcessGroupGloo>, ::c10d::Backend,
                                        ::c10d::ProcessGroup>;
 
-#ifdef USE_C10D_NCCL
-inline constexpr bool has_nccl = true;
-#else
-inline constexpr bool has_nccl = false;
-#endif
+inline constexpr bool has_nccl = KEEL_HAS_NCCL;
 
 /// Refuses a CUDA device where this program has no NCCL process group (before the rendezvous).
 inline void require_backend_for(torch::Device device) {
-  if (device.is_cuda() && !has_nccl)
-    throw ConfigError("keel: data-parallel training on " + device.str() +
-                      " needs LibTorch's NCCL process group, and this program was built without it "
-                      "(USE_C10D_NCCL is not defined: LibTorch's CMake target defines it for a CUDA build "
-                      "of LibTorch); train on the CPU (Gloo), or build against a CUDA LibTorch");
+  if (!device.is_cuda() || has_nccl) return;
+#ifdef USE_C10D_NCCL
+  throw ConfigError("keel: data-parallel training on " + device.str() +
+                    " needs NCCL's header nccl.h, which this program was built without: LibTorch has NCCL, "
+                    "but nccl.h is not on the include path; add NCCL's include directory (for a pip PyTorch, "
+                    "site-packages/nvidia/nccl/include) to your target");
+#else
+  throw ConfigError("keel: data-parallel training on " + device.str() +
+                    " needs LibTorch's NCCL process group, and this program was built without it "
+                    "(USE_C10D_NCCL is not defined: LibTorch's CMake target defines it for a CUDA build "
+                    "of LibTorch); train on the CPU (Gloo), or build against a CUDA LibTorch");
+#endif
 }
 
-#ifdef USE_C10D_NCCL
-/// The NCCL process group of a rank that trains on CUDA `device` (with an index).
-inline c10::intrusive_ptr<Collectives> nccl_group(const c10::intrusive_ptr<::c10d::Store>& store,
-                                                  const ProcessPlace& place, std::chrono::milliseconds timeout,
-                                                  torch::Device device) {
-  // Blocking wait: a collective that fails or outlasts the timeout throws from wait(), where
-  // keel names the missing ranks, instead of NCCL's watchdog ending the process on its own. (A
-  // value the user set is kept; LibTorch 1.x reads the second name.)
-  ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
-  ::setenv("NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
-  c10::cuda::set_device(device.index());  // (where NCCL puts what it makes before the first collective)
-  auto options = ::c10d::ProcessGroupNCCL::Options::create();
-  options->timeout = timeout;
-  return c10::make_intrusive<::c10d::ProcessGroupNCCL>(store, place.rank, place.world_size, options);
+/// This machine's name (for messages).
+inline std::string host_name() {
+  char name[256] = {};
+  return ::gethostname(name, sizeof name - 1) == 0 ? std::string(name) : std::string("this machine");
 }
+
+#if KEEL_HAS_NCCL
+/// NCCL's blocking wait: a collective that fails or outlasts the timeout throws from wait(), where
+/// keel names the missing ranks, instead of NCCL's watchdog handling it (ending the process, or
+/// nothing, depending on the version). Left alone if the user set it, under either name; the
+/// variable is the one this LibTorch reads (TORCH_NCCL_ from 2.2 on).
+inline void use_blocking_wait() {
+  if (std::getenv("TORCH_NCCL_BLOCKING_WAIT") || std::getenv("NCCL_BLOCKING_WAIT")) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 2)
+  ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+#else
+  ::setenv("NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+#endif
+}
+
+/// The GPU behind `device` as its PCI address (two ranks' cuda:0 may be different GPUs, under
+/// their own CUDA_VISIBLE_DEVICES).
+inline std::string gpu_address(torch::Device device) {
+  const auto* properties = at::cuda::getDeviceProperties(device.index());
+  char address[32];
+  std::snprintf(address, sizeof address, "%04x:%02x:%02x", static_cast<unsigned>(properties->pciDomainID),
+                static_cast<unsigned>(properties->pciBusID), static_cast<unsigned>(properties->pciDeviceID));
+  return address;
+}
+
+/// Ends an NCCL process group as LibTorch 2.x asks (its destructor warns otherwise): shutdown
+/// after a normal run, abort after a failed collective (work that waits for a dead rank never
+/// finishes). LibTorch 1.x has neither: its destructor does it.
+template <class Group>
+auto end_nccl(Group& group, bool failed, int) -> decltype(group.shutdown(), group.abort(), void()) {
+  try {
+    if (failed) group.abort();
+    else group.shutdown();
+  } catch (const std::exception&) {  // (a destructor: what it could not end, the process's end does)
+  }
+}
+template <class Group>
+void end_nccl(Group&, bool, long) {}
 #endif
 }  // namespace detail
 
@@ -132,10 +176,7 @@ class ProcessGroup {
     detail::prefer_classic_store(options);
     try {
       store_ = c10::make_intrusive<::c10d::TCPStore>(place_.master_addr, options);
-#ifdef USE_C10D_NCCL
-      if (device_.is_cuda()) group_ = detail::nccl_group(store_, place_, timeout_, device_);
-#endif
-      if (!group_) {
+      if (device_.is_cpu()) {
         auto gloo = ::c10d::ProcessGroupGloo::Options::create(timeout_);
         gloo->devices.push_back(detail::gloo_device(place_));
         group_ = c10::make_intrusive<::c10d::ProcessGroupGloo>(store_, place_.rank, place_.world_size, gloo);
@@ -147,6 +188,16 @@ class ProcessGroup {
                              "\n  (every rank must start, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE; "
                              "rank 0 serves the store, so it must be able to listen on that port)");
     }
+#if KEEL_HAS_NCCL
+    if (device_.is_cuda()) start_nccl();
+#endif
+  }
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+  ~ProcessGroup() {
+#if KEEL_HAS_NCCL
+    if (nccl_) detail::end_nccl(*nccl_, failed_, 0);
+#endif
   }
 
   int rank() const noexcept { return place_.rank; }
@@ -201,7 +252,7 @@ class ProcessGroup {
   void barrier() {
     if (device_.is_cuda()) {
       at::Tensor token = torch::zeros({1});
-      all_reduce_sum(token);
+      collective("a barrier", token, [&](std::vector<at::Tensor>& one) { return group_->allreduce(one); });
       return;
     }
     guarded("a barrier", [&] { group_->barrier()->wait(timeout_); });
@@ -244,17 +295,52 @@ class ProcessGroup {
     try {
       step();
     } catch (const std::exception& e) {
+      failed_ = true;
+      const std::string gone = missing_ranks();
+      // (All of NCCL's message when no rank is gone: its cause is on a later line, "Last error".)
+      const std::string said = gone.empty() && device_.is_cuda() ? indented(e.what()) : first_line(e.what());
       throw DistributedError("keel: rank " + std::to_string(place_.rank) + " of " +
-                             std::to_string(place_.world_size) + ": " + what + " failed: " + missing_ranks() +
-                             "\n  (c10d said: " + first_line(e.what()) + ")");
+                             std::to_string(place_.world_size) + ": " + what + " failed: " +
+                             (gone.empty() ? "every rank answered a roll call afterwards, so no rank is gone: the "
+                                             "collective itself failed (" + where() + ")"
+                                           : gone) +
+                             "\n  (c10d said: " + said + ")");
     }
   }
+#if KEEL_HAS_NCCL
+  /// Each rank's NCCL process group, once the ranks have shown that each has a GPU of its own
+  /// (NCCL refuses two ranks on one GPU, in words that do not say which ranks).
+  void start_nccl() {
+    const std::string mine = detail::host_name() + " GPU " + detail::gpu_address(device_);
+    const auto all = all_gather_text(mine);
+    for (std::size_t r = 0; r < all.size(); ++r)
+      for (std::size_t q = r + 1; q < all.size(); ++q)
+        if (all[q] == all[r])
+          throw ConfigError("keel: ranks " + std::to_string(r) + " and " + std::to_string(q) + " would both train on " +
+                            all[r] + " (this rank's device: " + device_.str() +
+                            "); NCCL needs a GPU per rank: give each rank "
+                            "TrainerOptions().device(torch::Device(torch::kCUDA, local_rank)), or cuda:0 where each "
+                            "rank sees one GPU of its own (CUDA_VISIBLE_DEVICES)");
+    try {
+      detail::use_blocking_wait();
+      c10::cuda::set_device(device_.index());  // (where NCCL puts what it makes before the first collective)
+      auto options = ::c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout_;
+      nccl_ = c10::make_intrusive<::c10d::ProcessGroupNCCL>(store_, place_.rank, place_.world_size, options);
+      group_ = nccl_;
+    } catch (const std::exception& e) {
+      throw DistributedError("keel: rank " + std::to_string(place_.rank) + " of " +
+                             std::to_string(place_.world_size) + " could not start NCCL on " + device_.str() + ": " +
+                             indented(e.what()));
+    }
+  }
+#endif
 
   /// A roll call through the store, after a failed collective: each rank that reaches it
   /// answers (a failure is final: a rank answers once, whichever collective failed for it), and
   /// the ranks that have not answered within the timeout (time for the others' own collectives
-  /// to fail) are named. The store lives in rank 0: if it cannot be reached, rank 0 is the one
-  /// gone.
+  /// to fail) are named; empty when every rank answered. The store lives in rank 0: if it
+  /// cannot be reached, rank 0 is the one gone.
   std::string missing_ranks() {
     const std::string prefix = "keel/roll-call/";
     try {
@@ -263,7 +349,7 @@ class ProcessGroup {
       for (int r = 0; r < place_.world_size; ++r) keys.push_back(prefix + std::to_string(r));
       try {
         store_->wait(keys, timeout_);
-        return "every rank answered a roll call afterwards: a rank's connection failed (" + where() + ")";
+        return "";  // (every rank answered)
       } catch (const std::exception&) {
       }
       std::string missing;
@@ -288,12 +374,22 @@ class ProcessGroup {
            " s";
   }
   static std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+  static std::string indented(std::string text) {
+    for (std::size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1))
+      text.insert(at + 1, "    ");
+    return text;
+  }
 
   ProcessPlace place_;
   std::chrono::milliseconds timeout_;
   torch::Device device_;
   c10::intrusive_ptr<::c10d::Store> store_;
   c10::intrusive_ptr<detail::Collectives> group_;
+#if KEEL_HAS_NCCL
+  c10::intrusive_ptr<::c10d::ProcessGroupNCCL> nccl_;  // (group_ too, when on CUDA)
+#endif
+  std::atomic<bool> failed_{false};  // a collective failed (NCCL's group is then aborted, not shut down;
+                                     // atomic: a gradient hook may start one in autograd's thread)
   std::int64_t gathers_ = 0;  // all_gather_text calls so far (the same on every rank): their keys
 };
 
