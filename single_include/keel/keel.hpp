@@ -10089,7 +10089,8 @@ class ConstructorArgs {
 // lock while training runs. With TrainerOptions::async_save it snapshots the state and writes it
 // on a thread of its own (BackgroundSave), one save in flight at most, and applies the outcome
 // of that write where a synchronous save would have: before the next save, at the end of fit,
-// at a stop signal.
+// at a stop signal. With several processes (keel::DataParallel) one writes, and at each of those
+// points every process learns the writer's outcome and applies it alike (collect()).
 
 
 // ---- keel/checkpoint/snapshot.hpp ----
@@ -11222,18 +11223,18 @@ class CheckpointSaver {
   }
   /// fit() is done: whatever is not saved yet is, and committed before fit returns.
   void at_fit_end() {
-    finish_background_save();
+    collect();
     if (unsaved_) save();
-    finish_background_save();
+    collect();
     configuration_.reset();  // (between fits it may change: an Optional callback switched on, say)
   }
   /// A stop signal arrived: saves (unless the state is saved already) and throws Interrupted.
   [[noreturn]] void stop_for_signal(int signal) {
     if (!enabled()) throw Interrupted(signal, "");
-    finish_background_save();
+    collect();
     if (unsaved_) {
       save();
-      finish_background_save();
+      collect();
       if (unsaved_)  // the save failed and continue_on_save_error let it pass: nothing to resume from
         throw Interrupted(signal, "");
     }
@@ -11243,6 +11244,7 @@ class CheckpointSaver {
   /// only reported, the exception under way is the one that counts.
   void at_exception() noexcept {
     configuration_.reset();
+    followed_.reset();  // (no collective here: the other processes may be gone)
     try {
       finish_background_save();
     } catch (const std::exception& e) {
@@ -11271,6 +11273,7 @@ class CheckpointSaver {
       ~Forget() { ranks.clear(); }
     } forget{s_.generators.ranks};
     if (!s_.strategy.writes_checkpoints()) return follow_writer();
+    collect();  // (the save in flight first, its outcome shared)
     try {
       write_step_checkpoint();
     } catch (...) {
@@ -11283,9 +11286,12 @@ class CheckpointSaver {
   /// A process that does not write (keel::DataParallel's ranks but 0) takes the writer's outcome
   /// of the same save, so that it goes on as the writer does.
   void follow_writer() {
+    collect();
     const std::string name = ckpt::step_file_name(s_.loop.global_step, Format::extension);
     switch (s_.strategy.share_save_outcome(SaveOutcome::committed)) {
       case SaveOutcome::committed:
+        // (with async_save: the writer's snapshot is taken, and its write goes on in the background)
+        if (s_.options.async_save()) followed_ = Followed{name, s_.view.checkpoint_path, validation_unsaved_};
         s_.view.checkpoint_path = (ckpt::fs::path(s_.options.checkpoint_dir()) / name).string();
         unsaved_ = validation_unsaved_ = false;
         return;
@@ -11397,6 +11403,42 @@ class CheckpointSaver {
     s_.dispatch(event::on_save_checkpoint_end{});
   }
 
+  /// Waits for the background save in flight (the writer's, with async_save), and every process
+  /// applies its outcome, as a synchronous save does right after its write: the writer sends it
+  /// to the others (one collective, where there was a save in flight: on every process alike).
+  void collect() {
+    if (!s_.strategy.writes_checkpoints()) return follow_collect();
+    if (!pending_) return;
+    const std::int64_t failed_before = failed_saves_;
+    try {
+      finish_background_save();
+    } catch (...) {
+      s_.strategy.share_save_outcome(SaveOutcome::failed);
+      throw;
+    }
+    s_.strategy.share_save_outcome(failed_saves_ > failed_before ? SaveOutcome::skipped : SaveOutcome::committed);
+  }
+  /// A process that does not write: the writer's outcome of the write in flight.
+  void follow_collect() {
+    if (!followed_) return;
+    const Followed save = std::move(*followed_);
+    followed_.reset();
+    switch (s_.strategy.share_save_outcome(SaveOutcome::committed)) {
+      case SaveOutcome::committed:
+        return;
+      case SaveOutcome::skipped:  // continue_on_save_error: that state is unsaved again, as on the writer
+        unsaved_ = true;
+        validation_unsaved_ = validation_unsaved_ || save.validation_unsaved;
+        s_.view.checkpoint_path = save.previous_path;
+        ++failed_saves_;
+        return;
+      case SaveOutcome::failed:
+        break;
+    }
+    throw Error("keel: the process that writes the checkpoints failed to write " + save.name +
+                " (see its error); this one stops with it");
+  }
+
   /// Waits for the background save in flight, if any, and applies its outcome as a synchronous
   /// save does right after its write.
   void finish_background_save() {
@@ -11442,6 +11484,13 @@ class CheckpointSaver {
   State& s_;
   ckpt::SectionSnapshot snapshot_;  // async_save: the state being written, its memory kept
   std::optional<Pending> pending_;  // the save in flight
+  /// A process that does not write: the writer's save in flight, as far as this one needs it.
+  struct Followed {
+    std::string name;
+    std::string previous_path;
+    bool validation_unsaved;
+  };
+  std::optional<Followed> followed_;
   std::string rotation_problem_;    // set by the save in flight, read once it is collected
   std::optional<Fingerprint> configuration_;  // the fit's, while one runs
   std::unique_ptr<ckpt::DirectoryLock> lock_;

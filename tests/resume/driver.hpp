@@ -36,6 +36,7 @@ struct Flags {
   std::string trained_to;  // a directory: each process appends the samples it trained to a file there
   std::int64_t bucket_bytes = 0;  // keel::DataParallel's gradient buckets (0: its default)
   std::string overlap = "on";     // keel::DataParallel's all-reduces during backward (or "off")
+  bool async_save = false;        // TrainerOptions::async_save (--async-save on)
   std::int64_t save_every_steps = 0;
   std::int64_t accumulate = 1;
   std::int64_t kill_at_batch = -1;
@@ -198,6 +199,7 @@ int run(const Flags& flags, Extra&&... extra) {
                       .seed(flags.seed)
                       .threads(flags.threads)
                       .checkpoint_dir(flags.ckpt_dir)
+                      .async_save(flags.async_save)
                       .save_every_steps(flags.save_every_steps)
                       .keep_last(flags.keep_best > 0 ? 1 : 0)  // rotation (and so top-k) only with --keep-best
                       .resume(flags.resume)

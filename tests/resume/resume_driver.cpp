@@ -119,6 +119,9 @@ int main(int argc, char** argv) {
   text("--params-to", flags.params_to);
   text("--trained-to", flags.trained_to);
   text("--overlap", flags.overlap);
+  std::string async_save = "off";
+  text("--async-save", async_save);
+  flags.async_save = async_save == "on";
   number("--bucket-bytes", flags.bucket_bytes);
   text("--allow-changes", flags.allow_changes);
   text("--fork-from", flags.fork_from);

@@ -362,23 +362,29 @@ TEST_CASE("overlapping the gradient all-reduces with the backward pass changes n
 
 // SmallNet: BatchNorm's running statistics (rank 0's are taken at each step) and Dropout's
 // random stream (equal on every rank: the same seed, the same draws) are in the digest.
+// With async_save rank 0 writes in the background, and every rank learns each write's outcome
+// at the next save or the end of fit.
 TEST_CASE("rank 0 writes the checkpoints of two ranks, and both resume from them exactly") {
   if (driver.empty() || launcher.empty()) return;
-  const fs::path dir = fresh_directory("resume");
-  const std::vector<std::string> saving{"--ckpt-dir", (dir / "ckpt").string(), "--save-every-steps", "3"};
-  std::vector<std::string> first = saving;
-  first.insert(first.end(), {"--max-steps", "8"});
-  const ProcessResult stopped = train(2, 16, first);
-  INFO(stopped.output);
-  REQUIRE(stopped.exit_code == 0);
-  // One writer: each checkpoint once, no rank's temporary left behind.
-  std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator(dir / "ckpt")) files.push_back(entry.path().filename().string());
-  std::sort(files.begin(), files.end());
-  CHECK(files == std::vector<std::string>{".keel.lock", "last.ckpt", "step-000000003.ckpt", "step-000000006.ckpt",
-                                          "step-000000007.ckpt", "step-000000008.ckpt"});  // (7: an epoch's end)
-  check_exact_resume(saving);
-  fs::remove_all(dir);
+  for (const std::string async_save : {"off", "on"}) {
+    CAPTURE(async_save);
+    const fs::path dir = fresh_directory("resume-async-" + async_save);
+    const std::vector<std::string> saving{"--ckpt-dir", (dir / "ckpt").string(), "--save-every-steps", "3",
+                                          "--async-save", async_save};
+    std::vector<std::string> first = saving;
+    first.insert(first.end(), {"--max-steps", "8"});
+    const ProcessResult stopped = train(2, 16, first);
+    INFO(stopped.output);
+    REQUIRE(stopped.exit_code == 0);
+    // One writer: each checkpoint once, no rank's temporary left behind.
+    std::vector<std::string> files;
+    for (const auto& entry : fs::directory_iterator(dir / "ckpt")) files.push_back(entry.path().filename().string());
+    std::sort(files.begin(), files.end());
+    CHECK(files == std::vector<std::string>{".keel.lock", "last.ckpt", "step-000000003.ckpt", "step-000000006.ckpt",
+                                            "step-000000007.ckpt", "step-000000008.ckpt"});  // (7: an epoch's end)
+    check_exact_resume(saving);
+    fs::remove_all(dir);
+  }
 }
 
 namespace {
@@ -498,12 +504,14 @@ namespace {
 /// The Fashion-MNIST example as a job of two ranks under keel-run: the CNN (BatchNorm, Dropout),
 /// 60 steps of 32 samples per rank, a checkpoint every 10 steps, a 10-second timeout for a
 /// missing rank.
-std::vector<std::string> example_job(const fs::path& dir) {
-  return {launcher, "--nproc-per-node", "2", "--master-port", std::to_string(free_port()), example,
+std::vector<std::string> example_job(const fs::path& dir, bool async_save = false) {
+  std::vector<std::string> job{launcher, "--nproc-per-node", "2", "--master-port", std::to_string(free_port()), example,
           "--strategy", "ddp", "--model", "cnn", "--batch-size", "32", "--max-steps", "60", "--epochs", "1",
           "--save-every-steps", "10", "--log-every", "10", "--validation-size", "1000", "--threads", "1",
           "--dist-timeout", "10", "--progress", "plain", "--ckpt-dir", (dir / "ckpt").string(),
           "--log-dir", (dir / "logs").string()};
+  if (async_save) job.push_back("--async-save");
+  return job;
 }
 
 /// A process's parent pid and state letter, from /proc/<pid>/stat (state '?' when it is gone).
@@ -572,7 +580,8 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
   // Each rank's random streams (the example seeds each rank differently: its own Dropout masks).
   CHECK(info.output.find("\n  rng.ranks ") != std::string::npos);
 
-  // At a random moment: a SIGKILL to one rank (either), then one to keel-run itself.
+  // At a random moment: a SIGKILL to one rank (either), then one to keel-run itself. These runs
+  // save in the background (--async-save): a kill may land while rank 0 writes.
   std::mt19937 random(std::random_device{}());
   const int victim = static_cast<int>(random() % 2);
   const std::int64_t first_step = 10 + static_cast<std::int64_t>(random() % 20);
@@ -582,7 +591,7 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
   CAPTURE(second_step);
   const fs::path dir = fresh_directory("example-killed");
   const auto started = std::chrono::steady_clock::now();
-  const ProcessResult rank_killed = kill_at_step(example_job(dir), dir / "ckpt", first_step,
+  const ProcessResult rank_killed = kill_at_step(example_job(dir, true), dir / "ckpt", first_step,
                                                  [&](pid_t run) { return child_of_rank(run, victim); });
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   INFO(rank_killed.output);
@@ -592,7 +601,7 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
   CHECK(rank_killed.output.find("rank " + std::to_string(victim) + " is gone or not answering") != std::string::npos);
   CHECK(took < 120.0);
   std::vector<pid_t> ranks;
-  const ProcessResult launcher_killed = kill_at_step(example_job(dir), dir / "ckpt", second_step, [&](pid_t run) {
+  const ProcessResult launcher_killed = kill_at_step(example_job(dir, true), dir / "ckpt", second_step, [&](pid_t run) {
     ranks = {child_of_rank(run, 0), child_of_rank(run, 1)};
     return run;
   });
@@ -603,7 +612,7 @@ TEST_CASE("the example trains as two ranks under keel-run, and a SIGKILL to a ra
     for (int i = 0; i < 200 && rank > 0 && std::string("?XZ").find(parent_and_state(rank).second) == std::string::npos;
          ++i)  // (until gone, dead or a zombie)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const ProcessResult resumed = keel_test::run(example_job(dir), std::chrono::seconds(600));
+  const ProcessResult resumed = keel_test::run(example_job(dir, true), std::chrono::seconds(600));
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK(lines_starting(resumed.output, "state_digest=") == lines_starting(straight.output, "state_digest="));

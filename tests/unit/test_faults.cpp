@@ -122,7 +122,16 @@ TEST_CASE("fault: SIGKILL at 24 random moments, half of them inside a checkpoint
       continue;
     }
     process.kill(SIGKILL);
-    REQUIRE(process.wait().signal == SIGKILL);
+    const auto killed = process.wait();
+    if (killed.signal != SIGKILL) {  // it finished between the last look and the kill: as above
+      INFO(killed.output);
+      REQUIRE(killed.exit_code == 0);
+      CHECK(value_of(killed.output, "state_digest") == reference);
+      ++finished;
+      fs::remove_all(dir);
+      fs::create_directories(dir);
+      continue;
+    }
     ++kills;
     if (write_in_progress(dir)) {  // its temporary file outlived it
       ++inside_writes;

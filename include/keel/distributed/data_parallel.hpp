@@ -134,9 +134,6 @@ class DataParallel {
   template <class State>
   void join(State& s) {
     if (group_ || !place_.distributed()) return;
-    if (s.options.async_save())
-      throw ConfigError("keel: TrainerOptions::async_save is not supported with keel::DataParallel yet; "
-                        "turn it off (checkpoints are written synchronously by rank 0)");
     const torch::Device device = s.options.device();
     if (device.is_cuda() && !device.has_index())
       throw ConfigError("keel: in a data-parallel job each rank trains on a GPU of its own, and the device is '" +
