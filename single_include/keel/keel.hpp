@@ -11192,11 +11192,24 @@ class CheckpointSaver {
   }
 
   /// Writes a complete checkpoint to `path` now (Trainer::save_checkpoint), after the save in
-  /// flight, if any.
+  /// flight, if any. With several processes every one calls it, and the writer alone writes:
+  /// the others return once it has (from the first fit on, when they have joined).
   void write(const ckpt::fs::path& path) {
-    finish_background_save();
-    std::optional<Fingerprint> fresh;
-    state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
+    collect();
+    if (!s_.strategy.writes_checkpoints()) {
+      if (s_.strategy.share_save_outcome(SaveOutcome::committed) == SaveOutcome::failed)
+        throw Error("keel: the process that writes the checkpoints failed to write " + path.string() +
+                    " (see its error); this one stops with it");
+      return;
+    }
+    try {
+      std::optional<Fingerprint> fresh;
+      state::write_checkpoint<Format>(s_, path, configuration(fresh), monitor_facts());
+    } catch (...) {
+      s_.strategy.share_save_outcome(SaveOutcome::failed);
+      throw;
+    }
+    s_.strategy.share_save_outcome(SaveOutcome::committed);
   }
 
   /// fit() starts (after the resume): the configuration is described here, once, and every

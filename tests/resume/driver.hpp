@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -225,7 +226,10 @@ int run(const Flags& flags, Extra&&... extra) {
     trainer.strategy().overlap(flags.overlap != "off");
   }
   trainer.fit(train, validation);
-  if (!flags.save_to.empty()) trainer.save_checkpoint(flags.save_to);
+  if (!flags.save_to.empty()) {  // (every rank calls it; rank 0 writes, and the others return once it has)
+    trainer.save_checkpoint(flags.save_to);
+    std::printf("saved_to_exists=%d\n", std::filesystem::exists(flags.save_to) ? 1 : 0);
+  }
   if (!flags.params_to.empty()) {  // (the data-parallel comparisons: every rank evaluates)
     const keel::Metrics evaluated = trainer.evaluate(validation);
     std::printf("evaluated_val_loss=%.17g\nvalidated_samples=%lld\n", evaluated.at("val_loss"),

@@ -372,10 +372,14 @@ TEST_CASE("rank 0 writes the checkpoints of two ranks, and both resume from them
     const std::vector<std::string> saving{"--ckpt-dir", (dir / "ckpt").string(), "--save-every-steps", "3",
                                           "--async-save", async_save};
     std::vector<std::string> first = saving;
-    first.insert(first.end(), {"--max-steps", "8"});
+    first.insert(first.end(), {"--max-steps", "8", "--save-to", (dir / "saved.ckpt").string()});
     const ProcessResult stopped = train(2, 16, first);
     INFO(stopped.output);
     REQUIRE(stopped.exit_code == 0);
+    // Trainer::save_checkpoint, called by both ranks: rank 0 writes, and each returns with the file there.
+    CHECK(lines_starting(stopped.output, "saved_to_exists=") ==
+          std::vector<std::string>{"saved_to_exists=1", "saved_to_exists=1"});
+    CHECK(keel_test::run({KEEL_CKPT_TOOL, "verify", (dir / "saved.ckpt").string()}).exit_code == 0);
     // One writer: each checkpoint once, no rank's temporary left behind.
     std::vector<std::string> files;
     for (const auto& entry : fs::directory_iterator(dir / "ckpt")) files.push_back(entry.path().filename().string());
