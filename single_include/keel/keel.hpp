@@ -11198,8 +11198,7 @@ class CheckpointSaver {
     collect();
     if (!s_.strategy.writes_checkpoints()) {
       if (s_.strategy.share_save_outcome(SaveOutcome::committed) == SaveOutcome::failed)
-        throw Error("keel: the process that writes the checkpoints failed to write " + path.string() +
-                    " (see its error); this one stops with it");
+        writer_failed(path.string());
       return;
     }
     try {
@@ -11314,8 +11313,7 @@ class CheckpointSaver {
       case SaveOutcome::failed:
         break;
     }
-    throw Error("keel: the process that writes the checkpoints failed to write " + name +
-                " (see its error); this one stops with it");
+    writer_failed(name);
   }
 
   void write_step_checkpoint() {
@@ -11431,6 +11429,11 @@ class CheckpointSaver {
     }
     s_.strategy.share_save_outcome(failed_saves_ > failed_before ? SaveOutcome::skipped : SaveOutcome::committed);
   }
+  /// A process that does not write, told that the writer failed to write `name`: it stops too.
+  [[noreturn]] static void writer_failed(const std::string& name) {
+    throw Error("keel: the process that writes the checkpoints failed to write " + name +
+                " (see its error); this one stops with it");
+  }
   /// A process that does not write: the writer's outcome of the write in flight.
   void follow_collect() {
     if (!followed_) return;
@@ -11448,8 +11451,7 @@ class CheckpointSaver {
       case SaveOutcome::failed:
         break;
     }
-    throw Error("keel: the process that writes the checkpoints failed to write " + save.name +
-                " (see its error); this one stops with it");
+    writer_failed(save.name);
   }
 
   /// Waits for the background save in flight, if any, and applies its outcome as a synchronous

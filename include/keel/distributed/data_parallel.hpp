@@ -137,11 +137,8 @@ class DataParallel {
     const torch::Device device = s.options.device();
     if (device.is_cuda() && !device.has_index())
       throw ConfigError("keel: in a data-parallel job each rank trains on a GPU of its own, and the device is '" +
-                        device.str() + "' without an index: give rank " + std::to_string(rank()) +
-                        " TrainerOptions().device(torch::Device(torch::kCUDA, local_rank)) with local_rank = " +
-                        std::to_string(place_.local_rank) +
-                        " (keel::dist::place_from_environment().local_rank), or cuda:0 where each rank sees one GPU "
-                        "of its own (CUDA_VISIBLE_DEVICES)");
+                        device.str() + "' without an index: give rank " + std::to_string(rank()) + " (local rank " +
+                        std::to_string(place_.local_rank) + ") " + dist::detail::one_gpu_per_rank);
     group_ = std::make_unique<dist::ProcessGroup>(place_, timeout_, device);
   }
 

@@ -88,6 +88,12 @@ using Collectives = std::conditional_t<std::is_base_of_v<::c10d::Backend, ::c10d
 
 inline constexpr bool has_nccl = KEEL_HAS_NCCL;
 
+/// How to give each rank a GPU of its own (in the messages that refuse otherwise).
+inline constexpr const char* one_gpu_per_rank =
+    "TrainerOptions().device(torch::Device(torch::kCUDA, local_rank)) with local_rank = "
+    "keel::dist::place_from_environment().local_rank, or cuda:0 where each rank sees one GPU of its own "
+    "(CUDA_VISIBLE_DEVICES)";
+
 /// Refuses a CUDA device where this program has no NCCL process group (before the rendezvous).
 inline void require_backend_for(torch::Device device) {
   if (!device.is_cuda() || has_nccl) return;
@@ -318,9 +324,7 @@ class ProcessGroup {
         if (all[q] == all[r])
           throw ConfigError("keel: ranks " + std::to_string(r) + " and " + std::to_string(q) + " would both train on " +
                             all[r] + " (this rank's device: " + device_.str() +
-                            "); NCCL needs a GPU per rank: give each rank "
-                            "TrainerOptions().device(torch::Device(torch::kCUDA, local_rank)), or cuda:0 where each "
-                            "rank sees one GPU of its own (CUDA_VISIBLE_DEVICES)");
+                            "); NCCL needs a GPU per rank: give each rank " + detail::one_gpu_per_rank);
     try {
       detail::use_blocking_wait();
       c10::cuda::set_device(device_.index());  // (where NCCL puts what it makes before the first collective)
